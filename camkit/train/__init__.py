@@ -1,0 +1,10 @@
+"""camkit.train: one training loop for every recipe (CAM, CI-CAM, ...), DDP-ready under ``torchrun``.
+
+A recipe is a model, a loss and a config registered by name (:mod:`camkit.train.recipes`);
+:func:`train` runs any of them (:mod:`camkit.train.loop`).
+"""
+from camkit.train.recipes import (  # noqa: F401
+    CAM_CONFIG, SYNTHETIC_CPU_PRESET, Recipe, StepState, TrainConfig, get_recipe, list_recipes,
+    pretrained_and_new_groups, register_recipe,
+)
+from camkit.train.losses import classification_loss  # noqa: F401

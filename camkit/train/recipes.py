@@ -1,0 +1,299 @@
+"""Training recipes: a model, a loss and a config, registered by name, run by ONE loop.
+
+A recipe is not a copy of the training loop. It is a :class:`Recipe` record that tells
+:func:`camkit.train.loop.train` four things:
+
+1. **the model** -- ``build_model(backbone, num_classes, pretrained, **model_options) -> nn.Module``.
+   ``backbone`` is a name from :func:`camkit.models.list_backbones` (e.g. ``"tiny"``,
+   ``"resnet50"``); ``pretrained`` is ``None`` (random init), a file path, or ``True`` (torchvision's
+   local cache; never downloads). The returned module must be rebuildable from these arguments alone:
+   the checkpoint stores them (see :func:`camkit.train.checkpoint.load_checkpoint_model`).
+2. **the loss** -- a pure function ``loss(output, batch, state) -> Tensor | dict``:
+
+   - ``output``: whatever ``recipe.forward(model, batch)`` returned; by default ``model(batch["image"])``,
+     e.g. logits ``(B, K)`` or a dict such as ``{"logits": (B, K), "logits_causal": (B, K)}``.
+     ``model`` here is the DDP-wrapped module during distributed training, so call it, don't reach into it.
+   - ``batch``: a dict with at least ``"image"`` ``(B, 3, H, W)`` float (normalised) and ``"label"``
+     ``(B,)`` long, both on the training device, plus ``"index"`` ``(B,)`` (dataset indices).
+   - ``state``: a :class:`StepState` (epoch, step, global_step, the unwrapped ``model``, ``config``).
+
+   It returns a scalar tensor, or a dict with the scalar tensor under ``"loss"`` and any other scalar
+   terms to log (tensors or floats), e.g. ``{"loss": l1 + l2, "ce": l1, "ce_causal": l2}``.
+   The loop averages the loss over the local batch only; DDP averages gradients across ranks, so with a
+   mean-reduced loss N processes with global batch B equal one process with batch B.
+3. **the parameter groups** -- ``param_groups(model, config) -> list[dict]``: each dict holds
+   ``"params"`` and ``"lr_scale"`` (multiplier of ``config.lr``), plus any other per-group optimizer
+   options (e.g. ``"weight_decay"``). The default, :func:`pretrained_and_new_groups`, puts the
+   parameters whose names start with one of ``model.new_layer_prefixes`` (the layers not taken from a
+   pretrained network, e.g. the CAM head) at ``config.lr_classifier_ratio`` times the base lr, as in
+   wsolevaluation, and the rest at the base lr. Every parameter must be in exactly one group.
+4. **the config** -- a :class:`TrainConfig` of defaults (optimizer, schedule, transforms, batch size),
+   plus named ``presets`` (dicts of overrides, e.g. ``"synthetic-cpu"``). Users override single fields
+   on top (``--lr 0.01`` on the command line, or ``config.replace(lr=0.01)``).
+
+Optional hooks: ``forward(model, batch) -> output`` (default ``model(batch["image"])``; override when
+the model needs the labels, e.g. ACoL-style erasing), ``logits(output) -> (B, K)`` for top-1 evaluation
+and CAM explanation (default: the output itself, ``output["logits"]`` for dicts, ``output[0]`` for
+tuples).
+
+Registering a recipe (e.g. in ``camkit/train/cicam_recipe.py``)::
+
+    from camkit.train.recipes import Recipe, TrainConfig, register_recipe, CAM_CONFIG
+
+    def cicam_loss(output, batch, state):
+        ce = torch.nn.functional.cross_entropy
+        l1 = ce(output["logits"], batch["label"])
+        l2 = ce(output["logits_causal"], batch["label"])
+        return {"loss": l1 + l2, "ce": l1, "ce_causal": l2}
+
+    register_recipe(Recipe(
+        name="cicam",
+        build_model=build_cicam_model,          # (backbone, num_classes, pretrained, **options)
+        loss=cicam_loss,
+        config=CAM_CONFIG.replace(epochs=50),
+        logits=lambda out: out["logits_causal"],
+        presets={"synthetic-cpu": SYNTHETIC_CPU_PRESET},
+    ))
+
+The module that defines a recipe must be importable: the checkpoint records the module of
+``build_model`` and :func:`get_recipe` imports it when loading. Built-in recipes (``"cam"``) are
+registered when this module is imported. To make ``camkit train cicam`` find a recipe defined in another
+module, add that module to ``RECIPE_MODULES`` (it is imported lazily by :func:`get_recipe`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "TrainConfig", "StepState", "Recipe", "register_recipe", "get_recipe", "list_recipes",
+    "pretrained_and_new_groups", "default_forward", "default_logits", "CAM_CONFIG",
+    "SYNTHETIC_CPU_PRESET", "RECIPE_MODULES",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Modules imported lazily by :func:`get_recipe` / :func:`list_recipes` so that their recipes register.
+#: Other recipe files add their module path here (e.g. ``"camkit.train.cicam_recipe"``); missing
+#: modules are skipped silently so a partial checkout still works.
+RECIPE_MODULES: List[str] = []
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, data and bookkeeping settings for one training run.
+
+    ``batch_size`` is the GLOBAL batch: under ``torchrun`` with N processes each process takes
+    ``batch_size // N`` samples per step (it must divide evenly), so results do not depend on N.
+    The learning rate follows a step schedule: multiplied by ``lr_gamma`` every ``lr_step_epochs``
+    epochs (or at the epochs in ``lr_milestones`` when given). Optimizer: SGD with ``momentum``,
+    ``weight_decay`` and ``nesterov``.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01
+    lr_classifier_ratio: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    lr_step_epochs: int = 3
+    lr_gamma: float = 0.1
+    lr_milestones: Tuple[int, ...] = ()
+    # data
+    resize_size: int = 256
+    crop_size: int = 224
+    flip: bool = True
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    num_workers: int = 0
+    # bookkeeping
+    seed: int = 0
+    amp: bool = True                  # used only when training on CUDA
+    eval_every: int = 1               # epochs; 0 disables periodic evaluation
+    checkpoint_every_steps: int = 0   # 0 = only at the end of each epoch
+    log_every: int = 10               # steps between JSON-lines records
+    max_steps: Optional[int] = None   # stop after this many optimizer steps in total (None = all epochs)
+    progress: bool = True             # tqdm progress bar on rank 0
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed; unknown names raise a ``TypeError`` naming the valid ones."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown TrainConfig field(s) {sorted(unknown)}; valid fields: "
+                            f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
+        return cls(**kept)
+
+
+@dataclass
+class StepState:
+    """What a loss function may need besides the output and the batch.
+
+    ``model`` is the unwrapped module (not the DDP wrapper); ``step`` counts steps within the epoch,
+    ``global_step`` optimizer steps since the start of training (both before this step's update).
+    """
+
+    epoch: int
+    step: int
+    global_step: int
+    model: nn.Module
+    config: TrainConfig
+
+
+def default_forward(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Any:
+    """``model(batch["image"])``."""
+    return model(batch["image"])
+
+
+def default_logits(output: Any) -> torch.Tensor:
+    """Logits ``(B, K)`` from a model output: the tensor itself, ``out["logits"]`` or ``out[0]``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        if "logits" not in output:
+            raise KeyError(f"model output dict has no 'logits' key (keys: {sorted(output)}); give the "
+                           "recipe a logits=callable that picks the classification logits")
+        return output["logits"]
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    raise TypeError(f"cannot take logits from a model output of type {type(output).__name__}; "
+                    "give the recipe a logits=callable")
+
+
+def pretrained_and_new_groups(model: nn.Module, config: TrainConfig) -> List[Dict[str, Any]]:
+    """Two SGD groups: pretrained layers at ``lr``, new layers at ``lr * lr_classifier_ratio``.
+
+    New layers are the parameters whose qualified names start with one of ``model.new_layer_prefixes``
+    (a tuple of strings every camkit backbone defines; a model without it is one group at ``lr``).
+    Empty groups are dropped.
+    """
+    prefixes = tuple(getattr(model, "new_layer_prefixes", ()))
+    pretrained, new = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_new = any(name == p or name.startswith(p + ".") for p in prefixes)
+        (new if is_new else pretrained).append(parameter)
+    groups = []
+    if pretrained:
+        groups.append({"params": pretrained, "lr_scale": 1.0, "name": "pretrained"})
+    if new:
+        groups.append({"params": new, "lr_scale": float(config.lr_classifier_ratio), "name": "new"})
+    return groups
+
+
+def _build_backbone_model(backbone: str, num_classes: int, pretrained: Union[None, bool, str] = None,
+                          **options: Any) -> nn.Module:
+    """``camkit.models.build_backbone``: a CAM-ready GAP + linear classifier."""
+    from camkit.models import build_backbone
+    return build_backbone(backbone, num_classes=num_classes, pretrained=pretrained, **options)
+
+
+def _cross_entropy_loss(output: Any, batch: Dict[str, torch.Tensor], state: StepState) -> torch.Tensor:
+    from camkit.train.losses import classification_loss
+    return classification_loss(output, batch, state)
+
+
+@dataclass
+class Recipe:
+    """A named training recipe. See the module docstring for every field's contract."""
+
+    name: str
+    build_model: Callable[..., nn.Module]
+    loss: Callable[[Any, Dict[str, torch.Tensor], StepState], Union[torch.Tensor, Dict[str, Any]]]
+    config: TrainConfig = field(default_factory=TrainConfig)
+    param_groups: Callable[[nn.Module, TrainConfig], List[Dict[str, Any]]] = pretrained_and_new_groups
+    forward: Callable[[nn.Module, Dict[str, torch.Tensor]], Any] = default_forward
+    logits: Callable[[Any], torch.Tensor] = default_logits
+    presets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+
+    def make_config(self, preset: Optional[str] = None, **overrides: Any) -> TrainConfig:
+        """The recipe's defaults, then the named preset's overrides, then ``overrides``."""
+        config = self.config
+        if preset is not None:
+            if preset not in self.presets:
+                raise KeyError(f"recipe {self.name!r} has no preset {preset!r}; "
+                               f"presets: {sorted(self.presets) or 'none'}")
+            config = config.replace(**self.presets[preset])
+        return config.replace(**overrides) if overrides else config
+
+
+_RECIPES: Dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe, *, overwrite: bool = False) -> Recipe:
+    """Register ``recipe`` under ``recipe.name``; returns it. Re-registering a name needs ``overwrite``."""
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"register_recipe expects a camkit.train.recipes.Recipe, got {type(recipe).__name__}")
+    if recipe.name in _RECIPES and not overwrite and _RECIPES[recipe.name] is not recipe:
+        raise ValueError(f"a recipe named {recipe.name!r} is already registered; "
+                         "pass overwrite=True to replace it")
+    _RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def _import_recipe_modules(extra: Sequence[str] = ()) -> None:
+    for module in list(RECIPE_MODULES) + list(extra):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name is None or not module.startswith(error.name):
+                raise
+
+
+def get_recipe(name: str, module: Optional[str] = None) -> Recipe:
+    """The recipe registered as ``name`` (importing ``module`` and ``RECIPE_MODULES`` first if needed)."""
+    if name not in _RECIPES:
+        _import_recipe_modules([module] if module else [])
+    if name not in _RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; registered recipes: {list_recipes()}")
+    return _RECIPES[name]
+
+
+def list_recipes() -> List[str]:
+    """Names of the registered recipes, sorted."""
+    _import_recipe_modules()
+    return sorted(_RECIPES)
+
+
+#: The vanilla CAM recipe's defaults, following the wsolevaluation protocol (Choe et al., CVPR 2020):
+#: SGD momentum 0.9, weight decay 1e-4, new layers at 10x lr, step decay by 0.1; resize 256, random
+#: crop 224, horizontal flip. Epoch counts/lrs differ per dataset there (e.g. CUB VGG16: lr 1.7e-5 x ...);
+#: pass them explicitly for a faithful reproduction.
+CAM_CONFIG = TrainConfig(epochs=10, batch_size=32, lr=0.01, lr_classifier_ratio=10.0, momentum=0.9,
+                         weight_decay=1e-4, lr_step_epochs=3, lr_gamma=0.1,
+                         resize_size=256, crop_size=224, flip=True)
+
+#: Small CPU preset for the synthetic benchmark (``camkit.data.synthetic``) with the ``"tiny"`` backbone:
+#: images are already at their final size (no resize/crop: ``crop_size = resize_size = image size``),
+#: every layer is new so one lr for all, a few epochs reach clearly-above-chance localisation on 2 cores.
+SYNTHETIC_CPU_PRESET: Dict[str, Any] = dict(
+    epochs=8, batch_size=32, lr=0.05, lr_classifier_ratio=1.0, lr_step_epochs=6, lr_gamma=0.1,
+    resize_size=96, crop_size=96, flip=True, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+    num_workers=0, eval_every=2, log_every=20,
+)
+
+register_recipe(Recipe(
+    name="cam",
+    build_model=_build_backbone_model,
+    loss=_cross_entropy_loss,
+    config=CAM_CONFIG,
+    presets={"synthetic-cpu": SYNTHETIC_CPU_PRESET},
+    description="Vanilla CAM (Zhou et al. 2016): GAP + linear classifier trained with cross-entropy.",
+))
