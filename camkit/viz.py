@@ -1,0 +1,556 @@
+"""Pictures: overlays, methods x layers grids, boxes and evaluation curves.
+
+Everything here lives at the edge of the data path, so it works in numpy and matplotlib. Figures are
+built on matplotlib's non-interactive Agg canvas (``matplotlib.figure.Figure``, never ``pyplot``), so
+nothing here opens a window, needs a display, or touches pyplot's global state.
+
+Conventions:
+
+* Images are **RGB**. ``(H, W, 3)`` float in ``[0, 1]`` or uint8 in ``[0, 255]``, or a ``(3, H, W)``
+  tensor/array. Nothing is ever reordered to BGR; colours come from matplotlib colormaps, which are RGB.
+  (If you loaded an image with OpenCV, convert it first with ``image[..., ::-1]``.)
+* Maps are ``(H, W)`` floats in ``[0, 1]`` (camkit's maps after normalisation). Blending is done in
+  float, so there is no uint8 wrap-around; :func:`to_uint8` rounds and clips only at the very end.
+* Boxes are ``xyxy`` **inclusive** pixel boxes (wsolevaluation's convention): ``(x0, y0, x1, y1)``
+  covers the pixel columns ``x0..x1`` and rows ``y0..y1``, both ends included.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "as_rgb_image",
+    "as_map",
+    "colorize",
+    "overlay",
+    "to_uint8",
+    "draw_boxes",
+    "box_rectangle",
+    "add_boxes",
+    "new_figure",
+    "explanation_figure",
+    "explanation_grid",
+    "iou_threshold_figure",
+    "precision_recall_figure",
+    "metric_by_layer_figure",
+    "table_figure",
+    "save_figure",
+]
+
+_RANGE_TOLERANCE = 1e-3
+_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2 renamed trapz
+
+
+# --------------------------------------------------------------------------------------------- arrays
+def _to_numpy(x) -> np.ndarray:
+    """Tensor or array-like -> numpy array (detached, on the CPU)."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
+        x = x.detach().cpu()
+        if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def as_rgb_image(image) -> np.ndarray:
+    """Any common image layout -> ``(H, W, 3)`` float64 RGB in ``[0, 1]``.
+
+    Accepts ``(H, W, 3)``/``(H, W, 4)`` (alpha dropped), ``(3, H, W)``, ``(1, 3, H, W)``, or ``(H, W)``
+    grayscale; numpy arrays or torch tensors. Integer images are read as ``0..255``; float images must
+    already be in ``[0, 1]``. A float image outside that range is almost always a *normalised* network
+    input, so it is refused with an explanation instead of being displayed wrongly.
+    """
+    array = _to_numpy(image)
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise ValueError(f"expected one image, got a batch of shape {tuple(array.shape)}; "
+                             "index it first, e.g. images[0]")
+        array = array[0]
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    elif array.ndim == 3:
+        if array.shape[-1] in (3, 4):
+            array = array[..., :3]
+        elif array.shape[0] in (3, 4):
+            array = np.moveaxis(array[:3], 0, -1)
+        elif array.shape[-1] == 1:
+            array = np.repeat(array, 3, axis=-1)
+        elif array.shape[0] == 1:
+            array = np.repeat(np.moveaxis(array, 0, -1), 3, axis=-1)
+        else:
+            raise ValueError(f"cannot read an image of shape {tuple(array.shape)}; expected (H, W, 3), "
+                             "(3, H, W) or (H, W)")
+    else:
+        raise ValueError(f"cannot read an image of shape {tuple(array.shape)}; expected (H, W, 3), "
+                         "(3, H, W) or (H, W)")
+
+    if array.dtype == np.bool_:
+        return array.astype(np.float64)
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError("integer images must be in 0..255 (8-bit); got values in "
+                             f"[{array.min()}, {array.max()}]")
+        return array.astype(np.float64) / 255.0
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError("the image contains NaN or infinite values")
+    if array.size and (array.min() < -_RANGE_TOLERANCE or array.max() > 1 + _RANGE_TOLERANCE):
+        raise ValueError(
+            f"a float image must be RGB in [0, 1]; got values in [{array.min():.3g}, {array.max():.3g}]. "
+            "This looks like a normalised network input: pass the display image instead "
+            "(e.g. Explanation.images_rgb), or undo the normalisation (x * std + mean).")
+    return np.clip(array, 0.0, 1.0)
+
+
+def as_map(saliency, size: Optional[Tuple[int, int]] = None, normalize: bool = False) -> np.ndarray:
+    """A saliency map -> ``(H, W)`` float64 in ``[0, 1]``.
+
+    Args:
+        saliency: ``(H, W)`` (or ``(1, H, W)``) array or tensor.
+        size: ``(H, W)`` to resize to, bilinearly with ``align_corners=False`` (camkit's upsampling),
+            when the map has another size. ``None`` keeps the map's size.
+        normalize: min-max normalise first (a constant map becomes zeros). Otherwise values must
+            already be in ``[0, 1]``.
+    """
+    array = _to_numpy(saliency).astype(np.float64)
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"a map must be (H, W); got shape {tuple(array.shape)}. "
+                         "Pick one image (and one rank for top-k maps) first, e.g. exp.maps[key][0]")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("the map contains NaN or infinite values")
+    if normalize:
+        low, high = array.min(), array.max()
+        array = (array - low) / (high - low) if high > low else np.zeros_like(array)
+    elif array.size and (array.min() < -_RANGE_TOLERANCE or array.max() > 1 + _RANGE_TOLERANCE):
+        raise ValueError(f"map values must be in [0, 1]; got [{array.min():.3g}, {array.max():.3g}]. "
+                         "Pass normalize=True, or use camkit's normalised maps.")
+    array = np.clip(array, 0.0, 1.0)
+    if size is not None and tuple(array.shape) != tuple(size):
+        array = _resize_bilinear(array, tuple(size))
+    return array
+
+
+def _resize_bilinear(array: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """``(h, w)`` -> ``(H, W)`` with torch's bilinear interpolation, ``align_corners=False``."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None]
+    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+    return np.clip(resized[0, 0].numpy(), 0.0, 1.0)
+
+
+def _colormap(cmap):
+    import matplotlib
+
+    if isinstance(cmap, str):
+        return matplotlib.colormaps[cmap]
+    return cmap
+
+
+def colorize(saliency, cmap="jet") -> np.ndarray:
+    """``(H, W)`` map in ``[0, 1]`` -> ``(H, W, 3)`` float64 RGB colours of ``cmap``.
+
+    0 maps to the colormap's bottom colour ``cmap(0.0)`` and 1 to its top colour ``cmap(1.0)``.
+    """
+    values = as_map(saliency)
+    return np.asarray(_colormap(cmap)(values), dtype=np.float64)[..., :3]
+
+
+def overlay(image, map, cmap="jet", alpha: float = 0.5, normalize: bool = False) -> np.ndarray:
+    """Blend a colourised map over an RGB image.
+
+    ``result = (1 - alpha) * image + alpha * cmap(map)``, computed in float.
+
+    Args:
+        image: RGB image, ``(H, W, 3)`` float in ``[0, 1]`` or uint8, or ``(3, H, W)``.
+        map: ``(h, w)`` map in ``[0, 1]``; resized bilinearly to ``(H, W)`` if needed.
+        cmap: matplotlib colormap name or object.
+        alpha: weight of the map's colour, in ``[0, 1]``.
+        normalize: min-max normalise the map first.
+
+    Returns:
+        ``(H, W, 3)`` float64 RGB in ``[0, 1]``. Use :func:`to_uint8` to save it.
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+    rgb = as_rgb_image(image)
+    values = as_map(map, size=rgb.shape[:2], normalize=normalize)
+    colours = colorize(values, cmap)
+    return (1.0 - alpha) * rgb + alpha * colours
+
+
+def to_uint8(rgb) -> np.ndarray:
+    """``(H, W, 3)`` float RGB in ``[0, 1]`` -> uint8, rounded and clipped (never wrapped)."""
+    array = _to_numpy(rgb).astype(np.float64)
+    return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- boxes
+def _as_boxes(boxes) -> np.ndarray:
+    """Boxes -> ``(N, 4)`` int64 array, xyxy inclusive."""
+    if boxes is None:
+        return np.zeros((0, 4), dtype=np.int64)
+    array = _to_numpy(boxes)
+    if array.size == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    array = array.reshape(-1, 4) if array.ndim == 1 else array
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"boxes must be (N, 4) xyxy; got shape {tuple(array.shape)}")
+    return np.rint(array).astype(np.int64)
+
+
+def draw_boxes(image, boxes, color=(0.0, 1.0, 0.0), thickness: int = 1) -> np.ndarray:
+    """Draw box outlines into a copy of an RGB image, on exact pixels.
+
+    Args:
+        image: any layout :func:`as_rgb_image` accepts.
+        boxes: ``(N, 4)`` xyxy inclusive pixel boxes. The outline of ``(x0, y0, x1, y1)`` covers
+            rows ``y0`` and ``y1`` between columns ``x0..x1``, and columns ``x0`` and ``x1`` between
+            rows ``y0..y1``; ``thickness > 1`` grows the outline inwards. Parts outside the image
+            are clipped.
+        color: RGB floats in ``[0, 1]``.
+
+    Returns:
+        ``(H, W, 3)`` float64 RGB in ``[0, 1]``.
+    """
+    canvas = as_rgb_image(image).copy()
+    height, width = canvas.shape[:2]
+    colour = np.asarray(color, dtype=np.float64)[:3]
+    for x0, y0, x1, y1 in _as_boxes(boxes):
+        x0, x1 = sorted((int(x0), int(x1)))
+        y0, y1 = sorted((int(y0), int(y1)))
+        for t in range(max(1, int(thickness))):
+            top, bottom, left, right = y0 + t, y1 - t, x0 + t, x1 - t
+            if top > bottom or left > right:
+                break
+            cols = slice(max(left, 0), min(right, width - 1) + 1)
+            rows = slice(max(top, 0), min(bottom, height - 1) + 1)
+            for row in (top, bottom):
+                if 0 <= row < height:
+                    canvas[row, cols] = colour
+            for col in (left, right):
+                if 0 <= col < width:
+                    canvas[rows, col] = colour
+    return canvas
+
+
+def box_rectangle(box) -> Tuple[float, float, float, float]:
+    """An inclusive pixel box -> ``(x, y, width, height)`` of its outline in imshow data coordinates.
+
+    ``imshow`` puts pixel ``i``'s centre at ``i``, so it spans ``i - 0.5 .. i + 0.5``. The box
+    ``(x0, y0, x1, y1)`` therefore spans ``x0 - 0.5 .. x1 + 0.5`` (width ``x1 - x0 + 1``).
+    """
+    x0, y0, x1, y1 = (float(v) for v in _as_boxes(box)[0])
+    return x0 - 0.5, y0 - 0.5, x1 - x0 + 1.0, y1 - y0 + 1.0
+
+
+def add_boxes(ax, boxes, color="lime", linewidth: float = 1.5, label: Optional[str] = None,
+              linestyle: str = "-"):
+    """Draw xyxy inclusive pixel boxes on an ``imshow`` axes as rectangles; returns the patches."""
+    from matplotlib.patches import Rectangle
+
+    patches = []
+    for index, box in enumerate(_as_boxes(boxes)):
+        x, y, w, h = box_rectangle(box)
+        patch = Rectangle((x, y), w, h, fill=False, edgecolor=color, linewidth=linewidth,
+                          linestyle=linestyle, label=label if index == 0 else None)
+        ax.add_patch(patch)
+        patches.append(patch)
+    return patches
+
+
+# -------------------------------------------------------------------------------------------- figures
+def new_figure(width: float, height: float, dpi: int = 100):
+    """A matplotlib ``Figure`` on an Agg canvas (no pyplot, no window)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path, dpi: Optional[int] = None) -> None:
+    """Write a figure to ``path`` (format from the suffix), creating parent folders."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi or figure.dpi, bbox_inches="tight")
+
+
+def _show(ax, rgb, title: Optional[str] = None, fontsize: float = 8):
+    ax.imshow(np.clip(rgb, 0.0, 1.0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=fontsize)
+
+
+def _class_label(exp, index: int, rank: int = 0) -> Optional[str]:
+    """``"name (p=0.87)"`` for the target of image ``index``, or ``None`` when unknown."""
+    targets = getattr(exp, "targets", None)
+    if targets is None:
+        return None
+    target = _to_numpy(targets)[index]
+    target = int(np.ravel(target)[rank]) if np.ndim(target) else int(target)
+    names = getattr(exp, "class_names", None)
+    name = names[target] if names is not None and 0 <= target < len(names) else f"class {target}"
+    logits = getattr(exp, "logits", None)
+    if logits is not None:
+        row = _to_numpy(logits)[index].astype(np.float64)
+        row = np.exp(row - row.max())
+        return f"{name} (p={row[target] / row.sum():.2f})"
+    return name
+
+
+def _images_rgb(exp):
+    images = getattr(exp, "images_rgb", None)
+    return None if images is None else _to_numpy(images)
+
+
+def _map_of(exp, method: str, layer: str, index: int, rank: int = 0) -> np.ndarray:
+    maps = _to_numpy(exp.maps[(method, layer)])
+    one = maps[index]
+    if one.ndim == 3:  # top-k maps: (k, H, W)
+        one = one[rank]
+    return one
+
+
+def explanation_figure(exp, index: int = 0, methods: Optional[Sequence[str]] = None,
+                       layers: Optional[Sequence[str]] = None, cmap="jet", alpha: float = 0.5,
+                       show_maps: bool = True, boxes: Optional[Mapping] = None, gt_boxes=None,
+                       rank: int = 0, panel_size: float = 2.0, image=None):
+    """One image's explanation: the image, then each (method, layer) map and its overlay.
+
+    Layout: one row per method. Column 0 holds the image (first row only); then, for each layer,
+    the raw map (if ``show_maps``) and its overlay. Every panel is titled ``method @ layer``.
+
+    Args:
+        exp: a camkit ``Explanation`` (uses ``maps``, ``methods``, ``layers``, ``targets``, ``logits``,
+            ``images_rgb`` and ``class_names`` when present).
+        index: which image of the batch.
+        methods, layers: subsets to show (default: all, in the explanation's order).
+        boxes: optional ``{(method, layer): (N, 4)}`` predicted boxes *for this image*, drawn on the
+            overlays (xyxy inclusive pixels, in the map's coordinates).
+        gt_boxes: optional ``(N, 4)`` ground-truth boxes for this image, drawn dashed on the image and
+            on every overlay.
+        rank: for top-k explanations, which rank to show.
+        image: the display image, when ``exp`` has no ``images_rgb``.
+
+    Returns:
+        a ``matplotlib.figure.Figure``.
+    """
+    methods = list(methods or exp.methods)
+    layers = list(layers or exp.layers)
+    if image is None:
+        images = _images_rgb(exp)
+        image = images[index] if images is not None else None
+    rgb = as_rgb_image(image) if image is not None else None
+
+    per_layer = 2 if show_maps else 1
+    n_rows, n_cols = len(methods), 1 + per_layer * len(layers)
+    figure = new_figure(panel_size * n_cols, panel_size * n_rows + 0.4)
+    axes = figure.subplots(n_rows, n_cols, squeeze=False)
+    label = _class_label(exp, index, rank)
+
+    for row, method in enumerate(methods):
+        first = axes[row][0]
+        if row == 0 and rgb is not None:
+            _show(first, rgb, "image" + (f"\n{label}" if label else ""))
+            if gt_boxes is not None:
+                add_boxes(first, gt_boxes, color="white", linestyle="--", label="ground truth")
+        else:
+            first.axis("off")
+        for column, layer in enumerate(layers):
+            saliency = as_map(_map_of(exp, method, layer, index, rank))
+            col = 1 + per_layer * column
+            title = f"{method} @ {layer}"
+            if show_maps:
+                _show(axes[row][col], colorize(saliency, cmap), title + "\nmap")
+                col += 1
+            if rgb is not None:
+                blended = overlay(rgb, saliency, cmap=cmap, alpha=alpha)
+            else:
+                blended = colorize(saliency, cmap)
+            ax = axes[row][col]
+            _show(ax, blended, title + ("\noverlay" if show_maps else ""))
+            if gt_boxes is not None:
+                add_boxes(ax, gt_boxes, color="white", linestyle="--")
+            if boxes is not None and (method, layer) in boxes:
+                add_boxes(ax, boxes[(method, layer)], color="lime")
+    figure.tight_layout()
+    return figure
+
+
+def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
+                     methods: Optional[Sequence[str]] = None, layers: Optional[Sequence[str]] = None,
+                     cmap="jet", alpha: float = 0.5, boxes: Optional[Mapping] = None, gt_boxes=None,
+                     rank: int = 0, panel_size: float = 1.8):
+    """Many images at once: one row per image; columns are the image, then every (method, layer).
+
+    Args:
+        exp: a camkit ``Explanation``.
+        indices: images of the batch to show (default: all).
+        boxes: optional ``{(method, layer): per-image list of (N, 4) boxes}`` (indexed by batch index).
+        gt_boxes: optional per-image list of ``(N, 4)`` ground-truth boxes (indexed by batch index).
+
+    Returns:
+        a ``matplotlib.figure.Figure``.
+    """
+    methods = list(methods or exp.methods)
+    layers = list(layers or exp.layers)
+    batch = _to_numpy(exp.maps[(methods[0], layers[0])]).shape[0]
+    indices = list(range(batch) if indices is None else indices)
+    images = _images_rgb(exp)
+    pairs = [(m, l) for m in methods for l in layers]
+    n_rows, n_cols = len(indices), 1 + len(pairs)
+    figure = new_figure(panel_size * n_cols, panel_size * n_rows + 0.4)
+    axes = figure.subplots(n_rows, n_cols, squeeze=False)
+    for row, index in enumerate(indices):
+        rgb = as_rgb_image(images[index]) if images is not None else None
+        if rgb is not None:
+            _show(axes[row][0], rgb, _class_label(exp, index, rank), fontsize=7)
+        else:
+            axes[row][0].axis("off")
+        for column, (method, layer) in enumerate(pairs):
+            saliency = as_map(_map_of(exp, method, layer, index, rank))
+            blended = overlay(rgb, saliency, cmap, alpha) if rgb is not None else colorize(saliency, cmap)
+            ax = axes[row][1 + column]
+            _show(ax, blended, f"{method}\n@ {layer}" if row == 0 else None, fontsize=7)
+            if gt_boxes is not None:
+                add_boxes(ax, gt_boxes[index], color="white", linestyle="--", linewidth=1.0)
+            if boxes is not None and (method, layer) in boxes:
+                add_boxes(ax, boxes[(method, layer)][index], color="lime", linewidth=1.0)
+    figure.tight_layout()
+    return figure
+
+
+def _curves(curves) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """``(x, y)`` or ``{label: (x, y)}`` -> ``{label: (x, y)}`` as float arrays."""
+    if isinstance(curves, Mapping):
+        items = curves.items()
+    else:
+        items = [(None, curves)]
+    out = {}
+    for label, (x, y) in items:
+        x, y = _to_numpy(x).astype(np.float64).ravel(), _to_numpy(y).astype(np.float64).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"curve {label!r}: x and y lengths differ ({x.size} vs {y.size})")
+        out[label] = (x, y)
+    return out
+
+
+def iou_threshold_figure(curves, ax=None, title: str = "IoU vs threshold"):
+    """The IoU-threshold curve of LID (2020): IoU of the thresholded map with the mask per threshold.
+
+    Args:
+        curves: ``(thresholds, ious)`` arrays of equal length, or ``{label: (thresholds, ious)}``.
+            The peak of each curve (its Peak-IoU) is marked and given in the legend.
+        ax: an axes to draw into (default: a new figure).
+
+    Returns:
+        the ``Figure``.
+    """
+    figure, ax = _figure_and_axes(ax)
+    for label, (x, y) in _curves(curves).items():
+        peak = int(np.argmax(y)) if y.size else None
+        text = f"peak IoU {y[peak]:.3f} @ {x[peak]:.3g}" if peak is not None else ""
+        line, = ax.plot(x, y, label=f"{label}: {text}" if label else text)
+        if peak is not None:
+            ax.plot([x[peak]], [y[peak]], "o", color=line.get_color())
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("IoU")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def precision_recall_figure(curves, ax=None, title: str = "Pixel precision-recall"):
+    """The pixel precision-recall curve (the curve whose area is PxAP).
+
+    Args:
+        curves: ``(precision, recall)`` arrays of equal length, or ``{label: (precision, recall)}``.
+            Each legend entry gives the area under the curve (trapezoids over recall; the metrics
+            module's PxAP is the number of record, this is only a label).
+        ax: an axes to draw into (default: a new figure).
+    """
+    figure, ax = _figure_and_axes(ax)
+    for label, (precision, recall) in _curves(curves).items():
+        order = np.argsort(recall, kind="stable")
+        area = float(_trapezoid(precision[order], recall[order])) if recall.size > 1 else 0.0
+        ax.plot(recall, precision, label=f"{label}: area {area:.3f}" if label else f"area {area:.3f}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def metric_by_layer_figure(values: Mapping[str, Mapping[str, float]], metric: str = "MaxBoxAccV2",
+                           layers: Optional[Sequence[str]] = None, ax=None):
+    """One line per method: ``metric`` against layer (layers in the given order, shallow to deep).
+
+    Args:
+        values: ``{method: {layer: value}}``; missing entries are left as gaps.
+        layers: the x-axis order (default: first-seen order).
+    """
+    figure, ax = _figure_and_axes(ax, size=(6.0, 3.6))
+    if layers is None:
+        layers = []
+        for per_layer in values.values():
+            layers += [l for l in per_layer if l not in layers]
+    x = np.arange(len(layers))
+    for method, per_layer in values.items():
+        y = [per_layer.get(l, math.nan) for l in layers]
+        y = [math.nan if v is None else float(v) for v in y]
+        ax.plot(x, y, marker="o", label=method)
+    ax.set_xticks(x)
+    ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} by layer")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def table_figure(header: Sequence[str], rows: Sequence[Sequence], title: Optional[str] = None):
+    """A table rendered as a figure (e.g. the benchmark's cost table)."""
+    n_rows = len(rows)
+    figure = new_figure(max(4.0, 1.3 * len(header)), 0.6 + 0.28 * (n_rows + 1))
+    ax = figure.add_subplot(1, 1, 1)
+    ax.axis("off")
+    cells = [[_format_cell(v) for v in row] for row in rows]
+    table = ax.table(cellText=cells or [[""] * len(header)], colLabels=list(header), loc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1.0, 1.2)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return figure
+
+
+def _format_cell(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3g}"
+    return str(value)
+
+
+def _figure_and_axes(ax, size=(4.5, 3.4)):
+    if ax is not None:
+        return ax.figure, ax
+    figure = new_figure(*size)
+    return figure, figure.add_subplot(1, 1, 1)
