@@ -1,0 +1,153 @@
+"""Per-call forward hooks that capture layer outputs and, on request, guide the backward pass.
+
+:class:`ActivationCapture` is a context manager: hooks exist only inside the ``with`` block and are
+removed in ``finally``, so nothing stays attached to the user's model.
+
+How a capture works, per captured module call:
+
+* The output ``out`` becomes the captured activation ``A``. If ``out`` carries no autograd history
+  (frozen parameters, or the upstream forward ran without a graph) ``A`` is a detached leaf that
+  requires grad, so gradients to it always exist.
+* The hook returns ``A.clone()`` to the rest of the forward. An in-place operation after the layer
+  (``nn.ReLU(inplace=True)``) therefore modifies the clone, never ``A``: the captured values and
+  the gradient ``dS/dA`` are those of the layer's own output.
+* With ``start_graph_at_capture`` the forward runs without autograd until the first captured call,
+  and with it from there on. Nothing upstream of the layers is recorded, which saves the memory and
+  time of a graph that the gradients to the layers never use.
+
+Guided backward (BagCAMs): every call of a guided module type (``nn.ReLU``, ``nn.ReLU6``) gets a
+tensor hook on its output that, while :attr:`ActivationCapture.guided` is true, clamps the incoming
+gradient to ``>= 0``. ReLU's own backward then applies its mask, so the result is guided
+backpropagation. One backward to all captured layers is guided, for each layer, exactly through
+the ReLUs downstream of it: nodes upstream of a layer do not affect the gradient to it. The call
+that is itself a captured layer is never clamped.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence, Tuple, Type
+
+import torch
+from torch import nn
+
+from camkit.layers import LayerError, LayerSpec
+
+DEFAULT_GUIDED_MODULES: Tuple[Type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
+
+
+class ActivationCapture:
+    """Capture the outputs of ``specs`` during one forward.
+
+    Args:
+        model: the model whose submodules are hooked.
+        specs: the capture points.
+        guided_modules: module types whose outputs get the guided-backward hook, or ``None`` for none.
+        start_graph_at_capture: run the forward without autograd until the first captured call.
+    """
+
+    def __init__(self, model: nn.Module, specs: Sequence[LayerSpec],
+                 guided_modules: Optional[Tuple[Type[nn.Module], ...]] = None,
+                 start_graph_at_capture: bool = True):
+        self.model = model
+        self.specs = list(specs)
+        self.guided_modules = tuple(guided_modules or ())
+        self.start_graph_at_capture = start_graph_at_capture
+        self.guided = False
+        self._wanted: Dict[nn.Module, List[int]] = defaultdict(list)
+        for spec in self.specs:
+            self._wanted[spec.module].append(spec.call)
+        self._calls: Dict[nn.Module, int] = defaultdict(int)
+        self._captured: Dict[Tuple[nn.Module, int], torch.Tensor] = {}
+        self._handles = []
+        self._grad_mode = None
+
+    # -- context management -------------------------------------------------------------------
+    def __enter__(self) -> "ActivationCapture":
+        self._grad_mode = torch.is_grad_enabled()
+        hooked = set()
+        try:
+            for module in list(self._wanted):
+                self._handles.append(module.register_forward_hook(self._on_forward))
+                hooked.add(module)
+            if self.guided_modules:
+                for module in self.model.modules():
+                    if isinstance(module, self.guided_modules) and module not in hooked:
+                        self._handles.append(module.register_forward_hook(self._on_forward))
+                        hooked.add(module)
+        except BaseException:
+            self._remove()
+            raise
+        if self.start_graph_at_capture:
+            torch.set_grad_enabled(False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._grad_mode is not None:
+            torch.set_grad_enabled(self._grad_mode)
+
+    def end_forward(self) -> None:
+        """Restore the caller's grad mode after the forward (hooks stay until ``__exit__``)."""
+        torch.set_grad_enabled(self._grad_mode)
+
+    # -- the hook -----------------------------------------------------------------------------
+    def _is_captured_call(self, module: nn.Module, call: int, total: Optional[int] = None) -> bool:
+        for wanted in self._wanted.get(module, ()):
+            if wanted == call or (wanted < 0 and (total is None or total + wanted == call)):
+                return True
+        return False
+
+    def _on_forward(self, module, inputs, output):
+        call = self._calls[module]
+        self._calls[module] = call + 1
+        result = None
+        if self._is_captured_call(module, call):
+            if not isinstance(output, torch.Tensor):
+                raise LayerError(f"layer {self._name(module)} returns a {type(output).__name__}, not a "
+                                 f"tensor; pick a submodule whose output is a (B, C, h, w) tensor")
+            if self.start_graph_at_capture:
+                torch.set_grad_enabled(True)
+            activation = output if output.requires_grad else output.detach().requires_grad_(True)
+            self._captured[(module, call)] = activation
+            result = activation.clone()
+        if self.guided_modules and isinstance(module, self.guided_modules):
+            tensor = result if result is not None else output
+            if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                tensor.register_hook(self._guided_hook(module, call))
+        return result
+
+    def _guided_hook(self, module: nn.Module, call: int):
+        def clamp(grad):
+            if not self.guided or self._is_captured_call(module, call, self._calls[module]):
+                return None
+            return grad.clamp(min=0)
+        return clamp
+
+    def _name(self, module: nn.Module) -> str:
+        for spec in self.specs:
+            if spec.module is module:
+                return repr(spec.name)
+        return type(module).__name__
+
+    # -- results ------------------------------------------------------------------------------
+    def activation(self, spec: LayerSpec) -> torch.Tensor:
+        """The captured output of ``spec``: ``(B, C, h, w)``."""
+        total = self._calls.get(spec.module, 0)
+        if total == 0:
+            raise LayerError(f"layer {spec.name!r} did not run during the forward pass; pick a layer "
+                             f"on the path from the input to the logits")
+        call = spec.call if spec.call >= 0 else total + spec.call
+        if not 0 <= call < total:
+            raise LayerError(f"layer {spec.name!r} ran {total} time(s) in the forward pass, so call "
+                             f"index {spec.call} is out of range")
+        activation = self._captured[(spec.module, call)]
+        if activation.dim() != 4 or activation.shape[2] * activation.shape[3] < 2:
+            raise LayerError(f"layer {spec.key!r} outputs shape {tuple(activation.shape)}, but class "
+                             f"activation maps need a (B, C, h, w) feature map with h * w > 1; pick a convolutional "
+                             f"layer (camkit.list_layers(model, image) lists them)")
+        return activation

@@ -1,0 +1,395 @@
+"""The explanation engine: one forward, one backward, many maps.
+
+``camkit.explain(model, images, methods=..., layers=..., target=...)`` hooks the requested layers for
+one call, runs one forward, resolves the targets, computes one ``torch.autograd.grad`` to all
+captured layers (plus a guided one only for BagCAMs), evaluates every method on every layer in
+torch, and upsamples and normalises all maps of a layer in one batched call.
+
+The user's model is left as it was found: hooks are removed in ``finally``; gradients are taken with
+``torch.autograd.grad`` (no parameter ``.grad`` is written); ``requires_grad`` is never touched; by
+default the model runs in eval mode for the call (so BatchNorm statistics are not updated and dropout
+is off) and every module's ``training`` flag is restored afterwards.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from camkit import postprocess
+from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture
+from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix
+from camkit.inputs import Preprocess, as_batch
+from camkit.layers import LayerSpec, resolve_layers
+from camkit.methods import LayerInputs, get_method
+from camkit.targets import ResolvedTargets, resolve_targets
+
+MapKey = Tuple[str, str]
+
+
+@dataclass
+class Explanation:
+    """The result of one explanation call.
+
+    Attributes:
+        maps: ``{(method, layer): maps}``; maps are ``(B, H, W)``, or ``(B, T, H, W)`` when several
+            targets per image were asked for (``TopK`` or a ``(B, T)`` target tensor). With the
+            defaults they are upsampled to the input size and min-max normalised to ``[0, 1]``.
+        logits: ``(B, K)`` model outputs.
+        targets: ``(B,)`` or ``(B, T)`` explained classes; ``None`` for a callable target.
+        methods, layers: the method names and layer keys, in the order asked for.
+        images: ``(B, C, H, W)`` the model input.
+        images_rgb: ``(B, H, W, 3)`` float pictures in ``[0, 1]`` for display, when known.
+        negative_target_logit: ``(B,)`` / ``(B, T)`` bool, targets whose logit is ``<= 0`` (BagCAMs
+            then differentiates ``log`` of a non-positive score; see :func:`camkit.methods.bagcams`).
+        class_names: class names for display, when known.
+    """
+
+    maps: Dict[MapKey, torch.Tensor]
+    logits: torch.Tensor
+    targets: Optional[torch.Tensor]
+    methods: List[str]
+    layers: List[str]
+    images: torch.Tensor
+    images_rgb: Optional[np.ndarray] = None
+    negative_target_logit: Optional[torch.Tensor] = None
+    class_names: Optional[Sequence[str]] = None
+    notes: List[str] = field(default_factory=list)
+
+    def __getitem__(self, key: Union[str, MapKey]) -> torch.Tensor:
+        """``exp["gradcam"]`` when one layer was explained, else ``exp["gradcam", "layer4"]``."""
+        if isinstance(key, str):
+            if len(self.layers) != 1:
+                raise KeyError(f"several layers were explained ({', '.join(self.layers)}); "
+                               f"index with (method, layer)")
+            key = (key, self.layers[0])
+        if key not in self.maps:
+            notes = "".join(f"\n  note: {note}" for note in self.notes)
+            raise KeyError(f"no map for {key}; available: {sorted(self.maps)}{notes}")
+        return self.maps[key]
+
+    def top_k(self, k: int = 5) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Softmax probabilities and class indices of the ``k`` best classes: two ``(B, k)``."""
+        probabilities = self.logits.detach().softmax(dim=1)
+        result = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+        return result.values, result.indices
+
+    def class_name(self, index: int) -> str:
+        """The name of class ``index``, or ``"class {index}"``."""
+        if self.class_names is not None and 0 <= index < len(self.class_names):
+            return str(self.class_names[index])
+        return f"class {index}"
+
+    def figure(self, index: int = 0, **kwargs):
+        """A matplotlib figure: the image, each map and each overlay (see :mod:`camkit.viz`)."""
+        from camkit.viz import explanation_figure
+        return explanation_figure(self, index=index, **kwargs)
+
+    def save(self, path, index: int = 0, dpi: int = 110, **kwargs) -> None:
+        """Write :meth:`figure` to ``path`` (PNG, PDF, ... by extension)."""
+        import matplotlib.pyplot as plt
+        fig = self.figure(index=index, **kwargs)
+        try:
+            fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        finally:
+            plt.close(fig)
+
+
+class Explainer:
+    """A reusable explainer for one model; hooks exist only during a call.
+
+    Args:
+        model: any ``nn.Module`` returning ``(B, K)`` logits (or see ``output``).
+        methods: a method name or names (``camkit.list_methods()``).
+        layers: module names (``"name"`` or ``"name@k"`` for the k-th call of a reused module),
+            modules, or ``None`` for the last layer with spatial output (chosen per input shape and
+            reported in ``Explanation.layers``).
+        head: the classifier used by CAM: an ``nn.Linear``, a 1x1 ``nn.Conv2d`` or a ``(K, C)``
+            tensor. ``None`` finds it automatically.
+        output: how to get logits from the model output: ``None`` (the output is the logits), a key
+            or index into a dict/tuple output, or a callable ``output -> (B, K)``.
+        preprocess: turns PIL images / uint8 arrays / paths into ``(3, H, W)`` tensors and back for
+            display. Default: :class:`camkit.Preprocess` (224x224, ImageNet mean and std).
+        class_names: names of the ``K`` classes, for display.
+        eval_mode: run the model in eval mode during the call (restored afterwards).
+        guided_modules: module types that BagCAMs' guided backward passes through.
+        method_options: ``{method: {option: value}}``, e.g. ``{"cam": {"clamp_negative_weights": True}}``.
+        context: a fitted causal context for the ``causal`` method (see :mod:`camkit.causal`).
+    """
+
+    def __init__(self, model: nn.Module, methods: Union[str, Sequence[str]] = "gradcam",
+                 layers=None, head=None, output=None, preprocess: Optional[Callable] = None,
+                 class_names: Optional[Sequence[str]] = None, eval_mode: bool = True,
+                 guided_modules=DEFAULT_GUIDED_MODULES, method_options: Optional[dict] = None,
+                 context: Any = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.methods = _method_names(methods)
+        self.layers = layers
+        self.head = head
+        self.output = output
+        self.preprocess = preprocess if preprocess is not None else Preprocess()
+        self.class_names = class_names
+        self.eval_mode = eval_mode
+        self.guided_modules = tuple(guided_modules)
+        self.method_options = dict(method_options or {})
+        self.context = context
+        self._auto_layer: Dict[tuple, List[LayerSpec]] = {}
+
+    def __enter__(self) -> "Explainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._auto_layer.clear()
+
+    def __call__(self, images, target=None, methods=None, layers=None, upsample: bool = True,
+                 normalize: bool = True) -> Explanation:
+        """Explain ``images``; ``methods`` and ``layers`` override the explainer's for this call.
+
+        Args:
+            images: ``(B, C, H, W)`` or ``(C, H, W)`` preprocessed tensor, or PIL image(s), uint8
+                ``(H, W, 3)`` array(s) or file path(s) (through ``preprocess``).
+            target: ``None`` (top-1), an int, ``B`` ints, a ``(B, T)`` tensor, ``camkit.TopK(k)``
+                or a callable ``logits -> (B,)`` (see :mod:`camkit.targets`).
+            upsample: resize maps to the input size; ``False`` keeps the layer resolution.
+            normalize: per-map min-max to ``[0, 1]``; ``False`` returns raw maps.
+        """
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("camkit.explain cannot run under torch.inference_mode(): gradient-based "
+                               "maps need autograd, which inference mode disables for good. Call it "
+                               "outside the inference_mode block (torch.no_grad() is fine).")
+        method_list = [get_method(name) for name in _method_names(methods or self.methods)]
+        batch, display = as_batch(images, self.preprocess)
+        device = _model_device(self.model, batch.device)
+        batch = batch.to(device)
+        _check_input(batch)
+        specs = self._resolve_layers(batch, layers if layers is not None else self.layers)
+        needs = set().union(*(m.needs for m in method_list))
+        need_grads = bool(needs & {"gradients", "guided_gradients"})
+
+        with _eval_mode(self.model, self.eval_mode), \
+                ActivationCapture(self.model, specs,
+                                  guided_modules=self.guided_modules if "guided_gradients" in needs else None,
+                                  start_graph_at_capture=need_grads) as capture:
+            if not need_grads:
+                torch.set_grad_enabled(False)
+            output = self.model(batch)
+            activations = [capture.activation(spec) for spec in specs]
+            logits = _as_logits(output, self.output, batch.shape[0])
+            targets = resolve_targets(target, logits)  # in the forward's grad mode: scores need it
+            capture.end_forward()
+            gradients = guided = [None] * len(specs)
+            if "gradients" in needs:
+                gradients = _gradients(targets.scores, activations, specs,
+                                       retain_graph="guided_gradients" in needs)
+            if "guided_gradients" in needs:
+                capture.guided = True
+                guided = _gradients(targets.scores, activations, specs, retain_graph=False,
+                                    output_scale=1 / targets.scores.detach())
+        head_weights, notes = self._head_weights(needs, specs, activations, logits, targets)
+        maps = {}
+        for spec, activation, grad, guided_grad in zip(specs, activations, gradients, guided):
+            head_weight = head_weights.get(spec.key)
+            layer_methods = [m for m in method_list if "head" not in m.needs or head_weight is not None]
+            inputs = LayerInputs(
+                activations=_compute_dtype(activation.detach()), logits=logits.detach(),
+                targets=targets.classes, model=self.model,
+                gradients=_compute_dtype(grad), guided_gradients=_compute_dtype(guided_grad),
+                head_weight=head_weight,
+                class_weights=None if head_weight is None else head_weight[targets.classes])
+            raw = torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods])
+            if upsample:
+                raw = postprocess.upsample(raw, tuple(batch.shape[-2:]))
+            if normalize:
+                raw = postprocess.normalize(raw)
+            if not targets.per_image:
+                raw = raw.squeeze(2)
+            for method, method_maps in zip(layer_methods, raw):
+                maps[(method.name, spec.key)] = method_maps
+        explanation = self._explanation(maps, logits, targets, method_list, specs, batch, display)
+        explanation.notes.extend(notes)
+        return explanation
+
+    def _head_weights(self, needs, specs, activations, logits, targets) -> Tuple[dict, List[str]]:
+        """``{layer key: (K, C) head weight}`` for the layers where the head fits, and notes.
+
+        A head method (CAM) is skipped, with a warning and a note, at layers the classifier does not
+        fit (e.g. ``layer3`` of a ResNet) as long as it fits at least one requested layer; when it
+        fits none, :class:`HeadNotFoundError` is raised.
+        """
+        if "head" not in needs:
+            return {}, []
+        if targets.classes is None:
+            raise ValueError("CAM needs a class index per map, but target is a callable score; "
+                             "give class targets or drop 'cam' from methods")
+        weights, errors = {}, {}
+        for spec, activation in zip(specs, activations):
+            try:
+                head = find_head(self.model, activation.shape[1], logits.shape[1], self.head)
+                weights[spec.key] = head_weight_matrix(head, activation, logits, spec.key)
+            except HeadNotFoundError as error:
+                errors[spec.key] = error
+        if not weights:
+            raise next(iter(errors.values()))
+        notes = [f"CAM skipped at layer {key!r}: {error}" for key, error in errors.items()]
+        for note in notes:
+            warnings.warn(note, CAMHeadWarning, stacklevel=4)
+        return weights, notes
+
+
+    def _resolve_layers(self, batch: torch.Tensor, layers) -> List[LayerSpec]:
+        if layers is not None:
+            return resolve_layers(self.model, layers, batch)
+        key = (tuple(batch.shape[1:]), batch.dtype, batch.device)
+        if key not in self._auto_layer:
+            self._auto_layer[key] = resolve_layers(self.model, None, batch)
+        return self._auto_layer[key]
+
+    def _explanation(self, maps, logits, targets: ResolvedTargets, method_list, specs, batch,
+                     display) -> Explanation:
+        classes = targets.classes
+        negative = None
+        if classes is not None:
+            negative = targets.scores.detach() <= 0
+            if not targets.per_image:
+                classes, negative = classes.squeeze(1), negative.squeeze(1)
+        notes = []
+        if negative is not None and any(m.name == "bagcams" for m in method_list) and negative.any():
+            note = (f"{int(negative.sum())} target logit(s) are <= 0: BagCAMs' gradient of log(S) "
+                    f"flips sign there (see Explanation.negative_target_logit)")
+            notes.append(note)
+            warnings.warn(note, RuntimeWarning, stacklevel=3)
+        return Explanation(maps=maps, logits=logits.detach(), targets=classes,
+                           methods=[m.name for m in method_list], layers=[s.key for s in specs],
+                           images=batch, images_rgb=display, negative_target_logit=negative,
+                           class_names=self.class_names, notes=notes)
+
+
+def explain(model: nn.Module, images, methods: Union[str, Sequence[str]] = "gradcam", layers=None,
+            target=None, upsample: bool = True, normalize: bool = True, **options) -> Explanation:
+    """Explain ``images`` with ``model``: ``Explainer(model, methods, layers, **options)(images, target)``.
+
+    Example::
+
+        exp = camkit.explain(model, images, methods=("cam", "gradcam", "gradcam++", "pcs", "bagcams"),
+                             layers=("layer3", "layer4"))
+        exp.maps[("gradcam", "layer4")]   # (B, H, W) in [0, 1]
+
+    See :class:`Explainer` for ``options`` (``head``, ``output``, ``preprocess``, ...).
+    """
+    return Explainer(model, methods=methods, layers=layers, **options)(
+        images, target=target, upsample=upsample, normalize=normalize)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def _method_names(methods) -> List[str]:
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise ValueError("methods is empty; give at least one (camkit.list_methods() lists them)")
+    canonical = [get_method(name).name for name in names]
+    if len(set(canonical)) != len(canonical):
+        raise ValueError(f"methods lists a method twice: {names}")
+    return canonical
+
+
+def _with_options(inputs: LayerInputs, name: str, explainer: Explainer) -> LayerInputs:
+    options = dict(explainer.method_options.get(name, {}))
+    if explainer.context is not None:
+        options.setdefault("context", explainer.context)
+    inputs.options = options
+    return inputs
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return fallback
+
+
+def _check_input(batch: torch.Tensor) -> None:
+    finite = torch.isfinite(batch).flatten(1).all(dim=1)
+    if not finite.all():
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(f"the input contains NaN or infinite values (image index {bad[:10]}); "
+                         f"check the preprocessing")
+
+
+def _compute_dtype(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if tensor is None or tensor.dtype in (torch.float32, torch.float64):
+        return tensor
+    return tensor.float()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module, enabled: bool):
+    flags = {module: module.training for module in model.modules()}
+    try:
+        if enabled:
+            model.eval()
+        yield
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
+def _as_logits(output, adapter, batch_size: int) -> torch.Tensor:
+    if adapter is not None:
+        output = adapter(output) if callable(adapter) else output[adapter]
+    if isinstance(output, dict):
+        raise TypeError(f"the model returns a dict with keys {list(output)}; pass output=KEY "
+                        f"(or a callable) to say which entry holds the (B, K) logits")
+    if isinstance(output, (tuple, list)):
+        raise TypeError(f"the model returns a {type(output).__name__} of {len(output)} items; pass "
+                        f"output=INDEX (or a callable) to say which item holds the (B, K) logits")
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != batch_size:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(f"expected (B, K) = ({batch_size}, K) logits from the model, got {shape}; "
+                         f"pass output= (a key, index or callable) to adapt the model output")
+    return output
+
+
+def _gradients(scores: torch.Tensor, activations: List[torch.Tensor], specs: List[LayerSpec],
+               retain_graph: bool, output_scale: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """``d scores[:, t] / d activation`` for every target ``t``: a list of ``(B, T, C, h, w)``.
+
+    Images are independent in eval mode, so one backward of the batch sum gives every image's
+    gradient. Several targets per image use batched ``grad_outputs`` (vmap over the backward), with
+    a loop of backwards as the fallback for models that vmap cannot handle.
+    """
+    if not scores.requires_grad:
+        raise RuntimeError("the target scores do not depend differentiably on the captured layers: the "
+                           "model's output has no autograd history (is part of its forward under "
+                           "torch.no_grad() or detached?)")
+    batch, num_targets = scores.shape
+    scale = torch.ones_like(scores) if output_scale is None else output_scale
+
+    def backward(grad_outputs, batched, retain):
+        grads = torch.autograd.grad(scores, activations, grad_outputs=grad_outputs, retain_graph=retain,
+                                    allow_unused=True, is_grads_batched=batched)
+        for spec, grad in zip(specs, grads):
+            if grad is None:
+                raise RuntimeError(f"the target scores do not depend on layer {spec.key!r}: it is not "
+                                   f"on the differentiable path from the input to the logits")
+        return grads
+
+    if num_targets == 1:
+        return [g.unsqueeze(1) for g in backward(scale, False, retain_graph)]
+    eye = torch.eye(num_targets, dtype=scores.dtype, device=scores.device)
+    batched_outputs = eye[:, None, :] * scale[None]  # (T, B, T)
+    try:  # keep the graph: the fallback below needs it if vmap fails part-way
+        grads = backward(batched_outputs, True, True)
+        return [g.transpose(0, 1) for g in grads]
+    except RuntimeError as error:
+        if "do not depend" in str(error):
+            raise
+    per_target = [backward(batched_outputs[t], False, True) for t in range(num_targets)]
+    return [torch.stack([grads[i] for grads in per_target], dim=1) for i in range(len(specs))]

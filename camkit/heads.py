@@ -1,0 +1,92 @@
+"""Finding the classifier head that CAM needs, and checking that CAM decomposes the logits.
+
+CAM is exact when the logits are ``W @ GAP(A) + b`` for the captured layer ``A``: a linear layer
+after global average pooling, or a 1x1 convolution before it (the two commute). The head is found
+automatically as the ``nn.Linear`` (or 1x1 ``nn.Conv2d``) whose input size equals the layer's channel
+count and whose output size equals the number of logits; when several match, the last one
+registered wins.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+HeadLike = Union[nn.Linear, nn.Conv2d, torch.Tensor]
+
+
+class HeadNotFoundError(ValueError):
+    """CAM needs a linear classifier head and none fits the layer."""
+
+
+class CAMHeadWarning(UserWarning):
+    """The logits are not ``W @ GAP(A) + b`` for the layer, so CAM is not their decomposition."""
+
+
+def find_head(model: nn.Module, channels: int, num_classes: int, head: Optional[HeadLike] = None
+              ) -> HeadLike:
+    """The classifier mapping ``channels`` pooled features to ``num_classes`` logits.
+
+    Raises:
+        HeadNotFoundError: no ``nn.Linear(channels, num_classes)`` or 1x1
+            ``nn.Conv2d(channels, num_classes)`` exists and ``head`` was not given.
+    """
+    if head is not None:
+        return head
+    found = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and (module.in_features, module.out_features) == (
+                channels, num_classes):
+            found = module
+        elif (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+              and (module.in_channels, module.out_channels) == (channels, num_classes)):
+            found = module
+    if found is None:
+        raise HeadNotFoundError(
+            f"CAM needs a linear classifier applied to the global-average-pooled layer output "
+            f"({channels} channels -> {num_classes} logits), but the model has no nn.Linear or 1x1 "
+            f"nn.Conv2d of that shape. Pick the layer that feeds the classifier, or pass head= (an "
+            f"nn.Linear, a 1x1 nn.Conv2d or a ({num_classes}, {channels}) weight tensor), or use a "
+            f"gradient method such as 'gradcam'.")
+    return found
+
+
+def head_weight_matrix(head: HeadLike, activations: torch.Tensor, logits: torch.Tensor,
+                       layer: str) -> torch.Tensor:
+    """The ``(K, C)`` weight of ``head``, after checking it against the logits.
+
+    Args:
+        activations: ``(B, C, h, w)`` captured layer output.
+        logits: ``(B, K)``.
+
+    Warns :class:`CAMHeadWarning` when ``logits != W @ GAP(A) + b`` (then the map is still
+    ``sum_k W[c, k] A_k`` but no longer the exact decomposition of the logit).
+    """
+    num_classes, channels = logits.shape[1], activations.shape[1]
+    if isinstance(head, torch.Tensor):
+        weight, bias = head, None
+    elif isinstance(head, (nn.Linear, nn.Conv2d)):
+        weight, bias = head.weight, head.bias
+    else:
+        raise TypeError(f"head must be an nn.Linear, a 1x1 nn.Conv2d or a (K, C) tensor, got "
+                        f"{type(head).__name__}")
+    weight = weight.detach().reshape(weight.shape[0], -1)
+    if tuple(weight.shape) != (num_classes, channels):
+        raise HeadNotFoundError(f"the head weight has shape {tuple(weight.shape)} but layer {layer!r} "
+                                f"has {channels} channels and the model {num_classes} logits; "
+                                f"expected ({num_classes}, {channels})")
+    weight = weight.to(device=activations.device, dtype=torch.promote_types(activations.dtype, torch.float32))
+    pooled = activations.detach().mean(dim=(2, 3)).to(weight.dtype)
+    predicted = pooled @ weight.T
+    if bias is not None:
+        predicted = predicted + bias.detach().to(predicted)
+    reference = logits.detach().to(predicted)
+    tolerance = 1e-3 * (1 + reference.abs().max())
+    if not isinstance(head, torch.Tensor) and (predicted - reference).abs().max() > tolerance:
+        warnings.warn(f"the logits are not W @ GAP(A) + b for layer {layer!r} with the detected head "
+                      f"(max difference {(predicted - reference).abs().max():.3g}); CAM at this layer "
+                      f"is not the decomposition of the logits. Pick the layer that feeds the "
+                      f"classifier or pass head=", CAMHeadWarning, stacklevel=4)
+    return weight

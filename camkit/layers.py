@@ -1,0 +1,157 @@
+"""Resolve layer specifications to modules, and find layers with spatial output.
+
+A layer is named by its module name as in ``model.named_modules()`` (``"layer4"``,
+``"features.18"``), optionally with a call index: ``"_swish@1"`` is the output of the second call
+of a module that runs more than once per forward (EfficientNet-Lite reuses one ReLU6 module for the
+stem and the head). Without an index the **last** call is captured, which for a reused activation
+module is the one nearest the classifier. An ``nn.Module`` may be given instead of a name.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+LayerLike = Union[str, nn.Module]
+
+
+class LayerError(ValueError):
+    """A layer specification that does not name a usable layer of the model."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One capture point: ``module``'s output at call ``call`` (negative counts from the end)."""
+
+    name: str
+    module: nn.Module
+    call: int = -1
+
+    @property
+    def key(self) -> str:
+        """The name used in :attr:`Explanation.maps` keys."""
+        return self.name if self.call == -1 else f"{self.name}@{self.call}"
+
+
+def _split_call(spec: str) -> Tuple[str, int]:
+    name, sep, call = spec.rpartition("@")
+    if not sep:
+        return spec, -1
+    try:
+        return name, int(call)
+    except ValueError:
+        raise LayerError(f"layer {spec!r}: the part after '@' must be a call index such as "
+                         f"'{name}@0' or '{name}@-1'") from None
+
+
+def resolve_layer(model: nn.Module, layer: LayerLike, candidates=None) -> LayerSpec:
+    """Turn a name, ``"name@k"`` or module into a :class:`LayerSpec`.
+
+    ``candidates`` is a zero-argument callable returning spatial layer names, used only to make the
+    error message for a wrong name helpful.
+    """
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer and name:
+                return LayerSpec(name, module)
+        raise LayerError(f"the module {type(layer).__name__} passed as a layer is not a submodule "
+                         f"of the model (or is the model itself); pass a submodule or its name")
+    if not isinstance(layer, str):
+        raise LayerError(f"a layer must be a module name (str) or an nn.Module, got {type(layer).__name__}")
+    name, call = _split_call(layer)
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return LayerSpec(name, modules[name], call)
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    message = f"the model has no layer named {name!r}."
+    if close:
+        message += f" Close matches: {', '.join(close)}."
+    if candidates is not None:
+        found = candidates()
+        if found:
+            shown = ", ".join(found[-12:])
+            message += f" Layers with spatial output (last ones nearest the head): {shown}."
+    raise LayerError(message + " Use camkit.list_layers(model, image) to see every layer and its shape.")
+
+
+def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
+                ) -> List[Tuple[str, Tuple[int, ...]]]:
+    """Run one no-grad forward and list ``(layer, output shape)`` in the order outputs are produced.
+
+    Args:
+        image: ``(3, H, W)`` or ``(B, 3, H, W)`` preprocessed input (only the first image is used).
+        spatial_only: keep only outputs of shape ``(B, C, h, w)`` with ``h * w > 1``.
+
+    A module called several times appears once per call, as ``"name@k"``, except for its last call,
+    which is listed under its plain name (the default capture point).
+    """
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    image = image[:1]
+    records: List[Tuple[str, int, Tuple[int, ...]]] = []
+    counts = {}
+    handles = []
+
+    def make_hook(name):
+        def hook(module, inputs, output):
+            call = counts.get(name, 0)
+            counts[name] = call + 1
+            if isinstance(output, torch.Tensor):
+                records.append((name, call, tuple(output.shape)))
+        return hook
+
+    training = {m: m.training for m in model.modules()}
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        model.eval()
+        with torch.no_grad():
+            model(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in training.items():
+            module.training = flag
+    result = []
+    for name, call, shape in records:
+        if spatial_only and not (len(shape) == 4 and shape[2] * shape[3] > 1):
+            continue
+        label = name if call == counts[name] - 1 else f"{name}@{call}"
+        result.append((label, shape))
+    return result
+
+
+def last_spatial_layer(model: nn.Module, image: torch.Tensor) -> str:
+    """The name of the last layer (in execution order) whose output is ``(B, C, h, w)``, ``h*w > 1``."""
+    layers = list_layers(model, image, spatial_only=True)
+    if not layers:
+        raise LayerError("no layer of the model outputs a spatial map (B, C, h, w) for this input; "
+                         "class activation maps need a convolutional feature map")
+    return layers[-1][0]
+
+
+def resolve_layers(model: nn.Module, layers: Optional[Union[LayerLike, Sequence[LayerLike]]],
+                   example: torch.Tensor) -> List[LayerSpec]:
+    """Resolve ``layers`` (a name, module, sequence of them, or ``None`` = last spatial layer)."""
+    if layers is None:
+        return [resolve_layer(model, last_spatial_layer(model, example))]
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise LayerError("layers is empty; give at least one layer, or None for the last spatial layer")
+
+    def candidates():
+        return [name for name, _ in list_layers(model, example)]
+
+    specs = [resolve_layer(model, layer, candidates) for layer in layers]
+    keys = [spec.key for spec in specs]
+    duplicated = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicated:
+        raise LayerError(f"layers lists {', '.join(duplicated)} more than once")
+    return specs

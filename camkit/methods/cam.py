@@ -1,0 +1,23 @@
+"""CAM (Zhou et al., CVPR 2016): the classifier row of the target applied to the feature map."""
+import torch
+
+from camkit.methods import LayerInputs, channel_weighted_sum, register
+
+
+@register("cam", needs=("head",),
+          description="sum_k W[c,k] A_k: the linear head after global average pooling, no ReLU, no bias",
+          reference="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016")
+def cam(inputs: LayerInputs) -> torch.Tensor:
+    """``sum_k W[c, k] * A_k(m)`` with no ReLU and no bias, as in wsolevaluation and torchcam.
+
+    Options:
+        clamp_negative_weights: replace ``W[c, k] < 0`` by 0 first (NWC, Bae et al., ECCV 2020,
+            "Rethinking Class Activation Mapping for Weakly Supervised Object Localization").
+
+    Returns:
+        ``(B, T, h, w)`` raw maps.
+    """
+    weights = inputs.class_weights
+    if inputs.options.get("clamp_negative_weights", False):
+        weights = weights.clamp(min=0)
+    return channel_weighted_sum(weights, inputs.activations)

@@ -1,0 +1,47 @@
+"""Gradient-weighted methods: Grad-CAM, Grad-CAM++ and PCS (= HiResCAM).
+
+Notation: ``A`` is the layer output ``(B, C, h, w)``, ``g = dS_c/dA`` is ``(B, T, C, h, w)``.
+"""
+import torch
+
+from camkit.methods import LayerInputs, channel_weighted_sum, register
+
+
+@register("gradcam", needs=("gradients",), aliases=("grad-cam",),
+          description="ReLU(sum_k mean_m(g_k) A_k): channels weighted by their average gradient",
+          reference="Selvaraju et al., Grad-CAM, ICCV 2017")
+def gradcam(inputs: LayerInputs) -> torch.Tensor:
+    """``ReLU(sum_k mean_m(g_k) * A_k)``. Returns ``(B, T, h, w)``."""
+    weights = inputs.gradients.mean(dim=(-2, -1))
+    return channel_weighted_sum(weights, inputs.activations).relu()
+
+
+@register("gradcam++", needs=("gradients",), aliases=("gradcampp", "grad-cam++"),
+          description="eq. 19 of Grad-CAM++ (exponential score): alpha = g^2/(2g^2 + sum_m(A) g^3), "
+                      "w_k = sum_m alpha ReLU(g)",
+          reference="Chattopadhay et al., Grad-CAM++, WACV 2018")
+def gradcam_plus_plus(inputs: LayerInputs) -> torch.Tensor:
+    """Grad-CAM++ from eq. 19 of Chattopadhay et al. under the exponential-score assumption.
+
+    ``alpha = g^2 / (2 g^2 + (sum_m A_k(m)) g^3)``; ``alpha = 0`` where the denominator is 0 (always
+    where ``g = 0``; no epsilon is added anywhere else). ``w_k = sum_m alpha * ReLU(g)`` and the map
+    is ``ReLU(sum_k w_k A_k)``. Returns ``(B, T, h, w)``.
+    """
+    grads = inputs.gradients
+    activation_sums = inputs.activations.sum(dim=(-2, -1))[:, None, :, None, None]  # (B, 1, C, 1, 1)
+    grads_squared = grads.square()
+    denominator = 2 * grads_squared + activation_sums * grads_squared * grads
+    safe = denominator != 0
+    alpha = torch.where(safe, grads_squared / torch.where(safe, denominator, torch.ones_like(denominator)),
+                        torch.zeros_like(denominator))
+    weights = (alpha * grads.relu()).sum(dim=(-2, -1))
+    return channel_weighted_sum(weights, inputs.activations).relu()
+
+
+@register("pcs", needs=("gradients",), aliases=("hirescam",),
+          description="ReLU(sum_k g_k(m) A_k(m)): pixel-level class selection, equal to HiResCAM",
+          reference="Tan et al., Increasing the Discriminative Power of Class Activation Maps "
+                    "(pixel-level class selection), 2020; Draelos & Carin, HiResCAM, 2020")
+def pcs(inputs: LayerInputs) -> torch.Tensor:
+    """``ReLU(sum_k g_k(m) * A_k(m))``. Returns ``(B, T, h, w)``."""
+    return (inputs.gradients * inputs.activations.unsqueeze(1)).sum(dim=2).relu()
