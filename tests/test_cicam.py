@@ -374,3 +374,41 @@ def test_build_cicam_names_new_layers_for_the_recipe():
     assert "features.net.fc.weight" not in names           # the backbone's own head is removed
     assert model.new_layer_prefixes[:2] == ("context", "classifier")
     assert isinstance(model, CICAM) and model.context.size == (4, 4)
+
+
+def test_pool_adopts_first_feature_size_and_loads_a_pool_of_another_size():
+    pool = CausalContextPool(2, 3, (4, 4))
+    maps = torch.randn(2, 2, 3, 5)
+    pool.update(maps, torch.tensor([[1.0, 0], [0, 1.0]]), torch.tensor([0, 1]))
+    assert pool.size == (3, 5)
+    expected = slow_update(torch.zeros(2, 3, 5), maps, torch.tensor([[1.0, 0], [0, 1.0]]), torch.tensor([0, 1]))
+    torch.testing.assert_close(pool.pool.double(), expected, rtol=1e-5, atol=1e-5)
+    other = CausalContextPool(2, 3, (7, 7))
+    other.load_state_dict(pool.state_dict())
+    assert torch.equal(other.pool, pool.pool)
+
+
+def test_recipe_loss_forward_and_parameter_groups():
+    from camkit.train.cicam_recipe import cicam_forward, cicam_logits, cicam_loss, cicam_param_groups
+    from camkit.train.recipes import get_recipe
+    recipe = get_recipe("cicam")
+    assert recipe.forward is cicam_forward and recipe.logits is cicam_logits
+    model = tiny_cicam().train()
+    batch = {"image": torch.randn(4, 3, 16, 16), "label": torch.tensor([0, 1, 2, 0])}
+    with torch.no_grad():
+        batch["label"] = model(batch["image"])["up"].argmax(1)
+    out = cicam_forward(model, batch)
+    assert model.context.pool.abs().sum() > 0                     # the training forward updated the pool
+    terms = cicam_loss(out, batch)
+    torch.testing.assert_close(terms["loss"], F.cross_entropy(out["up"], batch["label"])
+                               + F.cross_entropy(out["down"], batch["label"]))
+    assert cicam_logits(out) is out["down"]
+    groups = cicam_param_groups(model, recipe.make_config("cub-vgg16"))
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
+    scales = {g["name"]: g["lr_scale"] for g in groups}
+    assert scales == {"backbone": 0.1, "new": 1.0}
+    new_names = {n for n, p in model.named_parameters() if any(p is q for g in groups if g["name"] == "new"
+                                                                for q in g["params"])}
+    assert new_names == {"context.projection.weight", "context.projection.bias", "classifier.weight",
+                         "classifier.bias"}

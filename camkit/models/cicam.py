@@ -25,7 +25,9 @@ Differences from the released code (documented, deliberate):
   update, so every process holds the same ``Q`` and N processes with global batch B equal one process
   with batch B.
 * If the feature size at run time differs from ``Q``'s (another input size), ``Q[c*]`` is resized
-  bilinearly for the enhancement and class maps are resized to ``Q``'s size for the update.
+  bilinearly for the enhancement and class maps are resized to ``Q``'s size for the update; a pool
+  that was never updated (all zeros) instead adopts the feature size of its first update, and
+  ``load_state_dict`` adopts the saved pool's size.
 """
 from __future__ import annotations
 
@@ -145,6 +147,9 @@ class CausalContextPool(nn.Module):
         if class_maps.shape[1] != self.num_classes:
             raise ValueError(f"class maps have {class_maps.shape[1]} classes; the pool holds {self.num_classes}")
         class_maps = class_maps.detach().to(self.pool.dtype)
+        if tuple(class_maps.shape[2:]) != self.size and not bool(self.pool.any()):
+            # a pool that was never updated holds no information: adopt the feature size
+            self.pool = self.pool.new_zeros(self.num_classes, *class_maps.shape[2:])
         if tuple(class_maps.shape[2:]) != self.size:
             class_maps = F.interpolate(class_maps, size=self.size, mode="bilinear", align_corners=False)
         total = correct_class_sum(class_maps, logits.detach(), labels)
@@ -153,6 +158,15 @@ class CausalContextPool(nn.Module):
         new = standardize_per_class(self.pool + self.update_rate * standardize_per_class(total, self.eps), self.eps)
         self.pool.copy_(new)
         return total
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        saved = state_dict.get(prefix + "pool")
+        if isinstance(saved, torch.Tensor) and saved.dim() == 3 and saved.shape[0] == self.num_classes \
+                and saved.shape != self.pool.shape:
+            self.pool = self.pool.new_zeros(saved.shape)       # a pool saved at another feature size
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def attention(self, classes: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """``A = Conv1x1(onehot(c*) x Q[c*])`` ``(B, C, h, w)`` for classes ``c*`` ``(B,)``."""
