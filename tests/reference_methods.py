@@ -1,0 +1,328 @@
+"""Slow float64 reference implementations of the CAM methods, written straight from DESIGN.md.
+
+These are the *truth side* of the engine tests. They share no code with ``camkit``: the model is
+deep-copied and cast to float64, split at the requested layer with a forward hook that swaps the
+layer's output for a fresh leaf tensor, and every gradient is a plain ``torch.autograd.grad`` of one
+scalar (one image, one class at a time). The methods themselves loop explicitly over channels.
+Clarity beats speed here; nothing in this file is on a hot path.
+
+Notation (DESIGN.md, "Method semantics"): ``A`` is the activation at the layer, ``(C, h, w)`` for one
+image, channels ``k`` and positions ``m``; ``S_c`` is the target logit; ``g = dS_c/dA``, ``(C, h, w)``.
+
+=========== ==================================================================================
+CAM         ``sum_k W[c,k] A_k(m)``; no ReLU, no bias. ``clamp_negative_weights`` uses
+            ``max(W[c,k], 0)`` instead (NWC, Bae et al. 2020).
+Grad-CAM    ``ReLU(sum_k mean_m(g_k) A_k)``.
+Grad-CAM++  ``alpha = g^2 / (2 g^2 + (sum_m A_k(m)) g^3)``, ``alpha = 0`` where ``g = 0``;
+            ``w_k = sum_m alpha ReLU(g)``; map ``ReLU(sum_k w_k A_k)`` (eq. 19, exponential score).
+PCS         ``ReLU(sum_k g_k(m) A_k(m))`` (= HiResCAM).
+BagCAMs     ``g_hat`` = gradient of ``log(S_c)`` backpropagated with guided ReLUs (at every
+            ``nn.ReLU`` / ``nn.ReLU6`` module downstream of the layer the incoming gradient is
+            clamped at zero before the usual ReLU mask); ``t_k = 1 + mean_m(g_hat_k A_k)``;
+            map ``sum_k ReLU(t_k g_hat_k(m) A_k(m))``.
+=========== ==================================================================================
+
+The gradient of ``log(S_c)`` is taken literally with autograd, i.e. the backward pass is seeded with
+``1 / S_c``. For ``S_c < 0`` that seed is negative, so the guided clamps then keep the *other* sign
+of the gradient than they would for ``S_c > 0`` (the engine is expected to flag that case).
+
+Post-processing (shared by every method): bilinear upsampling with ``align_corners=False`` to the
+input size (written out from the definition below), then per-image min-max normalisation; a
+constant map becomes all zeros.
+"""
+import copy
+import math
+
+import torch
+from torch import nn
+
+METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
+
+
+# --------------------------------------------------------------------------------------------------
+# The model side: float64 copy, split at a layer, guided ReLUs.
+# --------------------------------------------------------------------------------------------------
+class _GuidedClampFunction(torch.autograd.Function):
+    """``clamp(x, 0, upper)`` whose backward passes ``clamp(grad, min=0) * 1[0 < x < upper]``."""
+
+    @staticmethod
+    def forward(ctx, x, upper):
+        ctx.save_for_backward(x)
+        ctx.upper = upper
+        return x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        passes = x > 0
+        if ctx.upper is not None:
+            passes = passes & (x < ctx.upper)
+        return grad_output.clamp(min=0.0) * passes.to(grad_output.dtype), None
+
+
+class GuidedReLU(nn.Module):
+    """Drop-in for ``nn.ReLU`` (``upper=None``) or ``nn.ReLU6`` (``upper=6``) with a guided backward."""
+
+    def __init__(self, upper=None):
+        super().__init__()
+        self.upper = upper
+
+    def forward(self, x):
+        return _GuidedClampFunction.apply(x, self.upper)
+
+
+def float64_copy(model, guided=False):
+    """A deep float64 copy of ``model`` (same training flags); with ``guided=True`` every
+    ``nn.ReLU`` / ``nn.ReLU6`` child module is replaced by a :class:`GuidedReLU` of the same name."""
+    copied = copy.deepcopy(model).double()
+    if guided:
+        for parent in list(copied.modules()):
+            for child_name, child in list(parent.named_children()):
+                if isinstance(child, nn.ReLU6):
+                    setattr(parent, child_name, GuidedReLU(upper=6.0))
+                elif isinstance(child, nn.ReLU):
+                    setattr(parent, child_name, GuidedReLU(upper=None))
+    return copied
+
+
+def split_forward(model, layer, image):
+    """Run ``model`` on one image with the output of ``layer`` replaced by a fresh leaf.
+
+    Args:
+        model: a float64 model (see :func:`float64_copy`).
+        layer: module name as in ``model.named_modules()``.
+        image: ``(1, 3, H, W)`` float64.
+
+    Returns:
+        ``(A, logits)``: the leaf activation ``(1, C, h, w)`` (requires grad; everything after the
+        layer is a function of it) and the logits ``(K,)``.
+    """
+    module = dict(model.named_modules())[layer]
+    captured = []
+
+    def swap_output_for_leaf(_module, _inputs, output):
+        leaf = output.detach().clone().requires_grad_(True)
+        captured.append(leaf)
+        # Hand a copy downstream so that an in-place op after the layer cannot touch the leaf.
+        return leaf.clone()
+
+    handle = module.register_forward_hook(swap_output_for_leaf)
+    try:
+        with torch.enable_grad():
+            logits = model(image)
+    finally:
+        handle.remove()
+    assert len(captured) == 1, f"layer {layer!r} ran {len(captured)} times; the reference expects once"
+    assert logits.dim() == 2 and logits.shape[0] == 1, f"expected (1, K) logits, got {tuple(logits.shape)}"
+    return captured[0], logits[0]
+
+
+def activation_logits_gradients(model, layer, image, classes, guided=False, log_score=False):
+    """Activation, logits and one gradient per class at ``layer`` for one image.
+
+    Args:
+        model: any ``nn.Module``; it is copied to float64 here (``guided`` swaps ReLUs).
+        layer: module name.
+        image: ``(3, H, W)`` or ``(1, 3, H, W)``; cast to float64.
+        classes: iterable of class indices.
+        guided: guided ReLUs downstream of the layer.
+        log_score: differentiate ``log(S_c)`` (autograd seeds the backward with ``1 / S_c``).
+
+    Returns:
+        ``A`` ``(C, h, w)``, ``logits`` ``(K,)``, list of gradients ``(C, h, w)``, one per class.
+        All float64 and detached.
+    """
+    model64 = float64_copy(model, guided=guided)
+    x = image.detach().to(torch.float64)
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    A, logits = split_forward(model64, layer, x)
+    gradients = []
+    for c in classes:
+        score = logits[int(c)]
+        if log_score:
+            score = torch.log(score)  # NaN value for S_c < 0, but its gradient is still 1 / S_c.
+        (g,) = torch.autograd.grad(score, A, retain_graph=True)
+        gradients.append(g[0].detach())
+    return A[0].detach(), logits.detach(), gradients
+
+
+# --------------------------------------------------------------------------------------------------
+# The methods: one image, one class. A, g: (C, h, w) float64 -> map (h, w).
+# --------------------------------------------------------------------------------------------------
+def cam(A, class_weight, clamp_negative_weights=False):
+    """CAM: ``sum_k W[c,k] A_k(m)``; ``class_weight`` is the head row ``W[c]`` ``(C,)``."""
+    C, h, w = A.shape
+    assert class_weight.shape == (C,), f"head row has {tuple(class_weight.shape)}, layer has {C} channels"
+    out = torch.zeros(h, w, dtype=torch.float64)
+    for k in range(C):
+        weight = float(class_weight[k])
+        if clamp_negative_weights:
+            weight = max(weight, 0.0)
+        out = out + weight * A[k]
+    return out
+
+
+def gradcam(A, g):
+    """Grad-CAM: ``ReLU(sum_k mean_m(g_k) A_k)``."""
+    C, h, w = A.shape
+    out = torch.zeros(h, w, dtype=torch.float64)
+    for k in range(C):
+        out = out + g[k].mean() * A[k]
+    return out.clamp(min=0.0)
+
+
+def gradcam_plus_plus(A, g):
+    """Grad-CAM++ (eq. 19, exponential score), literally: ``alpha = g^2 / (2 g^2 + sum_m(A_k) g^3)``."""
+    C, h, w = A.shape
+    out = torch.zeros(h, w, dtype=torch.float64)
+    for k in range(C):
+        sum_A = A[k].sum()
+        g2 = g[k] ** 2
+        g3 = g[k] ** 3
+        denominator = 2.0 * g2 + sum_A * g3
+        nonzero = g[k] != 0
+        alpha = torch.where(nonzero, g2 / torch.where(nonzero, denominator, torch.ones_like(g2)),
+                            torch.zeros_like(g2))
+        weight = (alpha * g[k].clamp(min=0.0)).sum()
+        out = out + weight * A[k]
+    return out.clamp(min=0.0)
+
+
+def pcs(A, g):
+    """PCS / HiResCAM: ``ReLU(sum_k g_k(m) A_k(m))``."""
+    C, h, w = A.shape
+    out = torch.zeros(h, w, dtype=torch.float64)
+    for k in range(C):
+        out = out + g[k] * A[k]
+    return out.clamp(min=0.0)
+
+
+def bagcams(A, g_hat):
+    """BagCAMs: ``t_k = 1 + mean_m(g_hat_k A_k)``; map ``sum_k ReLU(t_k g_hat_k(m) A_k(m))``.
+
+    ``g_hat`` must already be the guided gradient of ``log(S_c)``.
+    """
+    C, h, w = A.shape
+    out = torch.zeros(h, w, dtype=torch.float64)
+    for k in range(C):
+        t_k = 1.0 + (g_hat[k] * A[k]).mean()
+        out = out + (t_k * g_hat[k] * A[k]).clamp(min=0.0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Post-processing.
+# --------------------------------------------------------------------------------------------------
+def _bilinear_axis_weights(in_size, out_size):
+    """``(out_size, in_size)`` matrix of 1-D linear interpolation, ``align_corners=False``.
+
+    Output sample ``i`` sits at source coordinate ``(i + 0.5) * in/out - 0.5``, clamped below at 0;
+    it mixes source pixels ``floor(src)`` and ``min(floor(src) + 1, in - 1)`` linearly.
+    """
+    weights = torch.zeros(out_size, in_size, dtype=torch.float64)
+    scale = in_size / out_size
+    for i in range(out_size):
+        src = max((i + 0.5) * scale - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), in_size - 1)
+        i1 = min(i0 + 1, in_size - 1)
+        lam = src - i0
+        weights[i, i0] += 1.0 - lam
+        weights[i, i1] += lam
+    return weights
+
+
+def upsample_bilinear(raw, size):
+    """Bilinear (``align_corners=False``) resize of a ``(h, w)`` map to ``size = (H, W)``."""
+    h, w = raw.shape
+    H, W = size
+    rows = _bilinear_axis_weights(h, H)  # (H, h)
+    cols = _bilinear_axis_weights(w, W)  # (W, w)
+    return rows @ raw.to(torch.float64) @ cols.T
+
+
+def min_max(raw):
+    """Per-map min-max to ``[0, 1]``; a constant map becomes zeros."""
+    low, high = raw.min(), raw.max()
+    if not high > low:
+        return torch.zeros_like(raw)
+    return (raw - low) / (high - low)
+
+
+def postprocess(raw, size, upsample=True, normalize=True):
+    """``(h, w)`` raw map -> upsampled to ``size`` if asked -> min-max if asked."""
+    out = raw
+    if upsample:
+        out = upsample_bilinear(out, size)
+    if normalize:
+        out = min_max(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole-batch driver.
+# --------------------------------------------------------------------------------------------------
+def reference_raw_maps(model, images, layer, targets, methods=METHODS, head_weight=None,
+                       clamp_negative_weights=False):
+    """Raw reference maps at layer resolution for a batch, one image and one class at a time.
+
+    Args:
+        model: the model (any dtype); copied to float64 internally, never modified.
+        images: ``(B, 3, H, W)``.
+        layer: module name.
+        targets: ``(B, T)`` class indices (nested lists or a tensor).
+        methods: names from :data:`METHODS`.
+        head_weight: ``(K, C)`` linear head, needed for ``"cam"``.
+        clamp_negative_weights: CAM with negative head weights set to 0.
+
+    Returns:
+        ``{method: (B, T, h, w) float64}``.
+    """
+    targets = torch.as_tensor(targets).reshape(images.shape[0], -1)
+    out = {method: [] for method in methods}
+    for b in range(images.shape[0]):
+        classes = [int(c) for c in targets[b]]
+        A, _, grads = activation_logits_gradients(model, layer, images[b], classes)
+        guided = None
+        if "bagcams" in methods:
+            _, _, guided = activation_logits_gradients(model, layer, images[b], classes,
+                                                       guided=True, log_score=True)
+        for method in methods:
+            maps = []
+            for i, c in enumerate(classes):
+                if method == "cam":
+                    assert head_weight is not None, "CAM needs head_weight"
+                    maps.append(cam(A, head_weight.detach().to(torch.float64)[c], clamp_negative_weights))
+                elif method == "gradcam":
+                    maps.append(gradcam(A, grads[i]))
+                elif method == "gradcam++":
+                    maps.append(gradcam_plus_plus(A, grads[i]))
+                elif method == "pcs":
+                    maps.append(pcs(A, grads[i]))
+                elif method == "bagcams":
+                    maps.append(bagcams(A, guided[i]))
+                else:
+                    raise ValueError(f"unknown method {method!r}")
+            out[method].append(torch.stack(maps))
+    return {method: torch.stack(maps) for method, maps in out.items()}
+
+
+def postprocess_batch(raw, size, upsample=True, normalize=True):
+    """Apply :func:`postprocess` to every ``(h, w)`` map of a ``(..., h, w)`` stack."""
+    flat = raw.reshape(-1, *raw.shape[-2:])
+    done = torch.stack([postprocess(m, size, upsample=upsample, normalize=normalize) for m in flat])
+    return done.reshape(*raw.shape[:-2], *done.shape[-2:])
+
+
+def reference_maps(model, images, layer, method, targets, head_weight=None,
+                   clamp_negative_weights=False, upsample=True, normalize=True):
+    """``(B, T, H, W)`` (or ``(B, T, h, w)`` without upsampling) float64 maps of one method."""
+    raw = reference_raw_maps(model, images, layer, targets, (method,), head_weight,
+                             clamp_negative_weights)[method]
+    return postprocess_batch(raw, tuple(images.shape[-2:]), upsample=upsample, normalize=normalize)
+
+
+def reference_logits(model, images):
+    """``(B, K)`` float64 logits of a float64 copy of ``model``."""
+    with torch.no_grad():
+        return float64_copy(model)(images.detach().to(torch.float64))
