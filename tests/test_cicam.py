@@ -412,3 +412,21 @@ def test_recipe_loss_forward_and_parameter_groups():
                                                                 for q in g["params"])}
     assert new_names == {"context.projection.weight", "context.projection.bias", "classifier.weight",
                          "classifier.bias"}
+
+
+def test_shared_training_loop_runs_the_cicam_recipe_and_fills_the_pool(tmp_path):
+    from camkit.data.synthetic import make_synthetic
+    from camkit.train.loop import train
+    from camkit.train.recipes import get_recipe
+    dataset = make_synthetic(16, 3, 32, seed=0)
+    config = get_recipe("cicam").make_config("synthetic-cpu", epochs=1, batch_size=8, resize_size=32,
+                                             crop_size=32, progress=False, eval_every=0)
+    result = train("cicam", dataset, backbone="tiny", num_classes=3, config=config, out_dir=tmp_path,
+                   model_options={"widths": (4, 8, 8, 8)})
+    model = result.model
+    assert model.context.size == (8, 8) and model.context.pool.abs().sum() > 0
+    saved = torch.load(result.checkpoint, map_location="cpu", weights_only=False)
+    state = saved["model"] if "model" in saved else saved
+    fresh = build_cicam("tiny", 3, widths=(4, 8, 8, 8))         # pool built at another size
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.context.pool, model.context.pool)
