@@ -293,6 +293,15 @@ def _show(ax, rgb, title: Optional[str] = None, fontsize: float = 8):
         ax.set_title(title, fontsize=fontsize)
 
 
+def _not_available(ax, title: Optional[str]):
+    """A blank panel for a (method, layer) without a map."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, fontsize=9, color="gray")
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
 def _class_label(exp, index: int, rank: int = 0) -> Optional[str]:
     """``"name (p=0.87)"`` for the target of image ``index``, or ``None`` when unknown."""
     targets = getattr(exp, "targets", None)
@@ -369,9 +378,13 @@ def explanation_figure(exp, index: int = 0, methods: Optional[Sequence[str]] = N
         else:
             first.axis("off")
         for column, layer in enumerate(layers):
-            saliency = as_map(_map_of(exp, method, layer, index, rank))
             col = 1 + per_layer * column
             title = f"{method} @ {layer}"
+            if (method, layer) not in exp.maps:  # e.g. CAM at a layer the classifier does not fit
+                for ax in axes[row][col:col + per_layer]:
+                    _not_available(ax, title)
+                continue
+            saliency = as_map(_map_of(exp, method, layer, index, rank))
             if show_maps:
                 _show(axes[row][col], colorize(saliency, cmap), title + "\nmap")
                 col += 1
@@ -406,7 +419,7 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
     """
     methods = list(methods or exp.methods)
     layers = list(layers or exp.layers)
-    batch = _to_numpy(exp.maps[(methods[0], layers[0])]).shape[0]
+    batch = _to_numpy(next(iter(exp.maps.values()))).shape[0]
     indices = list(range(batch) if indices is None else indices)
     images = _images_rgb(exp)
     pairs = [(m, l) for m in methods for l in layers]
@@ -420,6 +433,9 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
         else:
             axes[row][0].axis("off")
         for column, (method, layer) in enumerate(pairs):
+            if (method, layer) not in exp.maps:
+                _not_available(axes[row][1 + column], f"{method}\n@ {layer}" if row == 0 else None)
+                continue
             saliency = as_map(_map_of(exp, method, layer, index, rank))
             blended = overlay(rgb, saliency, cmap, alpha) if rgb is not None else colorize(saliency, cmap)
             ax = axes[row][1 + column]
