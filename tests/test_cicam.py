@@ -348,9 +348,15 @@ def test_explain_plain_and_causal_methods_on_the_down_branch():
 
 
 def test_vgg16_variants_structure_and_torchvision_weights():
-    from torchvision.models import vgg16
-    torch.manual_seed(0)
-    reference = vgg16(weights=None).state_dict()
+    # a torchvision vgg16 state dict: convs at features.{0,2,5,7,10,12,14,17,19,21,24,26,28}
+    indices = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+    channels = [3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    g = torch.Generator().manual_seed(0)
+    reference = {}
+    for i, index in enumerate(indices):
+        reference[f"features.{index}.weight"] = torch.randn(channels[i + 1], channels[i], 3, 3, generator=g)
+        reference[f"features.{index}.bias"] = torch.randn(channels[i + 1], generator=g)
+    reference["classifier.0.weight"] = torch.zeros(2, 2)      # ignored
     cub = vgg16_cicam_features("cub", weights=reference)
     names = [n for n, _ in cub.named_children()]
     assert [n for n in names if n.startswith("nonlocal")] == ["nonlocal2", "nonlocal3", "nonlocal4", "nonlocal5"]
@@ -359,6 +365,7 @@ def test_vgg16_variants_structure_and_torchvision_weights():
                if n.startswith("relu"))
     assert torch.equal(cub.conv1_1.weight, reference["features.0.weight"])
     assert torch.equal(cub.conv5_3.bias, reference["features.28.bias"])
+    assert torch.equal(cub.conv3_1.weight, reference["features.10.weight"])
     assert cub.nonlocal2.value.in_channels == 128 and cub.nonlocal3.value.in_channels == 256
     imagenet = vgg16_cicam_features("imagenet")
     names = [n for n, _ in imagenet.named_children()]
