@@ -108,6 +108,27 @@ class CausalContext:
         down = enhanced.mean(dim=(2, 3)) @ head_weight.to(enhanced.dtype).t()
         return enhanced, down + self.head_bias.to(device=down.device, dtype=down.dtype)
 
+    def predict_logits(self, model: nn.Module, images: torch.Tensor, head=None, output=None) -> torch.Tensor:
+        """The corrected (down-branch) logits ``(B, K)`` of ``model`` on ``images`` ``(B, 3, H, W)``.
+
+        Runs ``model`` once in eval mode without gradients (its flags are restored), capturing the
+        fitted layer; ``head``/``output`` as in :func:`fit_context`.
+        """
+        spec = resolve_layer(model, self.layer)
+        flags = {module: module.training for module in model.modules()}
+        try:
+            model.eval()
+            with torch.no_grad(), ActivationCapture(model, [spec], start_graph_at_capture=False) as capture:
+                out = model(images)
+                capture.end_forward()
+                features = capture.activation(spec).detach()
+        finally:
+            for module, flag in flags.items():
+                module.training = flag
+        logits = _to_logits(out, output).detach()
+        weight, _ = _head_weight_and_bias(find_head(model, features.shape[1], logits.shape[1], head))
+        return self.enhance_and_classify(features.float(), logits.float(), weight.float())[1]
+
     # -- persistence --------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         combination = self.combination

@@ -139,3 +139,20 @@ def test_dict_batches_with_transform_are_accepted():
     b = fit_context(model, "block4", dict_loader, epochs=1, transform=lambda t: t / 2)
     torch.testing.assert_close(a.pool.pool, b.pool.pool)
     torch.testing.assert_close(a.pool.projection.weight, b.pool.projection.weight)
+
+
+def test_predict_logits_is_the_down_branch_and_leaves_flags():
+    model, loader = make_model_and_loader(seed=6, batches=2)
+    context = fit_context(model, "block4", loader, epochs=2, lr=0.05)
+    model.train()
+    x = loader[0][0]
+    got = context.predict_logits(model, x)
+    assert model.training and model.block1.training
+    model.eval()
+    feats = {}
+    handle = model.block4.register_forward_hook(lambda m, i, o: feats.__setitem__("f", o.detach().clone()))
+    with torch.no_grad():
+        logits = model(x)
+    handle.remove()
+    fe = context.pool(feats["f"], logits.argmax(1))
+    torch.testing.assert_close(got, fe.mean(dim=(2, 3)) @ model.fc.weight.detach().t() + model.fc.bias.detach())
