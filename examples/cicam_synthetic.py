@@ -53,7 +53,7 @@ def parse_args():
     parser.add_argument("--weights", default="cicam-quadratic",
                         help="combination weights of the causal rows (camkit.methods.combinational)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/cicam_synthetic")
+    parser.add_argument("--out", default="outputs/cicam_synthetic")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args()
 

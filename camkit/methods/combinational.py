@@ -199,18 +199,14 @@ def causal(inputs) -> torch.Tensor:
         raise ValueError(f"ranking must be 'target' or 'predicted' (label-free, as the released CI-CAM "
                          f"code), got {ranking!r}")
     targets = inputs.targets
-    if ranking == "predicted" or targets is None:
-        b = features.shape[0]
-        t = 1 if targets is None else targets.shape[1]
-        use_targets = None
-    else:
-        use_targets = targets
+    label_free = ranking == "predicted" or targets is None
     maps = class_maps(features, weight)
-    ccam = combinational_cam(maps, logits.to(maps.dtype), options.get("weights", default_weights),
-                             targets=use_targets, threshold=options.get("threshold"),
+    ccam = combinational_cam(maps, logits.to(maps.dtype), options.get("weights") or default_weights,
+                             targets=None if label_free else targets, threshold=options.get("threshold"),
                              num_bottom=options.get("num_bottom"))
-    if use_targets is None:
-        ccam = ccam.unsqueeze(1).expand(b, t, *ccam.shape[1:])
+    if label_free:                                  # one map per image, repeated for each target
+        per_image = 1 if targets is None else targets.shape[1]
+        ccam = ccam.unsqueeze(1).expand(ccam.shape[0], per_image, *ccam.shape[1:])
     return ccam
 
 
