@@ -22,7 +22,9 @@ Outputs in ``--out``: ``report.md`` (markdown tables and the environment), ``res
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -232,8 +234,18 @@ def measure_cost(model: nn.Module, batch: torch.Tensor, methods: Sequence[str], 
             return explainers[job](batch)
 
     for round_index in range(repeats + 1):
+        if round_index == 1:  # "all": every method that worked alone at that layer
+            for layer in layers:
+                working = [m for m in methods if (m, layer) not in errors]
+                if ("all", layer) in explainers and working:
+                    explainers[("all", layer)] = camkit.Explainer(model, methods=working, layers=[layer],
+                                                                  preprocess=preprocess)
+                    errors.pop(("all", layer), None)
+                    with PeakMemory(device) as memory:
+                        call(("all", layer))
+                    peaks[("all", layer)] = memory.peak_mib
         for job in jobs:
-            if job in errors:
+            if job in errors or (round_index == 0 and job[0] == "all"):
                 continue
             try:
                 if round_index == 0:  # warm-up, and the memory peak of one call
@@ -443,6 +455,11 @@ def compare_peers(model: nn.Module, batch: torch.Tensor, methods: Sequence[str],
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         ours = explainer(batch, upsample=False, normalize=False)
+                except Exception:  # noqa: BLE001 - camkit cannot (e.g. CAM off the head): nothing to compare
+                    continue
+                try:
+                    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                        warnings.simplefilter("ignore")
                         classes = ours.targets
                         theirs = runner(model, spec.module, batch, classes)
                         ours_t, theirs_t = [], []
@@ -478,6 +495,10 @@ def _fmt(value, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _sci(value) -> str:
+    return "-" if value is None else f"{value:.2g}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -523,7 +544,7 @@ def report_markdown(result: BenchmarkResult) -> str:
     if result.peers or result.skipped_peers:
         parts += ["## Peers", ""]
         if result.peers:
-            rows = [[p["peer"], p["method"], p["layer"], p.get("max_abs_difference", math.nan),
+            rows = [[p["peer"], p["method"], p["layer"], _sci(p.get("max_abs_difference")),
                      p.get("speed_ratio", math.nan), p.get("error", "")] for p in result.peers]
             parts += ["max |difference| after identical upsampling and min-max; speed ratio = peer "
                       "seconds / camkit seconds.", "",

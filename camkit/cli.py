@@ -103,10 +103,10 @@ def _add_delegated(commands, name: str, module_name: str, help_text: str) -> Non
         module = importlib.import_module(module_name)
         add_arguments, run = module.add_arguments, module.run
     except (ImportError, AttributeError) as error:
+        reason = f"{type(error).__name__}: {error}"
         sub = commands.add_parser(name, help=f"{help_text} (not available in this installation)",
-                                  description=f"'camkit {name}' is not available yet: {error}")
-        sub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        sub.set_defaults(handler=lambda args: _unavailable(name, error))
+                                  description=f"'camkit {name}' is not available yet ({reason}).")
+        sub.set_defaults(handler=lambda args: _unavailable(name, reason), accepts_unknown=True)
         return
     sub = commands.add_parser(name, formatter_class=_Formatter, help=help_text,
                               description=(module.__doc__ or help_text).strip().splitlines()[0],
@@ -288,7 +288,9 @@ def _save_png(path: Path, rgb8) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``camkit`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_unknown", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
