@@ -75,6 +75,11 @@ def shape_indicator(shape_ids: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -
     return out
 
 
+#: Centre of each shape's discriminative part, in object coordinates (inside the shape).
+_PART_CENTERS = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.75, 0.0], [0.0, 0.0],
+                              [0.0, 0.45], [-0.35, 0.45]])
+
+
 def _texture_bank(num_textures: int, world_seed: int) -> Dict[str, torch.Tensor]:
     """Fixed texture definitions: colours ``(T, 2, 3)``, angle, frequency, pattern id ``(T,)``."""
     g = torch.Generator().manual_seed(10_007 + world_seed)
@@ -105,6 +110,7 @@ class SyntheticWSOL(torch.utils.data.Dataset):
     Attributes (N images, size S):
         images: ``(N, 3, S, S)`` uint8.
         masks: ``(N, S, S)`` bool, exactly the pixels drawn with the object.
+        parts: ``(N, S, S)`` bool, the pixels of the class-specific part (all False without parts).
         boxes: ``(N, 4)`` long, inclusive ``(x0, y0, x1, y1)`` bounding box of each mask.
         labels: ``(N,)`` long object classes in ``[0, num_classes)``.
         backgrounds: ``(N,)`` long texture ids; ids ``< num_classes`` are habitats, the rest neutral.
@@ -118,6 +124,7 @@ class SyntheticWSOL(torch.utils.data.Dataset):
 
     images: torch.Tensor
     masks: torch.Tensor
+    parts: torch.Tensor
     boxes: torch.Tensor
     labels: torch.Tensor
     backgrounds: torch.Tensor
@@ -165,8 +172,9 @@ def _draw_backgrounds(labels: torch.Tensor, num_classes: int, num_textures: int,
 
 
 def _render_chunk(labels, backgrounds, center, scale, angle, colour, texture_phase, object_frequency,
-                  object_phase, colour_jitter, bank, size):
-    """Render one chunk. Returns (background (B,3,S,S) float, foreground (B,3,S,S) float, mask (B,S,S))."""
+                  object_phase, colour_jitter, bank, size, part_radius, part_colours):
+    """Render one chunk. Returns background (B,3,S,S) float, foreground (B,3,S,S) float, mask (B,S,S),
+    part (B,S,S)."""
     b = labels.shape[0]
     coords = torch.arange(size, dtype=torch.float32)
     y = coords.view(1, size, 1).expand(b, size, size)
@@ -192,13 +200,19 @@ def _render_chunk(labels, backgrounds, center, scale, angle, colour, texture_pha
     mask = shape_indicator(labels, u, v) >= 0
     shade = 0.8 + 0.2 * torch.sin(u * object_frequency.view(b, 1, 1) + object_phase.view(b, 1, 1))
     foreground = colour.view(b, 3, 1, 1) * shade[:, None]
-    return background, foreground, mask
+    pc = _PART_CENTERS[labels]
+    part = mask & (((u - pc[:, 0].view(b, 1, 1)) ** 2 + (v - pc[:, 1].view(b, 1, 1)) ** 2) <= part_radius ** 2)
+    if part_radius > 0:
+        foreground = torch.where(part[:, None], part_colours[labels].view(b, 3, 1, 1), foreground)
+    else:
+        part = torch.zeros_like(mask)
+    return background, foreground, mask, part
 
 
 def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int = 96,
                    context: str = "habitat", habitat_p: float = 0.8, num_neutral: int = 2,
                    seed: int = 0, world_seed: int = 0, scale_range: Sequence[float] = (0.16, 0.3),
-                   chunk_size: int = 256, return_layers: bool = False):
+                   part_radius: float = 0.0, chunk_size: int = 256, return_layers: bool = False):
     """Generate a synthetic WSOL split (see the module docstring for the context settings).
 
     Args:
@@ -211,6 +225,10 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
         seed: the split's seed (labels, placement, colours, background choice and phase).
         world_seed: defines the textures; keep it equal across splits.
         scale_range: object radius as a fraction of S.
+        part_radius: radius (in object units, the object fits the unit disk) of a class-specific
+            "discriminative part": a small disk of a saturated class colour inside the object. 0 (the
+            default) draws none. Parts make the object cue easier to learn than the shape alone and
+            reproduce CAM's focus on discriminative parts; ``dataset.parts`` holds their masks.
         return_layers: also return ``(background, foreground)`` float ``(N, 3, S, S)`` in [0, 1]; the
             image is ``where(mask, foreground, background)`` quantised to uint8.
 
@@ -245,12 +263,16 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
 
     images = torch.empty(n, 3, s, s, dtype=torch.uint8)
     masks = torch.empty(n, s, s, dtype=torch.bool)
+    parts = torch.zeros(n, s, s, dtype=torch.bool)
     layers = (torch.empty(n, 3, s, s), torch.empty(n, 3, s, s)) if return_layers else None
+    class_hues = torch.arange(num_classes, dtype=torch.float32) / num_classes
+    part_colours = _hsv_to_rgb(class_hues, torch.ones(num_classes), torch.ones(num_classes))
     for start in range(0, n, chunk_size):
         sl = slice(start, min(start + chunk_size, n))
-        bg, fg, m = _render_chunk(labels[sl], backgrounds[sl], center[sl], scale[sl], angle[sl], colour[sl],
-                                  texture_phase[sl], object_frequency[sl], object_phase[sl],
-                                  colour_jitter[sl], bank, s)
+        bg, fg, m, part = _render_chunk(labels[sl], backgrounds[sl], center[sl], scale[sl], angle[sl],
+                                        colour[sl], texture_phase[sl], object_frequency[sl], object_phase[sl],
+                                        colour_jitter[sl], bank, s, float(part_radius), part_colours)
+        parts[sl] = part
         bg, fg = bg.clamp(0, 1), fg.clamp(0, 1)
         images[sl] = (torch.where(m[:, None], fg, bg) * 255).round().to(torch.uint8)
         masks[sl] = m
@@ -258,13 +280,13 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
             layers[0][sl], layers[1][sl] = bg, fg
     boxes = _mask_boxes(masks)
     dataset = SyntheticWSOL(
-        images=images, masks=masks, boxes=boxes, labels=labels, backgrounds=backgrounds,
+        images=images, masks=masks, parts=parts, boxes=boxes, labels=labels, backgrounds=backgrounds,
         on_habitat=backgrounds == labels,
         params={"center": center, "scale": scale, "angle": angle, "colour": colour},
         num_classes=num_classes, num_textures=num_textures,
         settings=dict(num_images=n, num_classes=num_classes, image_size=s, context=context,
                       habitat_p=habitat_p, num_neutral=num_neutral, seed=seed, world_seed=world_seed,
-                      scale_range=tuple(scale_range)),
+                      scale_range=tuple(scale_range), part_radius=part_radius),
     )
     return (dataset, layers) if return_layers else dataset
 

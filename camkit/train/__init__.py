@@ -8,3 +8,8 @@ from camkit.train.recipes import (  # noqa: F401
     pretrained_and_new_groups, register_recipe,
 )
 from camkit.train.losses import classification_loss  # noqa: F401
+from camkit.train.checkpoint import (  # noqa: F401
+    CheckpointError, load_checkpoint, load_checkpoint_model, save_checkpoint,
+)
+from camkit.train.loop import TrainResult, evaluate_top1, train  # noqa: F401
+from camkit.train.transforms import EvalTransform, TrainTransform  # noqa: F401

@@ -82,7 +82,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Modules imported lazily by :func:`get_recipe` / :func:`list_recipes` so that their recipes register.
 #: Other recipe files add their module path here (e.g. ``"camkit.train.cicam_recipe"``); missing
 #: modules are skipped silently so a partial checkout still works.
-RECIPE_MODULES: List[str] = []
+RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe"]
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,10 @@ class TrainConfig:
 
     ``batch_size`` is the GLOBAL batch: under ``torchrun`` with N processes each process takes
     ``batch_size // N`` samples per step (it must divide evenly), so results do not depend on N.
-    The learning rate follows a step schedule: multiplied by ``lr_gamma`` every ``lr_step_epochs``
-    epochs (or at the epochs in ``lr_milestones`` when given). Optimizer: SGD with ``momentum``,
-    ``weight_decay`` and ``nesterov``.
+    The learning rate is set per epoch from ``lr_schedule``: ``"step"`` multiplies it by ``lr_gamma``
+    every ``lr_step_epochs`` epochs (or at the epochs in ``lr_milestones`` when given), ``"poly"`` by
+    ``(1 - epoch / epochs) ** lr_power``. Optimizer: ``"sgd"`` with ``momentum``, ``weight_decay`` and
+    ``nesterov``, or ``"adam"`` with ``weight_decay``.
     """
 
     epochs: int = 10
@@ -106,6 +107,10 @@ class TrainConfig:
     lr_step_epochs: int = 3
     lr_gamma: float = 0.1
     lr_milestones: Tuple[int, ...] = ()
+    optimizer: str = "sgd"            # "sgd" (momentum, nesterov) or "adam" (betas default)
+    lr_schedule: str = "step"         # "step" (lr_gamma every lr_step_epochs / at lr_milestones),
+                                      # "poly" (lr * (1 - epoch / epochs) ** lr_power) or "constant"
+    lr_power: float = 0.9
     # data
     resize_size: int = 256
     crop_size: int = 224

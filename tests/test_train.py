@@ -1,0 +1,259 @@
+"""The training loop: learning, exact resume, atomic checkpoints, DDP equivalence, recipes, the command."""
+import argparse
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from camkit.data.synthetic import make_synthetic
+from camkit.train import (
+    CheckpointError, Recipe, get_recipe, list_recipes, load_checkpoint, load_checkpoint_model,
+    register_recipe, save_checkpoint, train,
+)
+from camkit.train.loop import build_optimizer, lr_factor
+from camkit.train.recipes import TrainConfig
+
+FAST = dict(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), progress=False,
+            num_workers=0, eval_every=0, log_every=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest (and least disturbed by other jobs) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(**changes):
+    return get_recipe("cam").make_config("synthetic-cpu", **dict(FAST, **changes))
+
+
+def _easy(n, seed):
+    """Two classes (disk, square), no context signal: only the object tells the class."""
+    return make_synthetic(n, num_classes=2, image_size=32, context="uniform", seed=seed, scale_range=(0.3, 0.4))
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------- it learns
+
+def test_tiny_model_learns_easy_synthetic_task():
+    train_set, test_set = _easy(384, seed=1), _easy(200, seed=2)
+    config = _config(epochs=6, batch_size=32, lr=0.05, lr_step_epochs=5, eval_every=6, seed=0)
+    result = train("cam", train_set, backbone="tiny", num_classes=2, config=config, eval_set=test_set,
+                   model_options={"widths": (8, 16, 16, 16)})
+    top1 = [h["top1"] for h in result.history if h["event"] == "eval"][-1]
+    assert top1 > 0.8, f"top-1 {top1:.3f} on a 2-class task (chance 0.5)"
+    assert not result.model.training
+
+
+# ---------------------------------------------------------------- resume and checkpoints
+
+def test_resume_mid_epoch_is_bit_identical(tmp_path):
+    data = make_synthetic(64, num_classes=3, image_size=32, seed=3)
+    base = _config(epochs=3, batch_size=16, lr=0.05, lr_step_epochs=2, flip=True, resize_size=36, crop_size=32)
+    options = {"widths": (4, 8, 8, 8)}   # BatchNorm included: running stats must resume too
+    straight = train("cam", data, backbone="tiny", num_classes=3, config=base, model_options=options,
+                     out_dir=tmp_path / "a")
+    # interrupted at global step 6 = epoch 1, step 2 of 4 (mid-epoch), then resumed
+    interrupted = train("cam", data, backbone="tiny", num_classes=3, config=base.replace(max_steps=6),
+                        model_options=options, out_dir=tmp_path / "b")
+    saved = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 2, 6)
+    assert not all(torch.equal(a, b) for a, b in zip(_params(straight.model).values(),
+                                                      _params(interrupted.model).values()))
+    resumed = train("cam", data, backbone="tiny", num_classes=3, config=base, model_options=options,
+                    out_dir=tmp_path / "b")
+    a, b = _params(straight.model), _params(resumed.model)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the metrics log continued: every global step logged exactly once
+    steps = [json.loads(l)["global_step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["event"] == "train"]
+    assert steps == list(range(1, 13))
+
+
+def test_checkpoint_model_round_trip_and_explain(tmp_path):
+    data = make_synthetic(32, num_classes=3, image_size=32, seed=4)
+    result = train("cam", data, backbone="tiny", num_classes=3, out_dir=tmp_path,
+                   config=_config(epochs=1, batch_size=16), model_options={"widths": (4, 8, 8, 8)})
+    model = load_checkpoint_model(tmp_path)     # directory or file
+    assert not model.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model(x))
+    camkit = pytest.importorskip("camkit")
+    if not hasattr(camkit, "explain"):
+        pytest.skip("camkit.explain not exported yet")
+    exp = camkit.explain(model, x, methods="cam", layers="block4")
+    assert exp.maps[("cam", "block4")].shape == (2, 32, 32)
+
+
+def test_half_written_checkpoint_never_loads(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    good = {"model": {"w": torch.ones(3)}, "model_spec": {"recipe": "cam"}, "epoch": 1}
+    save_checkpoint(good, path)
+    # a crash while writing the next checkpoint leaves the previous one intact and no temp files
+    real_save = torch.save
+
+    def crash(obj, handle, *a, **k):
+        handle.write(b"PK\x03\x04partial")
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(dict(good, epoch=2), path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    # a truncated file (copied half-way) is refused with a clear error
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(path)
+    # a complete torch file that is not a finished camkit checkpoint is refused too
+    torch.save({"model": {}, "format": "camkit-checkpoint", "model_spec": {}}, path)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_refuses_other_recipe_or_backbone(tmp_path):
+    data = make_synthetic(32, num_classes=3, image_size=32, seed=4)
+    config = _config(epochs=1, batch_size=16)
+    train("cam", data, backbone="tiny", num_classes=3, out_dir=tmp_path, config=config,
+          model_options={"widths": (4, 8, 8, 8)})
+    with pytest.raises(CheckpointError, match="backbone"):
+        train("cam", data, backbone="mobilenet_v2", num_classes=3, out_dir=tmp_path, config=config)
+
+
+# ---------------------------------------------------------------- distributed
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out, config_dict):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    try:
+        data = make_synthetic(64, num_classes=3, image_size=32, seed=5)
+        result = train("cam", data, backbone="tiny", num_classes=3, config=TrainConfig.from_dict(config_dict),
+                       model_options={"norm": "none", "widths": (4, 8, 8, 8)},
+                       out_dir=os.path.join(out, "run"), eval_set=data)
+        torch.save(_params(result.model), os.path.join(out, f"rank{rank}.pt"))
+        top1 = [h["top1"] for h in result.history if h["event"] == "eval"]
+        torch.save(top1, os.path.join(out, f"top1_{rank}.pt"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_two_gloo_processes_match_one_process(tmp_path):
+    import torch.multiprocessing as mp
+    config = _config(epochs=2, batch_size=16, lr=0.1, lr_step_epochs=1, resize_size=36, crop_size=32,
+                     eval_every=2, log_every=2)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), config.to_dict()), nprocs=2, join=True)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"replicas diverged at {key}"
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+    # the same global batch in one process
+    data = make_synthetic(64, num_classes=3, image_size=32, seed=5)
+    single = train("cam", data, backbone="tiny", num_classes=3, config=config, eval_set=data,
+                   model_options={"norm": "none", "widths": (4, 8, 8, 8)})
+    reference = _params(single.model)
+    moved = 0.0
+    for key in reference:
+        torch.testing.assert_close(rank0[key], reference[key], rtol=1e-4, atol=1e-5)
+    initial = _params(get_recipe("cam").build_model("tiny", 3, norm="none", widths=(4, 8, 8, 8)))
+    moved = max(float((reference[k] - initial[k]).abs().max()) for k in reference)
+    assert moved > 1e-3, "training changed nothing; the comparison would be vacuous"
+    top1_ddp = torch.load(tmp_path / "top1_0.pt")
+    assert top1_ddp == torch.load(tmp_path / "top1_1.pt")
+    assert top1_ddp == [h["top1"] for h in single.history if h["event"] == "eval"]
+
+
+# ---------------------------------------------------------------- recipes, schedules, command
+
+def test_cam_recipe_groups_and_schedule():
+    recipe = get_recipe("cam")
+    config = recipe.config
+    assert (config.momentum, config.weight_decay, config.lr_classifier_ratio) == (0.9, 1e-4, 10.0)
+    assert (config.resize_size, config.crop_size, config.flip) == (256, 224, True)
+    with torch.device("meta"):
+        model = recipe.build_model("resnet50", num_classes=5)
+    optimizer = build_optimizer(recipe, model, config)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == {"pretrained": pytest.approx(config.lr), "new": pytest.approx(10 * config.lr)}
+    new = {id(p) for g in optimizer.param_groups if g["name"] == "new" for p in g["params"]}
+    assert new == {id(model.fc.weight), id(model.fc.bias)}
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    step = TrainConfig(lr_schedule="step", lr_step_epochs=3, lr_gamma=0.1)
+    assert [lr_factor(step, e) for e in range(7)] == pytest.approx([1, 1, 1, .1, .1, .1, .01])
+    milestones = step.replace(lr_milestones=(2, 5))
+    assert [lr_factor(milestones, e) for e in (0, 1, 2, 4, 5)] == pytest.approx([1, 1, .1, .1, .01])
+    poly = TrainConfig(lr_schedule="poly", epochs=4, lr_power=2.0)
+    assert [lr_factor(poly, e) for e in range(4)] == pytest.approx([1, .5625, .25, .0625])
+
+
+def test_recipe_registry_errors():
+    assert "cam" in list_recipes()
+    with pytest.raises(KeyError, match="registered recipes"):
+        get_recipe("no-such-recipe")
+    with pytest.raises(ValueError, match="already registered"):
+        register_recipe(Recipe(name="cam", build_model=lambda *a, **k: None, loss=lambda *a: None))
+    with pytest.raises(KeyError, match="presets"):
+        get_recipe("cam").make_config("no-such-preset")
+    with pytest.raises(TypeError, match="valid fields"):
+        TrainConfig().replace(learning_rate=1)
+
+
+def test_custom_recipe_dict_loss_and_groups_must_cover_all_params():
+    calls = []
+
+    def loss(output, batch, state):
+        calls.append((output.shape, batch["image"].shape, state.global_step))
+        ce = torch.nn.functional.cross_entropy(output, batch["label"])
+        return {"loss": ce, "ce_twice": 2 * ce}
+
+    recipe = Recipe(name="test-dict-loss", build_model=get_recipe("cam").build_model, loss=loss)
+    data = make_synthetic(32, num_classes=3, image_size=32, seed=6)
+    result = train(recipe, data, backbone="tiny", num_classes=3,
+                   config=_config(epochs=1, batch_size=16), model_options={"widths": (4, 8, 8, 8)})
+    assert [c[2] for c in calls] == [0, 1] and calls[0][:2] == ((16, 3), (16, 3, 32, 32))
+    logged = [h for h in result.history if h["event"] == "train"]
+    assert logged[0]["ce_twice"] == pytest.approx(2 * logged[0]["loss"])
+    partial = Recipe(name="test-partial", build_model=get_recipe("cam").build_model, loss=loss,
+                     param_groups=lambda m, c: [{"params": list(m.fc.parameters()), "lr_scale": 1.0}])
+    with pytest.raises(ValueError, match="no parameter group"):
+        train(partial, data, backbone="tiny", num_classes=3, config=_config(epochs=1, batch_size=16))
+
+
+def test_command_trains_synthetic(tmp_path, capsys):
+    from camkit.train.command import add_arguments, run
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["cam", "--data", "synthetic:num_images=32,image_size=32,num_classes=3",
+                              "--backbone", "tiny", "--out", str(tmp_path), "--preset", "synthetic-cpu",
+                              "--epochs", "1", "--batch-size", "16", "--set", "resize_size=32",
+                              "--set", "crop_size=32", "--model-option", "widths=4,8,8,8", "--no-progress"])
+    assert run(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["checkpoint"].endswith("checkpoint.pt")
+    assert "top1" in summary["last_eval"]
+    model = load_checkpoint_model(tmp_path / "checkpoint.pt")
+    assert model.fc.out_features == 3 and model.block1[0].out_channels == 4
