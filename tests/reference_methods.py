@@ -75,6 +75,8 @@ def float64_copy(model, guided=False):
     """A deep float64 copy of ``model`` (same training flags); with ``guided=True`` every
     ``nn.ReLU`` / ``nn.ReLU6`` child module is replaced by a :class:`GuidedReLU` of the same name."""
     copied = copy.deepcopy(model).double()
+    for parameter in copied.parameters():
+        parameter.requires_grad_(False)  # only the split leaf needs a graph
     if guided:
         for parent in list(copied.modules()):
             for child_name, child in list(parent.named_children()):
@@ -124,7 +126,7 @@ def activation_logits_gradients(model, layer, image, classes, guided=False, log_
         model: any ``nn.Module``; it is copied to float64 here (``guided`` swaps ReLUs).
         layer: module name.
         image: ``(3, H, W)`` or ``(1, 3, H, W)``; cast to float64.
-        classes: iterable of class indices.
+        classes: iterable of class indices, or of callables ``logits (1, K) -> (1,)`` scores.
         guided: guided ReLUs downstream of the layer.
         log_score: differentiate ``log(S_c)`` (autograd seeds the backward with ``1 / S_c``).
 
@@ -132,14 +134,18 @@ def activation_logits_gradients(model, layer, image, classes, guided=False, log_
         ``A`` ``(C, h, w)``, ``logits`` ``(K,)``, list of gradients ``(C, h, w)``, one per class.
         All float64 and detached.
     """
-    model64 = float64_copy(model, guided=guided)
+    return gradients_of_float64_model(float64_copy(model, guided=guided), layer, image, classes, log_score)
+
+
+def gradients_of_float64_model(model64, layer, image, classes, log_score=False):
+    """:func:`activation_logits_gradients` on an already prepared :func:`float64_copy`."""
     x = image.detach().to(torch.float64)
     if x.dim() == 3:
         x = x.unsqueeze(0)
     A, logits = split_forward(model64, layer, x)
     gradients = []
     for c in classes:
-        score = logits[int(c)]
+        score = c(logits.unsqueeze(0))[0] if callable(c) else logits[int(c)]
         if log_score:
             score = torch.log(score)  # NaN value for S_c < 0, but its gradient is still 1 / S_c.
         (g,) = torch.autograd.grad(score, A, retain_graph=True)
@@ -149,66 +155,98 @@ def activation_logits_gradients(model, layer, image, classes, guided=False, log_
 
 # --------------------------------------------------------------------------------------------------
 # The methods: one image, one class. A, g: (C, h, w) float64 -> map (h, w).
+# Each method is "per-channel terms (C, h, w), then combine": the terms are also what sets the
+# floating-point error scale of a fast implementation (see term_magnitude).
 # --------------------------------------------------------------------------------------------------
-def cam(A, class_weight, clamp_negative_weights=False):
-    """CAM: ``sum_k W[c,k] A_k(m)``; ``class_weight`` is the head row ``W[c]`` ``(C,)``."""
+def cam_terms(A, class_weight, clamp_negative_weights=False):
+    """``W[c,k] A_k(m)`` for each channel k; ``class_weight`` is the head row ``W[c]`` ``(C,)``."""
     C, h, w = A.shape
     assert class_weight.shape == (C,), f"head row has {tuple(class_weight.shape)}, layer has {C} channels"
-    out = torch.zeros(h, w, dtype=torch.float64)
+    terms = torch.zeros(C, h, w, dtype=torch.float64)
     for k in range(C):
         weight = float(class_weight[k])
         if clamp_negative_weights:
             weight = max(weight, 0.0)
-        out = out + weight * A[k]
-    return out
+        terms[k] = weight * A[k]
+    return terms
+
+
+def gradcam_terms(A, g):
+    """``mean_m(g_k) A_k`` for each channel k."""
+    terms = torch.zeros(A.shape, dtype=torch.float64)
+    for k in range(A.shape[0]):
+        terms[k] = g[k].mean() * A[k]
+    return terms
+
+
+def gradcam_plus_plus_weight(A_k, g_k):
+    """``w_k = sum_m alpha(m) ReLU(g_k(m))`` with, literally, ``alpha = g^2 / (2 g^2 + sum_m(A_k) g^3)``
+    and ``alpha = 0`` where ``g = 0``. ``A_k, g_k``: ``(h, w)``."""
+    sum_A = A_k.sum()
+    weight = 0.0
+    for g in g_k.flatten().tolist():
+        if g == 0.0:
+            continue  # alpha = 0
+        alpha = g ** 2 / (2.0 * g ** 2 + float(sum_A) * g ** 3)
+        weight += alpha * max(g, 0.0)
+    return weight
+
+
+def gradcam_plus_plus_terms(A, g):
+    """``w_k A_k`` for each channel k (Grad-CAM++, eq. 19, exponential score)."""
+    terms = torch.zeros(A.shape, dtype=torch.float64)
+    for k in range(A.shape[0]):
+        terms[k] = gradcam_plus_plus_weight(A[k], g[k]) * A[k]
+    return terms
+
+
+def pcs_terms(A, g):
+    """``g_k(m) A_k(m)`` for each channel k."""
+    terms = torch.zeros(A.shape, dtype=torch.float64)
+    for k in range(A.shape[0]):
+        terms[k] = g[k] * A[k]
+    return terms
+
+
+def bagcams_terms(A, g_hat):
+    """``ReLU(t_k g_hat_k(m) A_k(m))`` with ``t_k = 1 + mean_m(g_hat_k A_k)``; ``g_hat`` must already be
+    the guided gradient of ``log(S_c)``."""
+    terms = torch.zeros(A.shape, dtype=torch.float64)
+    for k in range(A.shape[0]):
+        t_k = 1.0 + (g_hat[k] * A[k]).mean()
+        terms[k] = (t_k * g_hat[k] * A[k]).clamp(min=0.0)
+    return terms
+
+
+def cam(A, class_weight, clamp_negative_weights=False):
+    """CAM: ``sum_k W[c,k] A_k(m)``; no ReLU, no bias."""
+    return cam_terms(A, class_weight, clamp_negative_weights).sum(0)
 
 
 def gradcam(A, g):
     """Grad-CAM: ``ReLU(sum_k mean_m(g_k) A_k)``."""
-    C, h, w = A.shape
-    out = torch.zeros(h, w, dtype=torch.float64)
-    for k in range(C):
-        out = out + g[k].mean() * A[k]
-    return out.clamp(min=0.0)
+    return gradcam_terms(A, g).sum(0).clamp(min=0.0)
 
 
 def gradcam_plus_plus(A, g):
-    """Grad-CAM++ (eq. 19, exponential score), literally: ``alpha = g^2 / (2 g^2 + sum_m(A_k) g^3)``."""
-    C, h, w = A.shape
-    out = torch.zeros(h, w, dtype=torch.float64)
-    for k in range(C):
-        sum_A = A[k].sum()
-        g2 = g[k] ** 2
-        g3 = g[k] ** 3
-        denominator = 2.0 * g2 + sum_A * g3
-        nonzero = g[k] != 0
-        alpha = torch.where(nonzero, g2 / torch.where(nonzero, denominator, torch.ones_like(g2)),
-                            torch.zeros_like(g2))
-        weight = (alpha * g[k].clamp(min=0.0)).sum()
-        out = out + weight * A[k]
-    return out.clamp(min=0.0)
+    """Grad-CAM++: ``ReLU(sum_k w_k A_k)``, ``w_k`` from :func:`gradcam_plus_plus_weight`."""
+    return gradcam_plus_plus_terms(A, g).sum(0).clamp(min=0.0)
 
 
 def pcs(A, g):
     """PCS / HiResCAM: ``ReLU(sum_k g_k(m) A_k(m))``."""
-    C, h, w = A.shape
-    out = torch.zeros(h, w, dtype=torch.float64)
-    for k in range(C):
-        out = out + g[k] * A[k]
-    return out.clamp(min=0.0)
+    return pcs_terms(A, g).sum(0).clamp(min=0.0)
 
 
 def bagcams(A, g_hat):
-    """BagCAMs: ``t_k = 1 + mean_m(g_hat_k A_k)``; map ``sum_k ReLU(t_k g_hat_k(m) A_k(m))``.
+    """BagCAMs: ``sum_k ReLU(t_k g_hat_k(m) A_k(m))`` (ReLU per term, then the channel sum)."""
+    return bagcams_terms(A, g_hat).sum(0)
 
-    ``g_hat`` must already be the guided gradient of ``log(S_c)``.
-    """
-    C, h, w = A.shape
-    out = torch.zeros(h, w, dtype=torch.float64)
-    for k in range(C):
-        t_k = 1.0 + (g_hat[k] * A[k]).mean()
-        out = out + (t_k * g_hat[k] * A[k]).clamp(min=0.0)
-    return out
+
+def term_magnitude(terms):
+    """``sum_k |term_k(m)|`` ``(h, w)``: the scale of the rounding error of any implementation that
+    sums the channel terms (cancellation can make the map itself much smaller than this)."""
+    return terms.abs().sum(0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,48 +301,68 @@ def postprocess(raw, size, upsample=True, normalize=True):
 # Whole-batch driver.
 # --------------------------------------------------------------------------------------------------
 def reference_raw_maps(model, images, layer, targets, methods=METHODS, head_weight=None,
-                       clamp_negative_weights=False):
+                       clamp_negative_weights=False, with_magnitude=False):
     """Raw reference maps at layer resolution for a batch, one image and one class at a time.
 
     Args:
         model: the model (any dtype); copied to float64 internally, never modified.
         images: ``(B, 3, H, W)``.
         layer: module name.
-        targets: ``(B, T)`` class indices (nested lists or a tensor).
+        targets: ``(B, T)`` entries, each a class index or a row-wise callable
+            ``logits (1, K) -> (1,)`` score (nested lists or a tensor); or one callable for all images
+            (``T = 1``). CAM maps of callable targets are NaN (CAM needs a class).
         methods: names from :data:`METHODS`.
         head_weight: ``(K, C)`` linear head, needed for ``"cam"``.
         clamp_negative_weights: CAM with negative head weights set to 0.
+        with_magnitude: also return ``{method: (B, T, h, w)}`` of :func:`term_magnitude`.
 
     Returns:
-        ``{method: (B, T, h, w) float64}``.
+        ``{method: (B, T, h, w) float64}`` (and the magnitudes, if asked).
     """
-    targets = torch.as_tensor(targets).reshape(images.shape[0], -1)
-    out = {method: [] for method in methods}
+    if callable(targets):
+        targets = [[targets]] * images.shape[0]
+    elif isinstance(targets, torch.Tensor):
+        targets = targets.reshape(images.shape[0], -1).tolist()
+    terms_of = {
+        "cam": lambda A, g, c: cam_terms(A, head_weight.detach().to(torch.float64)[c], clamp_negative_weights),
+        "gradcam": lambda A, g, c: gradcam_terms(A, g),
+        "gradcam++": lambda A, g, c: gradcam_plus_plus_terms(A, g),
+        "pcs": lambda A, g, c: pcs_terms(A, g),
+        "bagcams": lambda A, g, c: bagcams_terms(A, g),
+    }
+    combine = {"cam": lambda t: t.sum(0), "bagcams": lambda t: t.sum(0)}
+    maps = {method: [] for method in methods}
+    magnitudes = {method: [] for method in methods}
+    model64 = float64_copy(model)
+    model64_guided = float64_copy(model, guided=True) if "bagcams" in methods else None
     for b in range(images.shape[0]):
-        classes = [int(c) for c in targets[b]]
-        A, _, grads = activation_logits_gradients(model, layer, images[b], classes)
+        classes = list(targets[b])
+        A, _, grads = gradients_of_float64_model(model64, layer, images[b], classes)
         guided = None
-        if "bagcams" in methods:
-            _, _, guided = activation_logits_gradients(model, layer, images[b], classes,
-                                                       guided=True, log_score=True)
+        if model64_guided is not None:
+            _, _, guided = gradients_of_float64_model(model64_guided, layer, images[b], classes,
+                                                      log_score=True)
         for method in methods:
-            maps = []
+            if method not in terms_of:
+                raise ValueError(f"unknown method {method!r}")
+            if method == "cam":
+                assert head_weight is not None, "CAM needs head_weight"
+            per_class, per_class_magnitude = [], []
             for i, c in enumerate(classes):
-                if method == "cam":
-                    assert head_weight is not None, "CAM needs head_weight"
-                    maps.append(cam(A, head_weight.detach().to(torch.float64)[c], clamp_negative_weights))
-                elif method == "gradcam":
-                    maps.append(gradcam(A, grads[i]))
-                elif method == "gradcam++":
-                    maps.append(gradcam_plus_plus(A, grads[i]))
-                elif method == "pcs":
-                    maps.append(pcs(A, grads[i]))
-                elif method == "bagcams":
-                    maps.append(bagcams(A, guided[i]))
-                else:
-                    raise ValueError(f"unknown method {method!r}")
-            out[method].append(torch.stack(maps))
-    return {method: torch.stack(maps) for method, maps in out.items()}
+                if method == "cam" and callable(c):  # CAM needs a class: NaN marks "not defined"
+                    per_class.append(torch.full(A.shape[1:], float("nan"), dtype=torch.float64))
+                    per_class_magnitude.append(per_class[-1])
+                    continue
+                g = guided[i] if method == "bagcams" else grads[i]
+                terms = terms_of[method](A, g, c)
+                per_class.append(combine.get(method, lambda t: t.sum(0).clamp(min=0.0))(terms))
+                per_class_magnitude.append(term_magnitude(terms))
+            maps[method].append(torch.stack(per_class))
+            magnitudes[method].append(torch.stack(per_class_magnitude))
+    maps = {method: torch.stack(v) for method, v in maps.items()}
+    if with_magnitude:
+        return maps, {method: torch.stack(v) for method, v in magnitudes.items()}
+    return maps
 
 
 def postprocess_batch(raw, size, upsample=True, normalize=True):
