@@ -33,8 +33,9 @@ def _config(**changes):
 
 
 def _easy(n, seed):
-    """Two classes (disk, square), no context signal: only the object tells the class."""
-    return make_synthetic(n, num_classes=2, image_size=32, context="uniform", seed=seed, scale_range=(0.3, 0.4))
+    """Two classes (disk, square) with class-coloured parts and no context signal: only the object tells."""
+    return make_synthetic(n, num_classes=2, image_size=32, context="uniform", seed=seed, scale_range=(0.3, 0.4),
+                          part_radius=0.4)
 
 
 def _params(model):
@@ -255,5 +256,7 @@ def test_command_trains_synthetic(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["checkpoint"].endswith("checkpoint.pt")
     assert "top1" in summary["last_eval"]
+    for metric in ("cam/block4/MaxBoxAccV2", "cam/block4/PxAP"):   # synthetic data: localisation too
+        assert 0.0 <= summary["last_eval"][metric] <= 100.0
     model = load_checkpoint_model(tmp_path / "checkpoint.pt")
     assert model.fc.out_features == 3 and model.block1[0].out_channels == 4

@@ -8,7 +8,8 @@ same command trains with DistributedDataParallel.
 ``synthetic`` / ``synthetic:key=value,...`` for the procedural benchmark
 (:func:`camkit.data.synthetic.make_synthetic` arguments, e.g.
 ``synthetic:num_images=2000,habitat_p=0.8,image_size=96``). ``--eval-data`` takes the same forms; for
-synthetic training data it defaults to a uniform-context split with another seed.
+synthetic training data it defaults to a uniform-context split with another seed, and the periodic
+evaluation then adds CAM localisation (MaxBoxAccV2, PxAP via :mod:`camkit.train.evaluation`).
 """
 from __future__ import annotations
 
@@ -118,13 +119,21 @@ def run(args: argparse.Namespace) -> int:
         eval_set, _ = load_data(args.eval_data, eval_split=True)
     elif args.data.startswith("synthetic"):
         eval_set, _ = load_data(args.data, eval_split=True)
+    evaluate_fn = None
+    if eval_set is not None and hasattr(eval_set, "masks") and hasattr(eval_set, "boxes"):
+        # synthetic data carries exact boxes and masks: add CAM localisation to the periodic evaluation
+        from camkit.train.evaluation import localization_evaluator
+        from camkit.train.transforms import EvalTransform
+        evaluate_fn = localization_evaluator(("cam",), transform=EvalTransform(config.crop_size, config.mean,
+                                                                                config.std),
+                                             max_images=500, output=recipe.logits)
     pretrained: Any = args.pretrained
     if pretrained == "torchvision":
         pretrained = True
     result = train(recipe, train_set, backbone=args.backbone, num_classes=args.num_classes or num_classes,
                    out_dir=args.out, config=config, eval_set=eval_set, pretrained=pretrained,
                    model_options=parse_key_values(args.model_options), resume=not args.no_resume,
-                   device=args.device)
+                   device=args.device, evaluate_fn=evaluate_fn)
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
         evals = [h for h in result.history if h.get("event") == "eval"]
