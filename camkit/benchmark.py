@@ -3,9 +3,9 @@
 ``camkit benchmark`` (and ``benchmarks/run_all.py``) produce, for one model and one dataset:
 
 * **quality** per (method, layer), from :mod:`camkit.metrics` through the explanation engine:
-  MaxBoxAccV2, MaxBoxAcc@{30,50,70} (GT-known Loc is MaxBoxAcc@50 of the ground-truth class's map,
-  which is what the benchmark explains), PxAP and Peak-IoU where masks exist, and the model's
-  classification top-1;
+  MaxBoxAccV2 and MaxBoxAcc@{30,50,70} (every contour's box), GT-known Loc (MaxBoxAcc@50 with the
+  largest contour, V1), PxAP, pIoU and Peak-IoU where masks exist, and the model's classification
+  top-1. Maps are of the ground-truth class, as in wsolevaluation;
 * **cost** per (method, layer) on one fixed batch: images per second, the ratio to the *floor*
   (a bare forward with one hook plus one ``torch.autograd.grad`` to that layer, timed in the same
   rounds, interleaved, so machine load affects both alike) and the peak memory above the baseline
@@ -44,7 +44,8 @@ __all__ = ["BenchmarkResult", "run_benchmark", "measure_cost", "compare_peers", 
            "write_outputs", "load_dataset", "add_arguments", "run", "DESCRIPTION", "EPILOG"]
 
 DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
-QUALITY_METRICS = ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70", "PxAP", "PeakIoU")
+QUALITY_METRICS = ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70", "GT-known", "PxAP", "pIoU",
+                   "PeakIoU")
 
 DESCRIPTION = ("Localisation quality (MaxBoxAccV2, MaxBoxAcc@50 = GT-known, PxAP and Peak-IoU where "
                "masks exist, top-1) and cost (images/s, ratio to a bare forward+grad, peak memory) of "
@@ -295,7 +296,38 @@ def load_dataset(spec: str, preprocess=None, limit: Optional[int] = None):
     if spec.startswith("wsol:"):
         root, _, split = spec[len("wsol:"):].partition(":")
         return data.open_wsol_dataset(root, split or "test", preprocess=preprocess, limit=limit)
-    return data.open_annotated_folder(spec, preprocess=preprocess, limit=limit)
+    if (Path(spec) / "annotations.json").is_file():
+        return AnnotatedFolder(spec, preprocess)
+    raise ValueError(f"--data {spec!r}: not a folder with annotations.json, 'wsol:ROOT[:SPLIT]' or "
+                     f"'synthetic[:N[:SIZE]]'")
+
+
+class AnnotatedFolder:
+    """A folder with ``annotations.json`` (the ``imagenet-val-dev50`` layout) under the WSOL protocol.
+
+    Each record has ``file`` (under ``images/`` or the folder itself), ``label``, ``width``, ``height``
+    and ``boxes_xyxy``. Images go through ``preprocess`` (resize to the input size, no crop); boxes are
+    rescaled with :func:`camkit.boxes.resize_boxes` (wsolevaluation's ``int(x * 224 / w)``).
+    """
+
+    def __init__(self, root, preprocess):
+        self.root = Path(root)
+        self.records = json.loads((self.root / "annotations.json").read_text())
+        self.preprocess = preprocess
+        folder = self.root / "images"
+        self.image_dir = folder if folder.is_dir() else self.root
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        from camkit.boxes import resize_boxes
+
+        record = self.records[index]
+        image = self.preprocess(self.image_dir / record["file"])
+        height, width = image.shape[-2:]
+        boxes = resize_boxes(record["boxes_xyxy"], (record["width"], record["height"]), (width, height))
+        return {"image": image, "label": int(record["label"]), "boxes": torch.as_tensor(boxes)}
 
 
 class _SyntheticSamples:
@@ -625,7 +657,8 @@ def _new_metric_states(has_masks: bool) -> Dict[str, Any]:
         from camkit import metrics
     except ImportError:
         return {}
-    states = {"boxes": metrics.MaxBoxAcc(iou_thresholds=(30, 50, 70), multi_contour=True)}
+    states = {"boxes": metrics.MaxBoxAcc(iou_thresholds=(30, 50, 70), multi_contour=True),
+              "gt_known": metrics.MaxBoxAcc(iou_thresholds=(50,), multi_contour=False)}
     if has_masks:
         states["pxap"] = metrics.PxAP()
         states["peak_iou"] = metrics.PeakIoU()
@@ -633,24 +666,29 @@ def _new_metric_states(has_masks: bool) -> Dict[str, Any]:
 
 
 def _update_metric_states(states: Dict[str, Any], maps: torch.Tensor, batch: Dict[str, Any]) -> None:
+    maps = maps.float().cpu() if maps.dtype not in (torch.float32, torch.float64) else maps.cpu()
     if "boxes" in states:
         states["boxes"].update(maps, batch["boxes"])
+        states["gt_known"].update(maps, batch["boxes"])
     if "pxap" in states:
-        states["pxap"].update(maps, batch["masks"])
-        states["peak_iou"].update(maps, batch["masks"])
+        masks = batch["masks"].to(torch.uint8)
+        states["pxap"].update(maps, masks)
+        states["peak_iou"].update(maps, masks)
 
 
 def _compute_metric_states(states: Dict[str, Any]) -> Dict[str, float]:
+    """``MaxBoxAccV2``, ``MaxBoxAcc@{30,50,70}`` (all contours), ``GT-known`` (V1: the largest contour,
+    IoU 50, best threshold) and, with masks, ``PxAP``, ``pIoU`` and ``PeakIoU`` (per-image mean)."""
     values: Dict[str, float] = {}
     if "boxes" in states:
         out = states["boxes"].compute()
         for key in ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70"):
-            if key in out:
-                values[key] = float(out[key])
+            values[key] = float(out[key])
+        values["GT-known"] = float(states["gt_known"].compute()["MaxBoxAcc@50"])
     if "pxap" in states:
-        values["PxAP"] = float(states["pxap"].compute()["PxAP"])
-        peak = states["peak_iou"].compute()
-        values["PeakIoU"] = float(peak["PeakIoU"] if isinstance(peak, dict) else peak)
+        pxap = states["pxap"].compute()
+        values["PxAP"], values["pIoU"] = float(pxap["PxAP"]), float(pxap["pIoU"])
+        values["PeakIoU"] = float(states["peak_iou"].compute()["PeakIoU"])
     return values
 
 

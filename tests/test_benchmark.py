@@ -93,3 +93,45 @@ def test_peak_memory_is_non_negative():
         block = torch.ones(4_000_000)  # 16 MB
         del block
     assert memory.peak_mib >= 0
+
+
+def test_quality_uses_ground_truth_class_maps_and_the_metrics_module():
+    metrics = pytest.importorskip("camkit.metrics")
+    import camkit
+
+    loaded = load_model(TINY)
+    dataset = benchmark.load_dataset("synthetic:6:32", preprocess=loaded.preprocess)
+    quality, classification = benchmark.evaluate_quality(loaded.model, dataset, ["gradcam"], ["layer2"],
+                                                         batch_size=4)
+    # independent path: one batch of all six images, maps of the labels, metrics fed directly
+    images = torch.stack([dataset[i]["image"] for i in range(6)])
+    labels = torch.tensor([dataset[i]["label"] for i in range(6)])
+    exp = camkit.explain(loaded.model, images, methods="gradcam", layers="layer2", target=labels)
+    maps = exp.maps[("gradcam", "layer2")]
+    boxes = [dataset[i]["boxes"] for i in range(6)]
+    masks = torch.stack([dataset[i]["mask"] for i in range(6)]).to(torch.uint8)
+    v2 = metrics.MaxBoxAcc().update(maps, boxes).compute()
+    v1 = metrics.MaxBoxAcc(iou_thresholds=(50,), multi_contour=False).update(maps, boxes).compute()
+    got = quality["gradcam"]["layer2"]
+    assert got["MaxBoxAccV2"] == pytest.approx(v2["MaxBoxAccV2"])
+    assert got["MaxBoxAcc@70"] == pytest.approx(v2["MaxBoxAcc@70"])
+    assert got["GT-known"] == pytest.approx(v1["MaxBoxAcc@50"])
+    assert got["PxAP"] == pytest.approx(metrics.PxAP().update(maps, masks).compute()["PxAP"])
+    assert got["PeakIoU"] == pytest.approx(metrics.PeakIoU().update(maps, masks).compute()["PeakIoU"])
+    expected_top1 = 100.0 * float((exp.logits.argmax(1) == labels).float().mean())
+    assert classification == {"top1": pytest.approx(expected_top1), "images": 6}
+
+
+def test_annotated_folder_rescales_boxes_like_wsolevaluation(tmp_path):
+    from PIL import Image
+
+    from camkit.inputs import Preprocess
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 20)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "annotations.json").write_text(json.dumps(
+        [{"file": "a.png", "label": 3, "width": 40, "height": 20, "boxes_xyxy": [[10.0, 5.0, 39.0, 19.0]]}]))
+    sample = benchmark.load_dataset(str(tmp_path), preprocess=Preprocess(32))[0]
+    assert sample["label"] == 3 and sample["image"].shape == (3, 32, 32)
+    # int(x * 32 / 40), int(y * 32 / 20): 10 -> 8, 5 -> 8, 39 -> 31, 19 -> 30
+    assert sample["boxes"].tolist() == [[8, 8, 31, 30]]
