@@ -73,12 +73,12 @@ def train_model(recipe, dataset, args, out_dir):
 
 
 def localisation_scores(maps, dataset):
-    """MaxBoxAccV2 and PxAP of ``maps`` ``(N, S, S)`` in [0, 1] against the split's boxes and masks."""
-    from camkit.metrics import MaxBoxAccV2, PxAP
-    box_metric, pixel_metric = MaxBoxAccV2(), PxAP()
-    box_metric.update(maps, dataset.boxes[:, None, :])
-    pixel_metric.update(maps, dataset.masks)
-    return float(box_metric.compute()), float(pixel_metric.compute())
+    """MaxBoxAccV2 and PxAP (percent) of ``maps`` ``(N, S, S)`` in [0, 1] against the split's boxes and
+    masks, at the images' own resolution (S x S; the synthetic images are not resized to 224)."""
+    from camkit.metrics import MaxBoxAcc, PxAP
+    boxes = MaxBoxAcc().update(maps, dataset.boxes[:, None, :]).compute()["MaxBoxAccV2"]
+    pixels = PxAP().update(maps, dataset.masks.to(torch.uint8)).compute()["PxAP"]
+    return boxes, pixels
 
 
 def explain_split(model, dataset, normalise, method, layer, output=None, context=None, weights=None,
@@ -146,7 +146,7 @@ def main():
     lines = [header, "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['split']} | {r['row']} | {r['top1']:.3f} | {r['off_habitat']:.3f} | "
-                     f"{r['outside']:.3f} | {100 * r['maxboxaccv2']:.1f} | {100 * r['pxap']:.1f} |")
+                     f"{r['outside']:.3f} | {r['maxboxaccv2']:.1f} | {r['pxap']:.1f} |")
     table = "\n".join(lines)
     print(table)
     (out / "table.md").write_text(table + "\n")
