@@ -443,7 +443,15 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
     want_v2 = multi_contour in (True, "both")
     best1 = np.full(257, zero_iou)
     best2 = np.full(257, zero_iou)
-    if big_m > 0:
+    if big_m > 0 and min(h, w) < 3:
+        # skimage's max_tree needs both sides >= 3; tiny maps go threshold by threshold
+        for level in np.unique(np.clip(thr, 0, 256)):
+            if level >= big_m:
+                continue
+            contours = _Contours(u > level)
+            best1[level] = box_iou(contours.largest_box(), gt).max(initial=0.0)
+            best2[level] = box_iou(contours.all_boxes(), gt).max(initial=0.0)
+    elif big_m > 0:
         levels_used = np.unique(np.clip(thr, 0, 256))
         fg = _Tree(u, 2, _quad_events(u))
         fg_box = _contour_to_box(fg.x0, fg.y0, fg.x1, fg.y1, h, w)
@@ -454,9 +462,11 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
         used[levels_used] = True
         keep = used[t]
         node, t = node[keep], t[keep]
+        n_holes = 1 - fg.sums[:, 1] // 4  # Euler number of each component = 1 - #holes
         if want_v2:
             v2 = np.full(257, -1.0)
             np.maximum.at(v2, t, fg_iou[node])
+        if want_v2 and (n_holes[node] > 0).any():  # holes exist at some used threshold
             inv = (255 - u).astype(np.uint8)
             bg = _Tree(inv, 1)
             bg_level = 255 - bg.level  # value of u
@@ -469,10 +479,10 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
             hnode, ht = _alive_pairs(bg_level[hole], bg_parent[hole] - 1)
             hk = used[ht]
             np.maximum.at(v2, ht[hk], hole_iou[hnode[hk]])
+        if want_v2:
             best2 = np.where(v2 >= 0, v2, best2)
         if want_v1:
             twice_area = fg.sums[:, 0]
-            n_holes = 1 - fg.sums[:, 1] // 4
             width_c, height_c = fg.x1 - fg.x0, fg.y1 - fg.y0
             upper = np.where(n_holes > 0, np.maximum(2 * width_c * height_c, twice_area), twice_area)
             best_lower = np.full(257, -1, np.int64)

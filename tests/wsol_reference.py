@@ -76,22 +76,15 @@ def contours(mask):
     bg, nb = ndi.label(~mask, structure=ndi.generate_binary_structure(2, 1))
     border_bg = set(np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))) - {0}
     items = {}  # key -> dict
-    # raster scan discovery
-    seen_fg, seen_bg = set(), set()
+    # raster-scan discovery: a border is found at the first pixel (raster order) of its component
     discovered = []
-    for y in range(h):
-        for x in range(w):
-            if mask[y, x]:
-                lab = fg[y, x]
-                if lab not in seen_fg:
-                    seen_fg.add(lab)
-                    discovered.append(("fg", lab, y, x))
-            else:
-                lab = bg[y, x]
-                if lab not in seen_bg:
-                    seen_bg.add(lab)
-                    if lab not in border_bg:
-                        discovered.append(("hole", lab, y, x))
+    for labels, kind in ((fg, "fg"), (bg, "hole")):
+        labs, first = np.unique(labels.ravel(), return_index=True)
+        for lab, idx in zip(labs, first):
+            if lab == 0 or (kind == "hole" and lab in border_bg):
+                continue
+            discovered.append((int(idx), kind, int(lab)))
+    discovered = [(kind, lab, idx // w, idx % w) for idx, kind, lab in sorted(discovered)]
     for kind, lab, y, x in discovered:
         if kind == "fg":
             pts = trace_border(img, (y + 1, x + 1), (y + 1, x))
@@ -127,9 +120,11 @@ def contours(mask):
 
 
 def boxes_at_threshold(u, tau, multi_contour):
-    h, w = u.shape
-    mask = u > int(tau * np.max(u))
-    cs = contours(mask)
+    return _boxes(contours(u > int(tau * np.max(u))), u.shape, multi_contour)
+
+
+def _boxes(cs, shape, multi_contour):
+    h, w = shape
     if not cs:
         return np.asarray([[0, 0, 0, 0]])
     if not multi_contour:
@@ -157,6 +152,17 @@ def best_iou_curve(score_map, gt_boxes, thresholds, multi_contour):
     """(T,) best IoU per threshold, one threshold at a time."""
     u = to_uint8(score_map)
     return np.array([iou_matrix(boxes_at_threshold(u, t, multi_contour), gt_boxes).max() for t in thresholds])
+
+
+def best_iou_curves(score_map, gt_boxes, thresholds):
+    """(V1 curve, V2 curve), each (T,), from one contour list per threshold."""
+    u = to_uint8(score_map)
+    v1, v2 = [], []
+    for t in thresholds:
+        cs = contours(u > int(t * np.max(u)))
+        v1.append(iou_matrix(_boxes(cs, u.shape, False), gt_boxes).max())
+        v2.append(iou_matrix(_boxes(cs, u.shape, True), gt_boxes).max())
+    return np.array(v1), np.array(v2)
 
 
 def max_box_acc(maps, gts, thresholds, multi_contour, deltas=(30, 50, 70)):
