@@ -91,13 +91,45 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=benchmark.run)
 
     _add_delegated(commands, "evaluate", "camkit.evaluate",
-                   "localisation metrics (MaxBoxAccV2, GT-known, PxAP, ...) of methods x layers on a dataset")
+                   "localisation metrics (MaxBoxAccV2, GT-known, PxAP, ...) of methods x layers on a dataset",
+                   EVALUATE_EPILOG, model_flags=True)
     _add_delegated(commands, "train", "camkit.train.command",
-                   "train a WSOL recipe (CAM, CI-CAM, ...) on a dataset")
+                   "train a WSOL recipe (CAM, CI-CAM, ...) on a dataset", TRAIN_EPILOG, model_flags=False)
     return parser
 
 
-def _add_delegated(commands, name: str, module_name: str, help_text: str) -> None:
+EVALUATE_EPILOG = f"""\
+examples:
+  # the wsolevaluation protocol on the 50 annotated ImageNet dev images, three layers
+  camkit evaluate --model mobilenet_v2-tf:../shared/assets/weights/mobilenet_v2_imagenet.pth \\
+      --data ../shared/assets/imagenet-val-dev50 --layers features.6 features.13 features.18
+
+  # a model trained with 'camkit train', on its synthetic test split
+  camkit evaluate --model checkpoint:runs/cam/checkpoint.pt --data synthetic
+
+model specifiers (--model):
+{SPEC_FORMS}
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  # CAM on the synthetic benchmark, a few minutes on a CPU
+  camkit train cam --data synthetic:num_images=2000,habitat_p=0.8 --backbone tiny \\
+      --preset synthetic-cpu --out runs/cam
+
+  # CI-CAM on CUB (wsolevaluation layout) with ImageNet-pretrained VGG16 weights from a file
+  camkit train cicam --data /data/CUB --backbone vgg16 --pretrained vgg16.pth --out runs/cicam
+
+  # two processes with DistributedDataParallel (gloo on CPU, nccl on GPU)
+  torchrun --nproc_per_node=2 -m camkit.cli train cam --data synthetic --backbone tiny --out runs/ddp
+
+Recipes: camkit.train.list_recipes(); backbones: camkit.models.list_backbones().
+The trained model loads anywhere a model specifier is accepted: --model checkpoint:runs/cam/checkpoint.pt
+"""
+
+
+def _add_delegated(commands, name: str, module_name: str, help_text: str, epilog: Optional[str] = None,
+                   model_flags: bool = True) -> None:
     """A subcommand implemented by ``module_name.add_arguments/run``, or a stub saying it is missing."""
     try:
         module = importlib.import_module(module_name)
@@ -110,9 +142,10 @@ def _add_delegated(commands, name: str, module_name: str, help_text: str) -> Non
         return
     sub = commands.add_parser(name, formatter_class=_Formatter, help=help_text,
                               description=(module.__doc__ or help_text).strip().splitlines()[0],
-                              epilog=getattr(module, "EPILOG", None))
+                              epilog=getattr(module, "EPILOG", None) or epilog)
     add_arguments(sub)
-    add_model_arguments(sub, required=False)  # adds only the shared flags it does not define itself
+    if model_flags:
+        add_model_arguments(sub, required=False)  # adds only the shared flags it does not define itself
     sub.set_defaults(handler=run)
 
 

@@ -19,7 +19,7 @@ The same numbers come from the command line::
 
     camkit benchmark --model mobilenet_v2-tf:../shared/assets/weights/mobilenet_v2_imagenet.pth \\
         --data ../shared/assets/imagenet-val-dev50 \\
-        --layers features.4 features.6 features.10 features.13 features.16 features.18 \\
+        --layers features.6 features.13 features.18 \\
         --out outputs/compare_methods_layers
 """
 import argparse
@@ -30,7 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
-LAYERS = ["features.4", "features.6", "features.10", "features.13", "features.16", "features.18"]
+LAYERS = ["features.6", "features.13", "features.18"]  # 28x28, 14x14, 7x7 at 224x224
 METHODS = ["cam", "gradcam", "gradcam++", "pcs", "bagcams"]
 
 

@@ -184,3 +184,22 @@ def test_evaluate_subcommand(tmp_path, capsys):
     status = cli.main(["evaluate", "--model", TINY, "--data", "synthetic:6:32", "--methods", "gradcam",
                        "--layers", "layer2", "--out", str(tmp_path / "ev")])
     assert status in (0, None)
+
+
+def test_checkpoint_spec_rebuilds_the_trained_model(tmp_path, images):
+    checkpoint = pytest.importorskip("camkit.train.checkpoint")
+    from camkit.train import get_recipe
+
+    torch.manual_seed(0)
+    model = get_recipe("cam").build_model("tiny", num_classes=3, pretrained=None).eval()
+    config = {"crop_size": 48, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    path = checkpoint.save_checkpoint({"model": model.state_dict(), "config": config, "model_spec": {
+        "recipe": "cam", "backbone": "tiny", "num_classes": 3, "model_options": {}}}, tmp_path / "run" / "checkpoint.pt")
+    x = torch.randn(2, 3, 48, 48)
+    for spec in (f"checkpoint:{path}", str(path), str(path.parent)):
+        loaded = load_model(spec)
+        assert loaded.preprocess.size == (48, 48) and loaded.preprocess.std == (0.25, 0.25, 0.25)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.model(x), model(x))
+    assert cli.main(["explain", images[0], "--model", f"checkpoint:{path}", "--methods", "gradcam",
+                     "--out", str(tmp_path / "o"), "--no-figures"]) == 0
