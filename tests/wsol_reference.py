@@ -193,10 +193,11 @@ def pxap(maps, masks, interval=0.001, ignore=255):
     fn = pos.sum() - tp
     # wsolevaluation orders the curve from the highest threshold down (reversed cumulative sums)
     tp_r, fp_r = tp[::-1], fp[::-1]
-    total = 0.0
+    terms = []
     for i in range(1, n_bins):
         if tp_r[i] + fp_r[i] > 0:
             precision = tp_r[i] / (tp_r[i] + fp_r[i])
-            total += precision * (tp_r[i] / pos.sum() - tp_r[i - 1] / pos.sum())
+            terms.append(precision * (tp_r[i] / pos.sum() - tp_r[i - 1] / pos.sum()))
+    total = np.sum(np.array(terms))  # numpy's (pairwise) summation, as wsolevaluation's .sum()
     iou = tp / (tp + fp + fn)
-    return 100 * total, 100 * iou.max()
+    return total * 100, iou.max() * 100
