@@ -143,8 +143,9 @@ def resize_boxes(boxes, original_size, new_size):
     b = np.asarray(_to_numpy(boxes), dtype=np.float64).reshape(-1, 4)
     ow, oh = original_size
     nw, nh = new_size
-    scale = np.array([nw / ow, nh / oh, nw / ow, nh / oh])
-    return np.trunc(b * scale).astype(np.int64)
+    new = np.array([nw, nh, nw, nh], dtype=np.float64)
+    old = np.array([ow, oh, ow, oh], dtype=np.float64)
+    return np.trunc(b * new / old).astype(np.int64)  # (x * new) / old, in that order, as the reference
 
 
 # ------------------------------------------------------------------------- one threshold, directly
