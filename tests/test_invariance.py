@@ -25,6 +25,8 @@
    ``|norm(N + E) - norm(N)| <= 4 delta_max max(N) / range(N)`` -- the tolerance used below,
    computed from the model; it is small because ``h w = 64``.
 """
+import warnings
+
 import pytest
 import torch
 import torchvision
@@ -47,7 +49,6 @@ def one_thread():
 
 
 def _explain(model, images, methods, layers, **kwargs):
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", camkit.CAMHeadWarning)
         warnings.filterwarnings("ignore", message=".*target logit.*")
