@@ -322,3 +322,32 @@ def test_reference_implementation_matches_the_hand_oracle(model_cls, layer, expe
         for c in (0, 1):
             torch.testing.assert_close(norm[0, c], _upsampled_and_normalised(expected[c][method]),
                                        rtol=0, atol=1e-12)
+
+
+def test_edge_cases_negative_alpha_and_negative_logit():
+    """Model A with x0 at pixel (0, 2) set to -9 instead of -1, layer "conv", class 0:
+        A1 = [[2, -9], [0.5, 1.5]] (sum -5), A2 = 1 - x0 = [[-1, 10], [0.5, -0.5]]
+        R1 = [[2, 0], [0.5, 1.5]], R2 = [[0, 10], [0.5, 0]]; p = [1, 10.5/4 = 2.625]
+        S0 = 2 * 1 - 2.625 + 0.5 = -0.125 < 0;  S1 = -1 + 3 * 2.625 + 0.5 = 7.375
+    Grad-CAM++: g1 = 1/2 on mask1 = [[1, 0], [1, 1]], so 2 + sum(A1) g = 2 - 5/2 = -1/2 and
+        alpha = 1 / (-1/2) = -2 (eq. 19 taken literally: no clamping of alpha);
+        w1 = 3 * (-2) * 1/2 = -3; w2 = 0 (g2 = -1/4 < 0).  map = ReLU(-3 A1) = [[0, 27], [0, 0]].
+    BagCAMs: log(S0) seeds the backward with 1/S0 = -8, so at the ReLU output the gradient is
+        [2, -1] * (-8) / 4 = [-4, 2] -> guided clamp -> [0, 2]: the sign flip keeps channel 2.
+        g_hat2 = 2 * mask2 (mask2 = [[0, 1], [1, 0]]); t2 = 1 + 2 * (10 + 0.5) / 4 = 6.25
+        map = 6.25 * 2 * mask2 * A2 = 12.5 * [[0, 10], [0.5, 0]] = [[0, 125], [6.25, 0]].
+    """
+    x = _input()
+    x[0, 0, 0, 2] = -9.0
+    with pytest.warns(RuntimeWarning, match="logit"):  # the engine flags S_c <= 0 for BagCAMs
+        exp = camkit.explain(TinyGapNet(), x, methods=("gradcam++", "bagcams"), layers="conv", target=0,
+                             normalize=False, upsample=False)
+    torch.testing.assert_close(exp.logits, torch.tensor([[-0.125, 7.375]]), rtol=0, atol=1e-6)
+    assert exp.negative_target_logit.tolist() == [True]
+    torch.testing.assert_close(exp.maps[("gradcam++", "conv")], torch.tensor([[[0.0, 27.0], [0.0, 0.0]]]),
+                               rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(exp.maps[("bagcams", "conv")], torch.tensor([[[0.0, 125.0], [6.25, 0.0]]]),
+                               rtol=1e-6, atol=1e-4)
+    raw = ref.reference_raw_maps(TinyGapNet(), x, "conv", [[0]], ("gradcam++", "bagcams"))
+    torch.testing.assert_close(raw["gradcam++"][0, 0], torch.tensor([[0.0, 27.0], [0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(raw["bagcams"][0, 0], torch.tensor([[0.0, 125.0], [6.25, 0.0]], dtype=torch.float64))
