@@ -177,15 +177,15 @@ def test_export_reads_back(tmp_path):
     labels = dict(line.split(",") for line in meta.joinpath("class_labels.txt").read_text().splitlines())
     sizes = [line.split(",") for line in meta.joinpath("image_sizes.txt").read_text().splitlines()]
     boxes = [line.split(",") for line in meta.joinpath("localization.txt").read_text().splitlines()]
-    masks = [line.split(",") for line in meta.joinpath("mask_localization.txt").read_text().splitlines()]
+    masks = [line.split(",") for line in (root / "metadata" / "test-masks" / "localization.txt").read_text().splitlines()]
     for i, image_id in enumerate(ids):
         assert int(labels[image_id]) == int(data.labels[i])
         assert sizes[i] == [image_id, "32", "32"]
         assert boxes[i][0] == image_id and [int(b) for b in boxes[i][1:]] == data.boxes[i].tolist()
-        image = np.asarray(Image.open(root / "images" / image_id))
+        image = np.asarray(Image.open(root / image_id))
         assert np.array_equal(image, data.images[i].permute(1, 2, 0).numpy())   # PNG is lossless
         assert masks[i][0] == image_id and masks[i][2] == ""
-        mask = np.asarray(Image.open(root / "masks" / masks[i][1]))
+        mask = np.asarray(Image.open(root / masks[i][1]))
         assert np.array_equal(mask > 127, data.masks[i].numpy())
 
 
@@ -193,8 +193,19 @@ def test_export_reads_back_through_wsol_loader(tmp_path):
     wsol = pytest.importorskip("camkit.data.wsol", reason="camkit.data.wsol (the metadata loader) not written yet")
     data = make_synthetic(5, num_classes=3, image_size=32, seed=10)
     export_wsol(data, tmp_path, split="test")
-    _check_wsol_loader(wsol, tmp_path, data)
-
-
-def _check_wsol_loader(wsol, root, data):  # replaced once the loader's API is known
-    pytest.skip("the wsol loader API is not known yet")
+    identity = wsol.WSOLEvalTransform(size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    boxes_split = wsol.WSOLDataset(tmp_path, tmp_path / "metadata" / "test", transform=identity)
+    masks_split = wsol.WSOLDataset(tmp_path, tmp_path / "metadata" / "test-masks", transform=identity)
+    assert len(boxes_split) == len(masks_split) == 5
+    for i in range(5):
+        a, b = boxes_split[i], masks_split[i]
+        assert a["label"] == b["label"] == int(data.labels[i])
+        expect = data.images[i].float() / 255
+        torch.testing.assert_close(a["image"], expect, rtol=0, atol=1e-6)
+        assert a["boxes"].tolist() == [data.boxes[i].tolist()]
+        assert torch.equal(b["mask"], data.masks[i].to(torch.uint8))
+        assert a["size"] == (32, 32) or list(a["size"]) == [32, 32]
+    # at the standard 224 protocol the loader rescales boxes as wsolevaluation does: int(x * 224 / 32)
+    standard = wsol.WSOLDataset(tmp_path, tmp_path / "metadata" / "test")
+    x0, y0, x1, y1 = data.boxes[0].tolist()
+    assert standard[0]["boxes"].tolist() == [[x0 * 7, y0 * 7, x1 * 7, y1 * 7]]

@@ -260,3 +260,21 @@ def test_command_trains_synthetic(tmp_path, capsys):
         assert 0.0 <= summary["last_eval"][metric] <= 100.0
     model = load_checkpoint_model(tmp_path / "checkpoint.pt")
     assert model.fc.out_features == 3 and model.block1[0].out_channels == 4
+
+
+def test_command_trains_on_exported_wsol_data(tmp_path, capsys):
+    """The synthetic benchmark written in wsolevaluation layout trains and evaluates end to end."""
+    pytest.importorskip("camkit.data.wsol")
+    from camkit.data.synthetic import export_wsol
+    from camkit.train.command import add_arguments, run
+    export_wsol(make_synthetic(32, num_classes=3, image_size=32, seed=11), tmp_path / "data", split="train")
+    export_wsol(make_synthetic(16, num_classes=3, image_size=32, seed=12), tmp_path / "data", split="test")
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["cam", "--data", str(tmp_path / "data"), "--eval-data", str(tmp_path / "data"), "--backbone", "tiny",
+         "--out", str(tmp_path / "out"), "--preset", "synthetic-cpu", "--epochs", "1", "--batch-size", "16",
+         "--set", "resize_size=36", "--set", "crop_size=32", "--model-option", "widths=4,8,8,8",
+         "--no-progress"])
+    assert run(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= summary["last_eval"]["top1"] <= 1.0
+    assert 0.0 <= summary["last_eval"]["cam/block4/MaxBoxAccV2"] <= 100.0

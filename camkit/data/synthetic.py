@@ -305,40 +305,38 @@ def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1)
 
 
-def export_wsol(dataset: SyntheticWSOL, root: Union[str, Path], split: str = "test",
-                image_format: str = "png") -> Path:
-    """Write ``dataset`` to ``root`` in the wsolevaluation metadata layout; returns ``root``.
+def export_wsol(dataset: SyntheticWSOL, root: Union[str, Path], split: str = "test") -> Path:
+    """Write ``dataset`` to ``root`` in the wsolevaluation layout; returns ``root``.
 
-    Layout (image ids are paths relative to ``root/images``, as in wsolevaluation)::
+    Image ids are paths relative to ``root`` (wsolevaluation's data root), PNG (lossless)::
 
-        root/images/{split}/{class}/{split}_{i:06d}.png
-        root/masks/{split}/{class}/{split}_{i:06d}.png        object mask, 0 or 255 (uint8, mode "L")
-        root/metadata/{split}/image_ids.txt      one image id per line
-        root/metadata/{split}/class_labels.txt   "image_id,label"
-        root/metadata/{split}/image_sizes.txt    "image_id,width,height"
-        root/metadata/{split}/localization.txt   "image_id,x0,y0,x1,y1" (inclusive pixel box)
-        root/metadata/{split}/mask_localization.txt  "image_id,mask_path,ignore_path" (OpenImages
-                                                  style; mask_path relative to root/masks, no ignore)
+        root/{split}/{class}/{split}_{i:06d}.png             the image
+        root/masks/{split}/{class}/{split}_{i:06d}.png       its object mask, 0 or 255 (uint8, mode "L")
+        root/metadata/{split}/                               CUB/ILSVRC style (boxes)
+            image_ids.txt       one image id per line
+            class_labels.txt    "image_id,label"
+            image_sizes.txt     "image_id,width,height"
+            localization.txt    "image_id,x0,y0,x1,y1" (inclusive pixel box of the mask)
+        root/metadata/{split}-masks/                         OpenImages style (masks): the same three
+            localization.txt    "image_id,mask_path,"  files, and mask lines (mask_path relative to
+                                                           root, no ignore mask)
 
-    ``localization.txt`` follows the CUB/ILSVRC box format; ``mask_localization.txt`` the OpenImages
-    mask format (wsolevaluation names that file ``localization.txt`` in its OpenImages metadata; point
-    a mask loader at it explicitly).
+    Read it back with ``camkit.data.wsol.WSOLDataset(root, root / "metadata" / split)`` (boxes) or
+    ``.../f"{split}-masks"`` (masks).
     """
     from PIL import Image
 
     root = Path(root)
-    meta = root / "metadata" / split
-    meta.mkdir(parents=True, exist_ok=True)
     names = dataset.class_names
     ids, masks_rel = [], []
     images_np = dataset.images.permute(0, 2, 3, 1).numpy()
     masks_np = dataset.masks.numpy().astype(np.uint8) * 255
     for i in range(len(dataset)):
         cls = names[int(dataset.labels[i])]
-        image_id = f"{split}/{cls}/{split}_{i:06d}.{image_format}"
-        mask_id = f"{split}/{cls}/{split}_{i:06d}.png"
-        for folder, rel, array in (("images", image_id, images_np[i]), ("masks", mask_id, masks_np[i])):
-            path = root / folder / rel
+        image_id = f"{split}/{cls}/{split}_{i:06d}.png"
+        mask_id = f"masks/{image_id}"
+        for rel, array in ((image_id, images_np[i]), (mask_id, masks_np[i])):
+            path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(array).save(path)
         ids.append(image_id)
@@ -346,11 +344,15 @@ def export_wsol(dataset: SyntheticWSOL, root: Union[str, Path], split: str = "te
     s = dataset.images.shape[-1]
     boxes = dataset.boxes.tolist()
     labels = dataset.labels.tolist()
-    _write_lines(meta / "image_ids.txt", ids)
-    _write_lines(meta / "class_labels.txt", [f"{i},{l}" for i, l in zip(ids, labels)])
-    _write_lines(meta / "image_sizes.txt", [f"{i},{s},{s}" for i in ids])
-    _write_lines(meta / "localization.txt", [f"{i},{b[0]},{b[1]},{b[2]},{b[3]}" for i, b in zip(ids, boxes)])
-    _write_lines(meta / "mask_localization.txt", [f"{i},{m}," for i, m in zip(ids, masks_rel)])
+    for folder, localization in (
+            (split, [f"{i},{b[0]},{b[1]},{b[2]},{b[3]}" for i, b in zip(ids, boxes)]),
+            (f"{split}-masks", [f"{i},{m}," for i, m in zip(ids, masks_rel)])):
+        meta = root / "metadata" / folder
+        meta.mkdir(parents=True, exist_ok=True)
+        _write_lines(meta / "image_ids.txt", ids)
+        _write_lines(meta / "class_labels.txt", [f"{i},{l}" for i, l in zip(ids, labels)])
+        _write_lines(meta / "image_sizes.txt", [f"{i},{s},{s}" for i in ids])
+        _write_lines(meta / "localization.txt", localization)
     return root
 
 

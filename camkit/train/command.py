@@ -71,8 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def load_data(spec: str, metadata: Optional[str] = None, *, eval_split: bool = False):
-    """A dataset from a ``--data`` spec; returns ``(dataset, num_classes)``."""
+def load_data(spec: str, metadata: Optional[str] = None, *, eval_split: bool = False,
+              image_size: int = 224):
+    """A dataset from a ``--data`` spec; returns ``(dataset, num_classes)``.
+
+    wsolevaluation datasets are read with images resized to ``image_size`` and left in [0, 1]
+    (mean 0, std 1): the training loop's transforms crop, flip and normalise them.
+    """
     if spec == "synthetic" or spec.startswith("synthetic:"):
         from camkit.data.synthetic import make_synthetic
         options = parse_key_values([s for s in spec.partition(":")[2].split(",") if s]) if ":" in spec else {}
@@ -92,11 +97,10 @@ def load_data(spec: str, metadata: Optional[str] = None, *, eval_split: bool = F
                            f"in this installation ({error})") from error
     split = "test" if eval_split else "train"
     meta = Path(metadata) if metadata else root / "metadata" / split
-    dataset = wsol.WSOLDataset(root, meta)  # the loader's constructor: (data root, metadata folder)
-    num_classes = getattr(dataset, "num_classes", None)
-    if num_classes is None:
-        num_classes = int(max(int(l) for l in dataset.labels)) + 1
-    return dataset, int(num_classes)
+    unnormalised = wsol.WSOLEvalTransform(size=image_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    dataset = wsol.WSOLDataset(root, meta, transform=unnormalised)
+    labels = dataset.labels.values() if isinstance(dataset.labels, dict) else dataset.labels
+    return dataset, int(max(int(l) for l in labels)) + 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,15 +117,15 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     config = recipe.make_config(args.preset, **overrides)
-    train_set, num_classes = load_data(args.data, args.metadata)
+    train_set, num_classes = load_data(args.data, args.metadata, image_size=config.resize_size)
     eval_set = None
     if args.eval_data:
-        eval_set, _ = load_data(args.eval_data, eval_split=True)
+        eval_set, _ = load_data(args.eval_data, eval_split=True, image_size=config.crop_size)
     elif args.data.startswith("synthetic"):
         eval_set, _ = load_data(args.data, eval_split=True)
     evaluate_fn = None
-    if eval_set is not None and hasattr(eval_set, "masks") and hasattr(eval_set, "boxes"):
-        # synthetic data carries exact boxes and masks: add CAM localisation to the periodic evaluation
+    if eval_set is not None and (hasattr(eval_set, "masks") or hasattr(eval_set, "gt_boxes")):
+        # boxes/masks available (synthetic or wsolevaluation data): CAM localisation in the evaluation
         from camkit.train.evaluation import localization_evaluator
         from camkit.train.transforms import EvalTransform
         evaluate_fn = localization_evaluator(("cam",), transform=EvalTransform(config.crop_size, config.mean,

@@ -3,9 +3,10 @@
 :func:`localization_evaluator` returns ``evaluate_fn(model, dataset) -> dict`` that explains the
 ground-truth class of every image with :func:`camkit.explain` and scores the maps with
 :mod:`camkit.metrics` (MaxBoxAccV2, PxAP; wsolevaluation semantics), at the images' (transformed)
-resolution. It needs items with a ``"box"`` ``(4,)`` or ``(g, 4)`` and/or a ``"mask"`` ``(H, W)`` at the
-image's size, e.g. :class:`camkit.data.synthetic.SyntheticWSOL`. For wsolevaluation datasets use
-``camkit.evaluate`` instead.
+resolution. It needs items with a ``"box"`` ``(4,)`` or ``"boxes"`` ``(g, 4)`` and/or a ``"mask"``
+``(H, W)`` (1 object, 0 background, 255 ignored) at the image's size, e.g.
+:class:`camkit.data.synthetic.SyntheticWSOL` or :class:`camkit.data.wsol.WSOLDataset`. For the full
+wsolevaluation protocol (224 x 224, all metrics) use ``camkit.evaluate``.
 """
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def localization_evaluator(methods: Sequence[str] = ("cam",), layers=None, trans
                 images.append(x)
                 labels.append(label)
                 sy, sx = x.shape[-2] / original[0], x.shape[-1] / original[1]
-                if isinstance(item, dict) and item.get("box") is not None:
-                    b = torch.as_tensor(item["box"], dtype=torch.float64).view(-1, 4)
+                given = item.get("box", item.get("boxes")) if isinstance(item, dict) else None
+                if given is not None and torch.as_tensor(given).numel() > 0:
+                    b = torch.as_tensor(given, dtype=torch.float64).view(-1, 4)
                     boxes.append((b * torch.tensor([sx, sy, sx, sy], dtype=torch.float64)).long())
                 if isinstance(item, dict) and item.get("mask") is not None:
                     m = torch.as_tensor(item["mask"]).float()[None, None]
