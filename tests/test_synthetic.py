@@ -110,7 +110,7 @@ def test_boxes_are_mask_bounding_boxes():
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_p_sets_habitat_frequency(p):
-    data = make_synthetic(4000, num_classes=4, image_size=16, habitat_p=p, seed=6)
+    data = make_synthetic(2500, num_classes=4, image_size=16, habitat_p=p, seed=6)
     assert abs(float(data.on_habitat.float().mean()) - p) < 0.03
     # off-habitat backgrounds are spread evenly over the other 5 textures
     off = data.backgrounds[~data.on_habitat]
@@ -121,9 +121,9 @@ def test_p_sets_habitat_frequency(p):
 
 
 def test_uniform_and_swapped_contexts():
-    uniform = make_synthetic(3000, num_classes=4, image_size=16, context="uniform", seed=7)
+    uniform = make_synthetic(2500, num_classes=4, image_size=16, context="uniform", seed=7)
     assert abs(float(uniform.on_habitat.float().mean()) - 1 / 6) < 0.03
-    swapped = make_synthetic(3000, num_classes=4, image_size=16, context="swapped", habitat_p=0.8, seed=7)
+    swapped = make_synthetic(2500, num_classes=4, image_size=16, context="swapped", habitat_p=0.8, seed=7)
     assert not swapped.on_habitat.any(), "swapped: never on the own habitat"
     neighbour = swapped.backgrounds == (swapped.labels + 1) % 4
     assert abs(float(neighbour.float().mean()) - 0.8) < 0.03

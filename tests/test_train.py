@@ -162,6 +162,7 @@ def _ddp_worker(rank, world, port, out, config_dict):
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_gloo_processes_match_one_process(tmp_path):
     import torch.multiprocessing as mp

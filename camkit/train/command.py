@@ -143,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         evals = [h for h in result.history if h.get("event") == "eval"]
         summary = {"checkpoint": str(result.checkpoint), **({"last_eval": evals[-1]} if evals else {})}
         print(json.dumps(summary))
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
