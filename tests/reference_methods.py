@@ -87,22 +87,36 @@ def float64_copy(model, guided=False):
     return copied
 
 
-def split_forward(model, layer, image):
+def split_forward(model, layer, image, call=None):
     """Run ``model`` on one image with the output of ``layer`` replaced by a fresh leaf.
 
     Args:
         model: a float64 model (see :func:`float64_copy`).
         layer: module name as in ``model.named_modules()``.
         image: ``(1, 3, H, W)`` float64.
+        call: which call of a module that runs several times per forward (0-based; negative counts
+            from the end). ``None`` requires the module to run exactly once.
 
     Returns:
         ``(A, logits)``: the leaf activation ``(1, C, h, w)`` (requires grad; everything after the
         layer is a function of it) and the logits ``(K,)``.
     """
     module = dict(model.named_modules())[layer]
-    captured = []
+    if call is not None and call < 0:
+        counter = module.register_forward_hook(lambda *args: calls.append(None))
+        calls = []
+        try:
+            with torch.no_grad():
+                model(image)
+        finally:
+            counter.remove()
+        call = len(calls) + call
+    seen, captured = [], []
 
     def swap_output_for_leaf(_module, _inputs, output):
+        seen.append(None)
+        if call is not None and len(seen) - 1 != call:
+            return None
         leaf = output.detach().clone().requires_grad_(True)
         captured.append(leaf)
         # Hand a copy downstream so that an in-place op after the layer cannot touch the leaf.
@@ -114,12 +128,14 @@ def split_forward(model, layer, image):
             logits = model(image)
     finally:
         handle.remove()
-    assert len(captured) == 1, f"layer {layer!r} ran {len(captured)} times; the reference expects once"
+    if call is None:
+        assert len(seen) == 1, f"layer {layer!r} ran {len(seen)} times; pass call="
+    assert len(captured) == 1, f"call {call} of layer {layer!r} not found ({len(seen)} calls)"
     assert logits.dim() == 2 and logits.shape[0] == 1, f"expected (1, K) logits, got {tuple(logits.shape)}"
     return captured[0], logits[0]
 
 
-def activation_logits_gradients(model, layer, image, classes, guided=False, log_score=False):
+def activation_logits_gradients(model, layer, image, classes, guided=False, log_score=False, call=None):
     """Activation, logits and one gradient per class at ``layer`` for one image.
 
     Args:
@@ -129,20 +145,22 @@ def activation_logits_gradients(model, layer, image, classes, guided=False, log_
         classes: iterable of class indices, or of callables ``logits (1, K) -> (1,)`` scores.
         guided: guided ReLUs downstream of the layer.
         log_score: differentiate ``log(S_c)`` (autograd seeds the backward with ``1 / S_c``).
+        call: see :func:`split_forward`.
 
     Returns:
         ``A`` ``(C, h, w)``, ``logits`` ``(K,)``, list of gradients ``(C, h, w)``, one per class.
         All float64 and detached.
     """
-    return gradients_of_float64_model(float64_copy(model, guided=guided), layer, image, classes, log_score)
+    return gradients_of_float64_model(float64_copy(model, guided=guided), layer, image, classes, log_score,
+                                      call)
 
 
-def gradients_of_float64_model(model64, layer, image, classes, log_score=False):
+def gradients_of_float64_model(model64, layer, image, classes, log_score=False, call=None):
     """:func:`activation_logits_gradients` on an already prepared :func:`float64_copy`."""
     x = image.detach().to(torch.float64)
     if x.dim() == 3:
         x = x.unsqueeze(0)
-    A, logits = split_forward(model64, layer, x)
+    A, logits = split_forward(model64, layer, x, call=call)
     gradients = []
     for c in classes:
         score = c(logits.unsqueeze(0))[0] if callable(c) else logits[int(c)]
@@ -301,7 +319,7 @@ def postprocess(raw, size, upsample=True, normalize=True):
 # Whole-batch driver.
 # --------------------------------------------------------------------------------------------------
 def reference_raw_maps(model, images, layer, targets, methods=METHODS, head_weight=None,
-                       clamp_negative_weights=False, with_magnitude=False):
+                       clamp_negative_weights=False, with_magnitude=False, call=None):
     """Raw reference maps at layer resolution for a batch, one image and one class at a time.
 
     Args:
@@ -315,6 +333,7 @@ def reference_raw_maps(model, images, layer, targets, methods=METHODS, head_weig
         head_weight: ``(K, C)`` linear head, needed for ``"cam"``.
         clamp_negative_weights: CAM with negative head weights set to 0.
         with_magnitude: also return ``{method: (B, T, h, w)}`` of :func:`term_magnitude`.
+        call: which call of a module that runs several times (see :func:`split_forward`).
 
     Returns:
         ``{method: (B, T, h, w) float64}`` (and the magnitudes, if asked).
@@ -337,11 +356,11 @@ def reference_raw_maps(model, images, layer, targets, methods=METHODS, head_weig
     model64_guided = float64_copy(model, guided=True) if "bagcams" in methods else None
     for b in range(images.shape[0]):
         classes = list(targets[b])
-        A, _, grads = gradients_of_float64_model(model64, layer, images[b], classes)
+        A, _, grads = gradients_of_float64_model(model64, layer, images[b], classes, call=call)
         guided = None
         if model64_guided is not None:
             _, _, guided = gradients_of_float64_model(model64_guided, layer, images[b], classes,
-                                                      log_score=True)
+                                                      log_score=True, call=call)
         for method in methods:
             if method not in terms_of:
                 raise ValueError(f"unknown method {method!r}")

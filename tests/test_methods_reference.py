@@ -313,3 +313,57 @@ def test_float64_engine_matches_reference_to_rounding(case):
                     scale = case.magnitude[layer][method][:, column].amax(dim=(-2, -1), keepdim=True)
                     err = ((got - raw).abs() / scale).max()
                 assert err <= 1e-12, f"{what}: error {err:.3g}"
+
+
+def test_module_called_twice_name_at_k():
+    """torchvision's BasicBlock calls its one ``relu`` module twice: ``layer4.1.relu@0`` is the
+    (in-place) ReLU after bn1 and ``layer4.1.relu@1`` (= ``layer4.1.relu``, the last call by default)
+    is the block output, i.e. the same tensor as ``layer4``. BagCAMs' guided backward from call 0
+    must also pass through call 1 of the same module, which is downstream."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    images = torch.randn(2, 3, 64, 64)
+    maps, targets = {}, None
+    for layer in ("layer4.1.relu@0", "layer4.1.relu", "layer4"):  # one layer per call (see below)
+        exp = camkit.explain(model, images, methods=GRADIENT_METHODS, layers=layer, normalize=False, upsample=False)
+        maps.update(exp.maps)
+        targets = exp.targets.reshape(2, 1)
+    want = {call: ref.reference_raw_maps(model, images, "layer4.1.relu", targets, GRADIENT_METHODS,
+                                         with_magnitude=True, call=call) for call in (0, 1)}
+    for method in GRADIENT_METHODS:
+        for layer, call in (("layer4.1.relu@0", 0), ("layer4.1.relu", 1), ("layer4", 1)):
+            raw, magnitude = want[call][0][method][:, 0], want[call][1][method][:, 0]
+            assert_raw_close(maps[(method, layer)], raw, magnitude, f"{method}@{layer}")
+
+
+class ReusedReLUNet(nn.Module):
+    """conv1 -> relu -> conv2 -> relu (the same ``nn.ReLU`` module, called twice) -> GAP -> fc."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1)
+        self.relu, self.fc = nn.ReLU(), nn.Linear(8, 3)
+        with torch.no_grad():
+            self.fc.bias += 1.0  # positive logits
+
+    def forward(self, x):
+        y = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def test_both_calls_of_one_module_captured_in_one_call():
+    """Capturing ``relu@0`` and ``relu`` (= ``relu@1``) together must not change ``relu@0``'s maps:
+    the guided backward from call 0 still passes through call 1 (a ReLU downstream of it)."""
+    model = ReusedReLUNet().eval()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 4, 4)
+    exp = camkit.explain(model, x, methods=GRADIENT_METHODS, layers=("relu@0", "relu"),
+                         normalize=False, upsample=False)
+    targets = exp.targets.reshape(2, 1)
+    for layer, call in (("relu@0", 0), ("relu", 1)):
+        raw, magnitude = ref.reference_raw_maps(model, x, "relu", targets, GRADIENT_METHODS,
+                                                with_magnitude=True, call=call)
+        for method in GRADIENT_METHODS:
+            assert_raw_close(exp.maps[(method, layer)], raw[method][:, 0], magnitude[method][:, 0],
+                             f"{method}@{layer} (both calls captured)")
