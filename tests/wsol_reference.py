@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 
 # 8-neighbourhood, clockwise in image coordinates (row down): E, SE, S, SW, W, NW, N, NE
 _DIRS = [(0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1)]
+_DIR_INDEX = {d: k for k, d in enumerate(_DIRS)}
 
 
 def to_uint8(score_map):
@@ -26,14 +27,14 @@ def to_uint8(score_map):
 
 
 def trace_border(img, start, zero_neighbour):
-    """Suzuki-Abe border following on a zero-padded 0/1 image. Returns the list of (row, col) points."""
+    """Suzuki-Abe border following on a zero-padded 0/1 image (a list of rows). Returns (row, col) points."""
     i, j = start
-    d0 = _DIRS.index((zero_neighbour[0] - i, zero_neighbour[1] - j))
+    d0 = _DIR_INDEX[(zero_neighbour[0] - i, zero_neighbour[1] - j)]
     # 3.1: clockwise from the zero neighbour, find the first nonzero pixel
     found = None
     for k in range(1, 9):
         d = (d0 + k) % 8
-        if img[i + _DIRS[d][0], j + _DIRS[d][1]]:
+        if img[i + _DIRS[d][0]][j + _DIRS[d][1]]:
             found = (i + _DIRS[d][0], j + _DIRS[d][1])
             break
     if found is None:
@@ -43,11 +44,11 @@ def trace_border(img, start, zero_neighbour):
     points = [(i, j)]
     while True:
         # 3.3: counterclockwise from the element after i2, around i3
-        d2 = _DIRS.index((i2[0] - i3[0], i2[1] - i3[1]))
+        d2 = _DIR_INDEX[(i2[0] - i3[0], i2[1] - i3[1])]
         for k in range(1, 9):
             d = (d2 - k) % 8
             cand = (i3[0] + _DIRS[d][0], i3[1] + _DIRS[d][1])
-            if img[cand]:
+            if img[cand[0]][cand[1]]:
                 i4 = cand
                 break
         # 3.5
@@ -72,6 +73,7 @@ def contours(mask):
     h, w = mask.shape
     img = np.zeros((h + 2, w + 2), np.uint8)
     img[1:-1, 1:-1] = mask
+    img = img.tolist()
     fg, nf = ndi.label(mask, structure=np.ones((3, 3)))
     bg, nb = ndi.label(~mask, structure=ndi.generate_binary_structure(2, 1))
     border_bg = set(np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))) - {0}
