@@ -57,14 +57,16 @@ examples:
       --data ../shared/assets/imagenet-val-dev50 --layers features.6 features.13 features.18 --out bench/
 
   # a wsolevaluation-format dataset (metadata/<split>/*.txt, images/, masks/ for OpenImages)
-  camkit benchmark --model torchvision:resnet50 --weights r50.pth --data wsol:/data/CUB:test --out bench/
+  camkit benchmark --model torchvision:resnet50 --weights r50.pth \\
+      --data wsol:/data/CUB:/data/wsolevaluation/metadata/CUB/test --out bench/
 
   # the synthetic benchmark (masks, so PxAP and Peak-IoU too), your own model
   camkit benchmark --model mymodels:tiny --data synthetic:64 --methods gradcam pcs --out bench/
 
 datasets (--data):
   DIR                    a folder with annotations.json (as ../shared/assets/imagenet-val-dev50)
-  wsol:ROOT[:SPLIT]      wsolevaluation metadata format (ROOT/metadata/SPLIT/...; SPLIT default test)
+  wsol:ROOT[:METADATA]   wsolevaluation metadata format: images under ROOT, the four metadata files in
+                         METADATA (default ROOT/metadata/test); masks for OpenImages-style mask lines
   synthetic[:N[:SIZE]]   camkit's synthetic WSOL benchmark (N images, default 64, of SIZE pixels)
 
 Layers default to the model's suggested list (shallow to deep) or the last spatial layer.
@@ -276,11 +278,12 @@ def measure_cost(model: nn.Module, batch: torch.Tensor, methods: Sequence[str], 
 
 # ----------------------------------------------------------------------------------------- dataset
 def load_dataset(spec: str, preprocess=None, limit: Optional[int] = None):
-    """A dataset from ``--data`` (see :data:`EPILOG`).
+    """A dataset from ``--data`` (see :data:`EPILOG`), through :mod:`camkit.data` loaders.
 
-    Returns a sequence of samples, each a dict with ``image`` (the model input ``(3, H, W)`` float,
-    or a ``(3, S, S)`` uint8 for synthetic data before normalisation), ``label`` (int), ``boxes``
-    (``(n, 4)`` xyxy inclusive at the input resolution) and optionally ``mask`` (``(H, W)`` bool).
+    Images are resized to the model's input size (no crop) and normalised with its mean and std
+    (:class:`camkit.data.wsol.WSOLEvalTransform`). Returns a sequence of samples, each a dict with
+    ``image`` ``(3, S, S)`` float, ``label`` int, ``boxes`` ``(n, 4)`` xyxy inclusive at the input
+    resolution and, for mask datasets, ``mask`` ``(S, S)`` (1 foreground, 0 background, 255 ignored).
     """
     from camkit import data
 
@@ -292,41 +295,18 @@ def load_dataset(spec: str, preprocess=None, limit: Optional[int] = None):
 
         dataset = make_synthetic(num_images=count, image_size=size, context="uniform", seed=1)
         return _SyntheticSamples(dataset, preprocess)
+    from camkit.data.wsol import AnnotatedFolderDataset, WSOLDataset, WSOLEvalTransform
+
+    size = getattr(preprocess, "size", None) or (224, 224)
+    transform = WSOLEvalTransform(size=size[0], mean=getattr(preprocess, "mean", (0.485, 0.456, 0.406)),
+                                  std=getattr(preprocess, "std", (0.229, 0.224, 0.225)))
     if spec.startswith("wsol:"):
-        root, _, split = spec[len("wsol:"):].partition(":")
-        return data.open_wsol_dataset(root, split or "test", preprocess=preprocess, limit=limit)
+        root, _, metadata = spec[len("wsol:"):].partition(":")
+        return WSOLDataset(root, metadata or Path(root) / "metadata" / "test", transform=transform)
     if (Path(spec) / "annotations.json").is_file():
-        return AnnotatedFolder(spec, preprocess)
-    raise ValueError(f"--data {spec!r}: not a folder with annotations.json, 'wsol:ROOT[:SPLIT]' or "
+        return AnnotatedFolderDataset(spec, transform=transform)
+    raise ValueError(f"--data {spec!r}: not a folder with annotations.json, 'wsol:ROOT[:METADATA_DIR]' or "
                      f"'synthetic[:N[:SIZE]]'")
-
-
-class AnnotatedFolder:
-    """A folder with ``annotations.json`` (the ``imagenet-val-dev50`` layout) under the WSOL protocol.
-
-    Each record has ``file`` (under ``images/`` or the folder itself), ``label``, ``width``, ``height``
-    and ``boxes_xyxy``. Images go through ``preprocess`` (resize to the input size, no crop); boxes are
-    rescaled with :func:`camkit.boxes.resize_boxes` (wsolevaluation's ``int(x * 224 / w)``).
-    """
-
-    def __init__(self, root, preprocess):
-        self.root = Path(root)
-        self.records = json.loads((self.root / "annotations.json").read_text())
-        self.preprocess = preprocess
-        folder = self.root / "images"
-        self.image_dir = folder if folder.is_dir() else self.root
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, index):
-        from camkit.boxes import resize_boxes
-
-        record = self.records[index]
-        image = self.preprocess(self.image_dir / record["file"])
-        height, width = image.shape[-2:]
-        boxes = resize_boxes(record["boxes_xyxy"], (record["width"], record["height"]), (width, height))
-        return {"image": image, "label": int(record["label"]), "boxes": torch.as_tensor(boxes)}
 
 
 class _SyntheticSamples:

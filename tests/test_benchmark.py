@@ -133,3 +133,20 @@ def test_annotated_folder_rescales_boxes_like_wsolevaluation(tmp_path):
     assert sample["label"] == 3 and sample["image"].shape == (3, 32, 32)
     # int(x * 32 / 40), int(y * 32 / 20): 10 -> 8, 5 -> 8, 39 -> 31, 19 -> 30
     assert sample["boxes"].tolist() == [[8, 8, 31, 30]]
+
+
+def test_wsol_format_dataset_spec(tmp_path):
+    from camkit.data.synthetic import export_wsol, make_synthetic
+    from camkit.inputs import Preprocess
+
+    data = make_synthetic(num_images=3, image_size=32, seed=2)
+    export_wsol(data, tmp_path, split="test")
+    preprocess = Preprocess(32, (0.5,) * 3, (0.5,) * 3)
+    dataset = benchmark.load_dataset(f"wsol:{tmp_path}", preprocess=preprocess)  # metadata/test by default
+    assert len(dataset) == 3
+    sample = dataset[1]
+    assert sample["label"] == int(data.labels[1])
+    assert sample["boxes"].tolist() == [data.boxes[1].tolist()]  # same size: boxes unchanged
+    torch.testing.assert_close(sample["image"], data.images[1].float() / 255 * 2 - 1, atol=1e-6, rtol=0)
+    masked = benchmark.load_dataset(f"wsol:{tmp_path}:{tmp_path / 'metadata' / 'test-masks'}", preprocess)
+    assert masked[1]["mask"].tolist() == data.masks[1].to(torch.uint8).tolist()
