@@ -131,6 +131,7 @@ def _explain(model, images, **kwargs):
     kwargs.setdefault("layers", ("stem", "block"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", camkit.CAMHeadWarning)
+        warnings.filterwarnings("ignore", message=".*target logit.*")  # BagCAMs' negative-logit notice
         return camkit.explain(model, images, **kwargs)
 
 
@@ -240,10 +241,11 @@ def test_frozen_parameters_give_the_same_maps():
 
 def test_in_place_relu_after_the_hooked_layer():
     """``block.0`` (a conv) is followed by BN and an in-place ReLU; ``stem`` ends in an in-place ReLU
-    that the next conv reads. In-place and out-of-place models must give the same maps, equal to
-    the float64 reference (which never lets downstream ops touch the captured tensor)."""
+    that the next conv reads; ``stem.2`` is the in-place ReLU itself and ``block.1`` a BN whose
+    output an in-place ReLU overwrites. In-place and out-of-place models must give the same maps,
+    equal to the float64 reference (which never lets downstream ops touch the captured tensor)."""
     inplace, plain = make_model(inplace=True).eval(), make_model(inplace=False).eval()
-    layers = ("stem", "block.0")
+    layers = ("stem", "block.0", "stem.2", "block.1")
     methods = ("gradcam", "gradcam++", "pcs", "bagcams")
     images = _images()
     got = _maps(inplace, images, layers=layers, methods=methods, target=2)

@@ -351,3 +351,35 @@ def test_edge_cases_negative_alpha_and_negative_logit():
     raw = ref.reference_raw_maps(TinyGapNet(), x, "conv", [[0]], ("gradcam++", "bagcams"))
     torch.testing.assert_close(raw["gradcam++"][0, 0], torch.tensor([[0.0, 27.0], [0.0, 0.0]], dtype=torch.float64))
     torch.testing.assert_close(raw["bagcams"][0, 0], torch.tensor([[0.0, 125.0], [6.25, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("size", [(6, 10), (5, 7)])
+def test_postprocessing_of_engine_maps_matches_reference_rule(size):
+    """Non-square and odd input sizes (layer maps 3x5 / 3x4): the engine's upsampled and/or
+    normalised maps equal the reference rule (bilinear, align_corners=False, then min-max) applied
+    to its own raw maps (which the tests above check separately)."""
+    model = TinyGapNet()
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, *size)
+    for method in METHODS:
+        def run(**kw):
+            return camkit.explain(model, x, methods=method, layers="relu", target=1, **kw).maps[(method, "relu")][0]
+        raw = run(normalize=False, upsample=False).double()
+        for upsample, normalize in [(True, True), (True, False), (False, True)]:
+            want = ref.postprocess(raw, size, upsample=upsample, normalize=normalize)
+            got = run(upsample=upsample, normalize=normalize).double()
+            assert got.shape == want.shape, (method, upsample, normalize)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * max(1.0, float(raw.abs().max())),
+                                       msg=lambda m: f"{method} upsample={upsample} normalize={normalize}: {m}")
+
+
+def test_head_given_explicitly_equals_detected_head():
+    model = TinyGapNet()
+    auto = _maps(model, "relu", "cam", 1, upsample=False, normalize=False)
+    for head in (model.fc, model.fc.weight.detach().clone()):
+        given = _maps(model, "relu", "cam", 1, upsample=False, normalize=False, head=head)
+        torch.testing.assert_close(given, auto, rtol=0, atol=0)
+    # A different head really is used: rows swapped -> class 1 reads W0 = [2, -1] -> [[4, -2], [0.5, 3]].
+    swapped = model.fc.weight.detach()[[1, 0]]
+    got = _maps(model, "relu", "cam", 1, upsample=False, normalize=False, head=swapped)
+    torch.testing.assert_close(got.float(), torch.tensor([[[4.0, -2.0], [0.5, 3.0]]]), rtol=0, atol=1e-6)

@@ -367,3 +367,16 @@ def test_both_calls_of_one_module_captured_in_one_call():
         for method in GRADIENT_METHODS:
             assert_raw_close(exp.maps[(method, layer)], raw[method][:, 0], magnitude[method][:, 0],
                              f"{method}@{layer} (both calls captured)")
+
+
+def test_two_dimensional_target_tensor_equals_per_class_references(case):
+    """A ``(B, T)`` tensor of classes gives ``(B, T, h, w)`` maps, one per listed class."""
+    columns = torch.stack([case.top3[:, 2], torch.full((2,), case.int_target), torch.tensor(case.seq_target)], 1)
+    raw = case.explain(target=columns, normalize=False, upsample=False)
+    assert raw.targets.tolist() == columns.tolist()
+    for layer in case.layers:
+        for method in case.methods_at(layer):
+            got = raw.maps[(method, layer)]
+            for t, column in enumerate((2, INT, SEQ)):
+                assert_raw_close(got[:, t], case.raw[layer][method][:, column],
+                                 case.magnitude[layer][method][:, column], f"{case.name} {method}@{layer} (B, T)[{t}]")
