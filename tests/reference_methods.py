@@ -3,8 +3,8 @@
 These are the *truth side* of the engine tests. They share no code with ``camkit``: the model is
 deep-copied and cast to float64, split at the requested layer with a forward hook that swaps the
 layer's output for a fresh leaf tensor, and every gradient is a plain ``torch.autograd.grad`` of one
-scalar (one image, one class at a time). The methods themselves loop explicitly over channels.
-Clarity beats speed here; nothing in this file is on a hot path.
+scalar (one image, one class at a time). Each method first forms its per-channel terms ``(C, h, w)``
+exactly as the definition writes them, then sums over channels. Clarity beats speed here.
 
 Notation (DESIGN.md, "Method semantics"): ``A`` is the activation at the layer, ``(C, h, w)`` for one
 image, channels ``k`` and positions ``m``; ``S_c`` is the target logit; ``g = dS_c/dA``, ``(C, h, w)``.
@@ -174,66 +174,50 @@ def gradients_of_float64_model(model64, layer, image, classes, log_score=False, 
 # --------------------------------------------------------------------------------------------------
 # The methods: one image, one class. A, g: (C, h, w) float64 -> map (h, w).
 # Each method is "per-channel terms (C, h, w), then combine": the terms are also what sets the
-# floating-point error scale of a fast implementation (see term_magnitude).
+# floating-point error scale of a fast implementation (see term_magnitude). Channel k of every
+# (C, h, w) tensor below is that channel's term; nothing is shared across images or classes.
 # --------------------------------------------------------------------------------------------------
 def cam_terms(A, class_weight, clamp_negative_weights=False):
     """``W[c,k] A_k(m)`` for each channel k; ``class_weight`` is the head row ``W[c]`` ``(C,)``."""
-    C, h, w = A.shape
+    C = A.shape[0]
     assert class_weight.shape == (C,), f"head row has {tuple(class_weight.shape)}, layer has {C} channels"
-    terms = torch.zeros(C, h, w, dtype=torch.float64)
-    for k in range(C):
-        weight = float(class_weight[k])
-        if clamp_negative_weights:
-            weight = max(weight, 0.0)
-        terms[k] = weight * A[k]
-    return terms
+    weight = class_weight.to(torch.float64)
+    if clamp_negative_weights:
+        weight = weight.clamp(min=0.0)
+    return weight[:, None, None] * A
 
 
 def gradcam_terms(A, g):
     """``mean_m(g_k) A_k`` for each channel k."""
-    terms = torch.zeros(A.shape, dtype=torch.float64)
-    for k in range(A.shape[0]):
-        terms[k] = g[k].mean() * A[k]
-    return terms
+    return g.mean(dim=(1, 2))[:, None, None] * A
 
 
-def gradcam_plus_plus_weight(A_k, g_k):
-    """``w_k = sum_m alpha(m) ReLU(g_k(m))`` with, literally, ``alpha = g^2 / (2 g^2 + sum_m(A_k) g^3)``
-    and ``alpha = 0`` where ``g = 0``. ``A_k, g_k``: ``(h, w)``."""
-    sum_A = A_k.sum()
-    weight = 0.0
-    for g in g_k.flatten().tolist():
-        if g == 0.0:
-            continue  # alpha = 0
-        alpha = g ** 2 / (2.0 * g ** 2 + float(sum_A) * g ** 3)
-        weight += alpha * max(g, 0.0)
-    return weight
+def gradcam_plus_plus_alpha(A, g):
+    """``alpha_k(m) = g^2 / (2 g^2 + sum_m(A_k) g^3)``, literally, and ``alpha = 0`` where ``g = 0``.
+    ``A, g``: ``(C, h, w)``; returns ``(C, h, w)``."""
+    sum_A = A.sum(dim=(1, 2), keepdim=True)
+    g2, g3 = g ** 2, g ** 3
+    nonzero = g != 0
+    denominator = torch.where(nonzero, 2.0 * g2 + sum_A * g3, torch.ones_like(g))
+    return torch.where(nonzero, g2 / denominator, torch.zeros_like(g))
 
 
 def gradcam_plus_plus_terms(A, g):
-    """``w_k A_k`` for each channel k (Grad-CAM++, eq. 19, exponential score)."""
-    terms = torch.zeros(A.shape, dtype=torch.float64)
-    for k in range(A.shape[0]):
-        terms[k] = gradcam_plus_plus_weight(A[k], g[k]) * A[k]
-    return terms
+    """``w_k A_k`` with ``w_k = sum_m alpha_k(m) ReLU(g_k(m))`` (Grad-CAM++, eq. 19, exponential score)."""
+    weight = (gradcam_plus_plus_alpha(A, g) * g.clamp(min=0.0)).sum(dim=(1, 2))
+    return weight[:, None, None] * A
 
 
 def pcs_terms(A, g):
     """``g_k(m) A_k(m)`` for each channel k."""
-    terms = torch.zeros(A.shape, dtype=torch.float64)
-    for k in range(A.shape[0]):
-        terms[k] = g[k] * A[k]
-    return terms
+    return g * A
 
 
 def bagcams_terms(A, g_hat):
     """``ReLU(t_k g_hat_k(m) A_k(m))`` with ``t_k = 1 + mean_m(g_hat_k A_k)``; ``g_hat`` must already be
     the guided gradient of ``log(S_c)``."""
-    terms = torch.zeros(A.shape, dtype=torch.float64)
-    for k in range(A.shape[0]):
-        t_k = 1.0 + (g_hat[k] * A[k]).mean()
-        terms[k] = (t_k * g_hat[k] * A[k]).clamp(min=0.0)
-    return terms
+    t = 1.0 + (g_hat * A).mean(dim=(1, 2), keepdim=True)
+    return (t * g_hat * A).clamp(min=0.0)
 
 
 def cam(A, class_weight, clamp_negative_weights=False):
@@ -247,7 +231,7 @@ def gradcam(A, g):
 
 
 def gradcam_plus_plus(A, g):
-    """Grad-CAM++: ``ReLU(sum_k w_k A_k)``, ``w_k`` from :func:`gradcam_plus_plus_weight`."""
+    """Grad-CAM++: ``ReLU(sum_k w_k A_k)``, ``w_k`` from :func:`gradcam_plus_plus_terms`."""
     return gradcam_plus_plus_terms(A, g).sum(0).clamp(min=0.0)
 
 
