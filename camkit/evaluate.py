@@ -100,18 +100,25 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
         logits = exp.logits.detach().cpu()
         if keys is None:
             keys = [(m, l) for l in exp.layers for m in methods if (m, l) in exp.maps]
+            # box metrics unless the dataset is mask-only (OpenImages: no boxes, as in wsolevaluation)
+            with_boxes = masks is None or any(len(b) for b in boxes)
             for key in keys:
-                metrics[key] = {"v2": MaxBoxAcc(iou_thresholds, cam_curve_interval, multi_contour=True),
-                                "loc": LocalizationAccuracy(50, cam_curve_interval, multi_contour=False,
-                                                            fixed_threshold=fixed_threshold)}
+                metrics[key] = {}
+                if with_boxes:
+                    metrics[key]["v2"] = MaxBoxAcc(iou_thresholds, cam_curve_interval, multi_contour=True)
+                metrics[key]["loc"] = LocalizationAccuracy(50, cam_curve_interval, multi_contour=False,
+                                                           fixed_threshold=fixed_threshold)
                 if masks is not None:
                     metrics[key]["pxap"] = PxAP(cam_curve_interval)
                     metrics[key]["peak"] = PeakIoU()
         for key in keys:
             maps = exp.maps[key].detach()
             maps_np = maps.float().cpu().numpy()
-            v1, v2 = zip(*[best_iou_per_threshold(m, b, thresholds, "both") for m, b in zip(maps_np, boxes)])
-            metrics[key]["v2"].update_from_curves(np.stack(v2))
+            if "v2" in metrics[key]:
+                v1, v2 = zip(*[best_iou_per_threshold(m, b, thresholds, "both") for m, b in zip(maps_np, boxes)])
+                metrics[key]["v2"].update_from_curves(np.stack(v2))
+            else:  # no boxes: localisation columns are meaningless, keep classification only
+                v1 = np.zeros((len(maps_np), len(thresholds)))
             metrics[key]["loc"].update_from_curves(np.stack(v1), logits, labels)
             if "pxap" in metrics[key] and masks is not None:
                 metrics[key]["pxap"].update(maps, masks.to(maps.device))
@@ -131,7 +138,10 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
                     row[f"MaxBoxAcc@{d}"] = out[f"MaxBoxAcc@{d}"]
                 row["best_threshold@50"] = out.get("best_threshold@50")
             elif name == "loc":
-                row.update({k: v for k, v in out.items() if k != "num_images"})
+                if "v2" in metrics[key]:
+                    row.update({k: v for k, v in out.items() if k != "num_images"})
+                else:
+                    row.update({k: out[k] for k in ("Top-1 Cls", "Top-5 Cls")})
                 row["num_images"] = out["num_images"]
             elif name == "pxap":
                 row["PxAP"], row["pIoU"] = out["PxAP"], out["pIoU"]

@@ -123,3 +123,12 @@ def test_evaluate_two_gloo_ranks_equals_single_process():
         mp.spawn(_worker, args=(2, port, path), nprocs=2, join=True)
         distributed = torch.load(path, weights_only=False)
     assert distributed == _run(batch_size=4)
+
+
+def test_mask_only_dataset_reports_pixel_metrics_only():
+    ds = ToyWSOL()
+    ds.boxes = [torch.zeros((0, 4), dtype=torch.long) for _ in ds.boxes]
+    (row,) = evaluate(TinyNet(), ds, methods="gradcam", layers="features.3", batch_size=4,
+                      cam_curve_interval=0.01, progress=False).values()
+    assert "MaxBoxAccV2" not in row and "GT-known" not in row
+    assert {"PxAP", "pIoU", "PeakIoU", "Top-1 Cls"} <= set(row)
