@@ -352,21 +352,47 @@ class ReusedReLUNet(nn.Module):
         return self.fc(y.mean(dim=(2, 3)))
 
 
-def test_both_calls_of_one_module_captured_in_one_call():
-    """Capturing ``relu@0`` and ``relu`` (= ``relu@1``) together must not change ``relu@0``'s maps:
-    the guided backward from call 0 still passes through call 1 (a ReLU downstream of it)."""
-    model = ReusedReLUNet().eval()
+class TwoReLUNet(nn.Module):
+    """conv1 -> relu1 -> conv2 -> relu2 -> GAP -> fc; every module runs once."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.relu1 = nn.Conv2d(3, 8, 1), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(8, 8, 1), nn.ReLU()
+        self.fc = nn.Linear(8, 3)
+        with torch.no_grad():
+            self.fc.bias += 1.0  # positive logits
+
+    def forward(self, x):
+        return self.fc(self.relu2(self.conv2(self.relu1(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+# (model, layers requested together, {engine layer name: (module name, call)} for the reference)
+TOGETHER = {
+    "two-relus": (TwoReLUNet, ("relu1", "relu2"), {"relu1": ("relu1", None), "relu2": ("relu2", None)}),
+    "two-relus+conv": (TwoReLUNet, ("relu1", "conv2"), {"relu1": ("relu1", None), "conv2": ("conv2", None)}),
+    "reused-relu": (ReusedReLUNet, ("relu@0", "relu"), {"relu@0": ("relu", 0), "relu": ("relu", 1)}),
+}
+
+
+@pytest.mark.parametrize("name", list(TOGETHER), ids=list(TOGETHER))
+def test_maps_do_not_depend_on_the_other_layers_requested(name):
+    """Every layer's maps must equal its reference whatever else is captured in the same call. In
+    particular BagCAMs' guided backward from an earlier layer must clamp at a ReLU module downstream
+    even when that ReLU's output is itself a requested layer (or another call of the same module)."""
+    model_cls, layers, reference_points = TOGETHER[name]
+    model = model_cls().eval()
     torch.manual_seed(1)
     x = torch.randn(2, 3, 4, 4)
-    exp = camkit.explain(model, x, methods=GRADIENT_METHODS, layers=("relu@0", "relu"),
-                         normalize=False, upsample=False)
+    exp = camkit.explain(model, x, methods=GRADIENT_METHODS, layers=layers, normalize=False, upsample=False)
     targets = exp.targets.reshape(2, 1)
-    for layer, call in (("relu@0", 0), ("relu", 1)):
-        raw, magnitude = ref.reference_raw_maps(model, x, "relu", targets, GRADIENT_METHODS,
+    for layer, (module_name, call) in reference_points.items():
+        raw, magnitude = ref.reference_raw_maps(model, x, module_name, targets, GRADIENT_METHODS,
                                                 with_magnitude=True, call=call)
         for method in GRADIENT_METHODS:
             assert_raw_close(exp.maps[(method, layer)], raw[method][:, 0], magnitude[method][:, 0],
-                             f"{method}@{layer} (both calls captured)")
+                             f"{method}@{layer} (requested with {layers})")
 
 
 def test_two_dimensional_target_tensor_equals_per_class_references(case):
