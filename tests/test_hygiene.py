@@ -288,3 +288,54 @@ def test_inference_mode_raises_a_clear_error():
         with pytest.raises(RuntimeError, match="(?i)inference"):
             _explain(model, _images())
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("methods,backwards", [(("cam", "gradcam", "gradcam++", "pcs"), 1), (METHODS, 2)])
+def test_one_forward_and_one_backward_per_call(methods, backwards):
+    """Issue 2, "Passes": one forward and one backward to all layers; a second (guided) backward
+    only when BagCAMs is requested. Counted from the model's side: a forward hook on the root
+    module counts forwards and puts a tensor hook on the logits, which fires once per backward."""
+    model = make_model().eval()
+    forwards, backward_passes = [], []
+
+    def count(_module, _inputs, output):
+        forwards.append(None)
+        if output.requires_grad:
+            output.register_hook(lambda grad: backward_passes.append(None))
+
+    handle = model.register_forward_hook(count)
+    try:
+        _explain(model, _images(), methods=methods, layers=("stem", "block"), target=camkit.TopK(2))
+    finally:
+        handle.remove()
+    assert len(forwards) == 1, f"{len(forwards)} forward passes"
+    assert len(backward_passes) == backwards, f"{len(backward_passes)} backward passes for {methods}"
+
+
+def test_train_mode_model_is_explained_deterministically_in_eval_mode():
+    """Dropout and BN in a train-mode model: the engine runs it in eval mode (its default), so two
+    calls agree with each other and with the same model put in eval mode by the user."""
+    model = make_model()
+    model.drop.p = 0.9
+    model.train()
+    first, second = _maps(model, _images()), _maps(model, _images())
+    assert model.training and model.drop.training
+    want = _maps(make_model().eval(), _images())
+    _assert_same_maps(first, want, "train-mode model, first call")
+    _assert_same_maps(second, want, "train-mode model, second call")
+
+
+def test_explainer_reuse_and_module_layers_equal_explain():
+    model = make_model().eval()
+    images = _images()
+    want = _maps(model, images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", camkit.CAMHeadWarning)
+        explainer = camkit.Explainer(model, methods=METHODS, layers=("stem", "block"))
+        for _ in range(2):
+            _assert_same_maps(explainer(images, normalize=False, upsample=False).maps, want, "Explainer")
+        by_module = camkit.explain(model, images, methods=METHODS, layers=(model.stem, model.block),
+                                   normalize=False, upsample=False)
+    assert list(by_module.layers) == ["stem", "block"]
+    _assert_same_maps(by_module.maps, want, "layers given as modules")
+
