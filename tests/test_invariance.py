@@ -262,3 +262,34 @@ def test_gap_linear_bagcams_approximately_cam_with_negative_weights_clamped(gap_
     # The NWC clamp matters here: plain CAM is measurably different from BagCAMs.
     plain = _layer_maps(model, images, ("cam",), target)["cam"]
     assert (plain - maps["bagcams"]).abs().amax() > 0.05
+
+
+class ConvHeadNet(nn.Module):
+    """GapLinearNet's features, then a 1x1 conv classifier (16 -> 3) *before* GAP: the logits are
+    again ``sum_k W[c,k] mean_m A_k(m) + b_c``, so the same last-layer relations hold."""
+
+    def __init__(self):
+        super().__init__()
+        source = GapLinearNet()  # seeded: the same weights as the gap_case model
+        self.features = source.features
+        self.classifier = nn.Conv2d(16, 3, kernel_size=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        with torch.no_grad():
+            self.classifier.weight.copy_(source.fc.weight[:, :, None, None])
+            self.classifier.bias.copy_(source.fc.bias)
+
+    def forward(self, x):
+        return torch.flatten(self.pool(self.classifier(self.features(x))), 1)
+
+
+def test_one_by_one_conv_head_is_found_and_gives_the_same_relations(gap_case):
+    _, images, A, S, W, cam = gap_case
+    model = ConvHeadNet().eval()
+    hw = A.shape[-1] * A.shape[-2]
+    for target in (0, 1):
+        raw = _layer_maps(model, images, ("cam", "gradcam", "pcs"), target, normalize=False, upsample=False)
+        scale = cam[:, target].abs().amax()
+        torch.testing.assert_close(raw["cam"] / scale, cam[:, target] / scale, rtol=0, atol=1e-5)
+        for method in ("gradcam", "pcs"):
+            torch.testing.assert_close(raw[method] / scale, cam[:, target].clamp(min=0) / hw / scale, rtol=0,
+                                       atol=1e-5, msg=lambda m: f"{method}, class {target}: {m}")
