@@ -3,9 +3,10 @@
 ``camkit benchmark`` (and ``benchmarks/run_all.py``) produce, for one model and one dataset:
 
 * **quality** per (method, layer), from :mod:`camkit.metrics` through the explanation engine:
-  MaxBoxAccV2 and MaxBoxAcc@{30,50,70} (every contour's box; maps are of the ground-truth class, as
-  in wsolevaluation, so MaxBoxAcc@50 is GT-known Loc), PxAP, pIoU and Peak-IoU where masks exist, and
-  the model's classification top-1;
+  computed by :func:`camkit.evaluate.evaluate` with maps of the ground-truth class (wsolevaluation):
+  MaxBoxAccV2 and MaxBoxAcc@{30,50,70} (every contour's box), GT-known / Top-1 / Top-5 Loc (largest
+  contour, IoU 50, at the best threshold), PxAP, pIoU and Peak-IoU where masks exist, and the model's
+  classification top-1;
 * **cost** per (method, layer) on one fixed batch: images per second, the ratio to the *floor*
   (a bare forward with one hook plus one ``torch.autograd.grad`` to that layer, timed in the same
   rounds, interleaved, so machine load affects both alike) and the peak memory above the baseline
@@ -44,7 +45,8 @@ __all__ = ["BenchmarkResult", "run_benchmark", "measure_cost", "compare_peers", 
            "write_outputs", "load_dataset", "add_arguments", "run", "DESCRIPTION", "EPILOG"]
 
 DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
-QUALITY_METRICS = ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70", "PxAP", "pIoU", "PeakIoU")
+QUALITY_METRICS = ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70", "GT-known", "Top-1 Loc",
+                   "Top-5 Loc", "PxAP", "pIoU", "PeakIoU")
 
 DESCRIPTION = ("Localisation quality (MaxBoxAccV2, MaxBoxAcc@50 = GT-known, PxAP and Peak-IoU where "
                "masks exist, top-1) and cost (images/s, ratio to a bare forward+grad, peak memory) of "
@@ -325,7 +327,7 @@ class _SyntheticSamples:
         item = self.dataset[index]
         image = (item["image"].float() / 255 - self.mean) / self.std
         return {"image": image, "label": item["label"], "boxes": item["box"].view(1, 4),
-                "mask": item["mask"]}
+                "mask": item["mask"].to(torch.uint8)}
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -630,96 +632,30 @@ def _csv(value):
 
 
 # --------------------------------------------------------------------------------------- the run
-def _new_metric_states(has_masks: bool) -> Dict[str, Any]:
-    """Fresh streaming metrics for one (method, layer); empty when :mod:`camkit.metrics` is missing."""
-    try:
-        from camkit import metrics
-    except ImportError:
-        return {}
-    states = {"boxes": metrics.MaxBoxAcc(iou_thresholds=(30, 50, 70), multi_contour=True)}
-    if has_masks:
-        states["pxap"] = metrics.PxAP()
-        states["peak_iou"] = metrics.PeakIoU()
-    return states
-
-
-def _update_metric_states(states: Dict[str, Any], maps: torch.Tensor, batch: Dict[str, Any]) -> None:
-    maps = maps.float().cpu() if maps.dtype not in (torch.float32, torch.float64) else maps.cpu()
-    if "boxes" in states:
-        states["boxes"].update(maps, batch["boxes"])
-    if "pxap" in states:
-        masks = batch["masks"].to(torch.uint8)
-        states["pxap"].update(maps, masks)
-        states["peak_iou"].update(maps, masks)
-
-
-def _compute_metric_states(states: Dict[str, Any]) -> Dict[str, float]:
-    """``MaxBoxAccV2`` and ``MaxBoxAcc@{30,50,70}`` (every contour's box; ``MaxBoxAcc@50`` of the
-    ground-truth class's map is GT-known Loc) and, with masks, ``PxAP``, ``pIoU`` and ``PeakIoU``
-    (per-image mean)."""
-    values: Dict[str, float] = {}
-    if "boxes" in states:
-        out = states["boxes"].compute()
-        for key in ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70"):
-            values[key] = float(out[key])
-    if "pxap" in states:
-        pxap = states["pxap"].compute()
-        values["PxAP"], values["pIoU"] = float(pxap["PxAP"]), float(pxap["pIoU"])
-        values["PeakIoU"] = float(states["peak_iou"].compute()["PeakIoU"])
-    return values
-
-
 def evaluate_quality(model: nn.Module, dataset, methods: Sequence[str], layers: Sequence[str],
                      batch_size: int = 16, limit: Optional[int] = None, device=None,
                      progress: bool = False) -> Tuple[Dict[str, Dict[str, Dict[str, float]]], Dict[str, float]]:
-    """Localisation metrics of every (method, layer) with :mod:`camkit.metrics`, one engine call per batch.
+    """Localisation metrics of every (method, layer): :func:`camkit.evaluate.evaluate` regrouped.
 
-    Maps are of the ground-truth class (so MaxBoxAcc@50 is GT-known Loc), at the input resolution.
-    Returns ``({method: {layer: {metric: value}}}, {"top1": %, "images": n})``.
+    Maps are of the ground-truth class (wsolevaluation). Returns
+    ``({method: {layer: {metric: value}}}, {"top1": %, "top5": %, "images": n})`` with the metrics of
+    :data:`QUALITY_METRICS` that apply (pixel metrics only with masks). ``device`` is unused: maps
+    are computed on the model's device.
     """
-    import camkit
+    from camkit.evaluate import evaluate
 
-    device = device or _model_device(model)
-    explainer = camkit.Explainer(model, methods=list(methods), layers=list(layers))
-    states: Dict[Tuple[str, str], Dict[str, Any]] = {}
-    correct = total = 0
-    batches = _batches(dataset, batch_size, limit)
-    if progress:
-        from tqdm.auto import tqdm
-
-        count = len(dataset) if limit is None else min(limit, len(dataset))
-        batches = tqdm(batches, total=math.ceil(count / batch_size), desc="quality", leave=False)
-    for batch in batches:
-        labels = batch["labels"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exp = explainer(batch["images"].to(device), target=labels.to(device))
-        correct += int((exp.logits.argmax(1).cpu() == labels).sum())
-        total += int(labels.numel())
-        for key, maps in exp.maps.items():
-            if key not in states:
-                states[key] = _new_metric_states("masks" in batch)
-            _update_metric_states(states[key], maps.detach(), batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. CAM skipped at layers its head does not fit
+        rows = evaluate(model, dataset, methods=list(methods), layers=list(layers), batch_size=batch_size,
+                        progress=progress, limit=limit)
     quality: Dict[str, Dict[str, Dict[str, float]]] = {m: {} for m in methods}
-    for (method, layer), state in states.items():
-        quality.setdefault(method, {})[layer] = _compute_metric_states(state)
-    return quality, {"top1": 100.0 * correct / max(total, 1), "images": total}
-
-
-def _collate(samples) -> Dict[str, Any]:
-    images = torch.stack([s["image"] for s in samples])
-    labels = torch.tensor([int(s["label"]) for s in samples])
-    batch = {"images": images, "labels": labels,
-             "boxes": [torch.as_tensor(s["boxes"]).reshape(-1, 4) for s in samples]}
-    if all(s.get("mask") is not None for s in samples):
-        batch["masks"] = torch.stack([torch.as_tensor(s["mask"]) for s in samples])
-    return batch
-
-
-def _batches(dataset, batch_size: int, limit: Optional[int]):
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    for start in range(0, count, batch_size):
-        yield _collate([dataset[i] for i in range(start, min(start + batch_size, count))])
+    classification: Dict[str, float] = {}
+    for (method, layer), row in rows.items():
+        quality.setdefault(method, {})[layer] = {k: float(row[k]) for k in QUALITY_METRICS
+                                                 if row.get(k) is not None}
+        classification = {"top1": float(row["Top-1 Cls"]), "top5": float(row["Top-5 Cls"]),
+                          "images": int(row["num_images"])}
+    return quality, classification
 
 
 def run_benchmark(loaded, dataset, methods: Sequence[str] = DEFAULT_METHODS,

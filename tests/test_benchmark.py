@@ -114,10 +114,12 @@ def test_quality_uses_ground_truth_class_maps_and_the_metrics_module():
     got = quality["gradcam"]["layer2"]
     assert got["MaxBoxAccV2"] == pytest.approx(v2["MaxBoxAccV2"])
     assert got["MaxBoxAcc@70"] == pytest.approx(v2["MaxBoxAcc@70"])
+    v1 = metrics.MaxBoxAcc(iou_thresholds=(50,), multi_contour=False).update(maps, boxes).compute()
+    assert got["GT-known"] == pytest.approx(v1["MaxBoxAcc@50"])
     assert got["PxAP"] == pytest.approx(metrics.PxAP().update(maps, masks).compute()["PxAP"])
     assert got["PeakIoU"] == pytest.approx(metrics.PeakIoU().update(maps, masks).compute()["PeakIoU"])
     expected_top1 = 100.0 * float((exp.logits.argmax(1) == labels).float().mean())
-    assert classification == {"top1": pytest.approx(expected_top1), "images": 6}
+    assert classification["top1"] == pytest.approx(expected_top1) and classification["images"] == 6
 
 
 def test_annotated_folder_rescales_boxes_like_wsolevaluation(tmp_path):

@@ -181,9 +181,16 @@ def test_evaluate_subcommand(tmp_path, capsys):
         status = cli.main(["evaluate", "--model", TINY])
         assert status == 2 and "not available" in capsys.readouterr().err
         return
-    status = cli.main(["evaluate", "--model", TINY, "--data", "synthetic:6:32", "--methods", "gradcam",
-                       "--layers", "layer2", "--out", str(tmp_path / "ev")])
-    assert status in (0, None)
+    from camkit.data.synthetic import export_wsol, make_synthetic
+
+    export_wsol(make_synthetic(num_images=4, image_size=32, seed=3), tmp_path / "data")
+    status = cli.main(["evaluate", "--model", TINY, "--data", str(tmp_path / "data"), "--metadata",
+                       str(tmp_path / "data" / "metadata" / "test"), "--methods", "gradcam", "--layers",
+                       "layer2", "--json", str(tmp_path / "ev.json"), "--no-progress"])
+    assert status == 0
+    rows = json.loads((tmp_path / "ev.json").read_text())
+    assert [(r["method"], r["layer"]) for r in rows] == [("gradcam", "layer2")]
+    assert 0 <= rows[0]["MaxBoxAccV2"] <= 100 and "MaxBoxAccV2" in capsys.readouterr().out
 
 
 def test_checkpoint_spec_rebuilds_the_trained_model(tmp_path, images):
