@@ -95,6 +95,7 @@ class Case:
         self.int_target = int(self.logits64.sum(0).argmin())
         # A sequence target: each image's 10th-ranked class (positive logit, not top-k).
         self.seq_target = [int(ranked[0, 9]), int(ranked[1, 9])]
+        assert (self.logits64[[0, 1], self.seq_target] > 0).all()
         top1_of_image0, low = int(self.top3[0, 0]), self.int_target
 
         def score(logits):  # row-wise; positive because the `low` logits are negative
