@@ -19,6 +19,32 @@ exact), MaxBoxAccV2 and PxAP. Maps explain the ground-truth class (GT-known). Th
 * ``ci-cam / causal``: CI-CAM trained end to end, combinational CAM of the down branch;
 * ``ci-cam / cam (down)``: plain CAM of CI-CAM's down branch.
 
+Measured (defaults: 2000 training images, 500 per test split, 8 epochs, seed 0; CPU, 2 cores):
+
+=========  ===========================  =====  ===========  ==============  ===========  ====
+split      model / maps                 top-1  off-habitat  energy outside  MaxBoxAccV2  PxAP
+=========  ===========================  =====  ===========  ==============  ===========  ====
+uniform    vanilla / cam                0.350  0.221        0.699           63.1         10.5
+uniform    vanilla / ccam (no context)  0.350  0.221        0.704           62.1          9.5
+uniform    post-hoc / causal            0.362  0.235        0.697           62.5          9.8
+uniform    ci-cam / causal              0.338  0.206        0.666           64.0          9.6
+uniform    ci-cam / cam (down)          0.338  0.206        0.708           64.1          9.7
+swapped    vanilla / cam                0.074  0.074        0.626           73.1         14.9
+swapped    vanilla / ccam (no context)  0.074  0.074        0.647           70.7         11.4
+swapped    post-hoc / causal            0.100  0.100        0.639           71.1         11.9
+swapped    ci-cam / causal              0.074  0.074        0.620           69.6         11.8
+swapped    ci-cam / cam (down)          0.074  0.074        0.635           71.8         12.6
+=========  ===========================  =====  ===========  ==============  ===========  ====
+
+The correction does not help here, neither post hoc nor end to end: differences are within the noise
+of 500 images. Both classifiers read the habitat texture (off-habitat accuracy at or below chance,
+0.25), so their features carry little object evidence to re-weight. The pool ``Q[c]`` is a class-level
+spatial prior (the average map of correctly classified training images); with objects placed
+uniformly at random it learns a centre-versus-border layout (correlation with the class's mean
+object mask: +0.97 for one class, -0.75 for two others), which says nothing about where the object is
+in a given image, so ``F * (1 + A)`` acts as a mild per-channel re-weighting of the same confounded
+features.
+
 Run from the project root (trained models are cached in ``--out``; rerunning reuses them)::
 
     python examples/cicam_synthetic.py
