@@ -10,8 +10,9 @@
 * **cost** per (method, layer) on one fixed batch: images per second, the ratio to the *floor*
   (a bare forward with one hook plus one ``torch.autograd.grad`` to that layer, timed in the same
   rounds, interleaved, so machine load affects both alike) and the peak memory above the baseline
-  (CUDA allocator statistics on GPU; the process's peak RSS on CPU, reset through
-  ``/proc/self/clear_refs`` where Linux allows it);
+  (CUDA allocator statistics on GPU; on CPU the process's peak RSS, reset through
+  ``/proc/self/clear_refs`` after freed heap pages are returned with glibc's ``malloc_trim``).
+  Seconds are the best of the timed rounds;
 * optional **peers** (pytorch-grad-cam, torchcam, captum) when importable: the same method on the same
   inputs, their maximum absolute difference from camkit after identical post-processing (bilinear
   upsampling with ``align_corners=False``, then per-image min-max), and their speed relative to
@@ -30,7 +31,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -114,6 +114,20 @@ def _status_kib(field_name: str) -> Optional[int]:
     return None
 
 
+def _release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), so RSS peaks show new allocations.
+
+    Without it, memory freed by an earlier call stays in the process and is reused, and a later call's
+    peak RSS looks like zero. A no-op where glibc is not available.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak memory of a block above its starting level, in MiB.
 
@@ -133,6 +147,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
             return self
+        _release_free_memory()
         self._start = _status_kib("VmRSS")
         try:
             Path("/proc/self/clear_refs").write_text("5")
@@ -171,30 +186,59 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def floor_pass(model: nn.Module, batch: torch.Tensor, layer: str) -> torch.Tensor:
-    """The floor every gradient CAM pays: a forward with one hook, one ``autograd.grad`` to ``layer``.
+    """The floor every gradient CAM pays: one forward, one ``autograd.grad`` to ``layer``.
 
-    Returns the ``(B, C, h, w)`` gradient of the summed top-1 logits w.r.t. the layer's output.
+    The forward runs without autograd up to the layer; the layer's output becomes a leaf that requires
+    grad, so the graph (and the backward) cover only the part of the network after it, the least any
+    method that needs ``dS/dA`` at that layer can do. Returns the ``(B, C, h, w)`` gradient of the
+    summed top-1 logits w.r.t. the layer's output.
     """
     from camkit.layers import resolve_layer
 
     spec = resolve_layer(model, layer)
-    outputs: List[torch.Tensor] = []
-    handle = spec.module.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    calls: List[int] = []
+    leaves: List[torch.Tensor] = []
+
+    def hook(module, inputs, output):
+        calls.append(1)
+        # call -1 (the last): every call becomes a leaf and the last one wins; detaching an earlier
+        # call does not change the gradient w.r.t. a later call's output
+        if spec.call == -1 or len(calls) - 1 == spec.call:
+            torch.set_grad_enabled(True)
+            leaf = output.detach().requires_grad_()
+            leaves[:] = [leaf]
+            return leaf
+        return None
+
+    if spec.call < -1:  # "name@-k": count the calls in a dry run first
+        spec = type(spec)(spec.name, spec.module, _calls_of(model, spec.module, batch) + spec.call)
+    handle = spec.module.register_forward_hook(hook)
     try:
-        with torch.enable_grad():
+        with torch.no_grad():
             logits = model(batch)
-            activation = outputs[spec.call]
+        with torch.enable_grad():
             score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-            return torch.autograd.grad(score, activation)[0]
+            return torch.autograd.grad(score, leaves[0])[0]
     finally:
         handle.remove()
+
+
+def _calls_of(model: nn.Module, module: nn.Module, batch: torch.Tensor) -> int:
+    count = []
+    handle = module.register_forward_hook(lambda *args: count.append(1))
+    try:
+        with torch.no_grad():
+            model(batch[:1])
+    finally:
+        handle.remove()
+    return len(count)
 
 
 @dataclass
 class CostRow:
     method: str              # a method name, "all" (every method in one call) or "floor"
     layer: str
-    seconds: float           # median seconds per call on the cost batch
+    seconds: float           # best-of-rounds seconds per call on the cost batch
     images_per_second: float
     ratio_to_floor: float
     peak_memory_mib: float
@@ -203,12 +247,14 @@ class CostRow:
 
 
 def measure_cost(model: nn.Module, batch: torch.Tensor, methods: Sequence[str], layers: Sequence[str],
-                 repeats: int = 3, include_all: bool = True, preprocess=None) -> List[CostRow]:
+                 repeats: int = 5, include_all: bool = True, preprocess=None) -> List[CostRow]:
     """Time every (method, layer) and the floor on ``batch``, interleaved round by round.
 
-    Each round runs, for each layer, the floor then each method (and every method together as
-    ``"all"`` when ``include_all``). One warm-up round is discarded. Seconds are medians over
-    ``repeats`` rounds; ``ratio_to_floor`` divides by the same layer's floor median.
+    Each round runs, for each layer, the floor then each method (and every method that works at that
+    layer together, as ``"all"``, when ``include_all``). One warm-up round is discarded. Seconds are
+    the best (minimum) of ``repeats`` rounds: on a shared machine other load only ever adds time, so
+    the minimum is the most stable estimate of a call's own cost. ``ratio_to_floor`` divides by the
+    same layer's floor.
     """
     import camkit
 
@@ -267,12 +313,12 @@ def measure_cost(model: nn.Module, batch: torch.Tensor, methods: Sequence[str], 
     rows = []
     for method, layer in jobs:
         job = (method, layer)
-        floor = statistics.median(times[("floor", layer)]) if times[("floor", layer)] else math.nan
+        floor = min(times[("floor", layer)]) if times[("floor", layer)] else math.nan
         if job in errors:
             rows.append(CostRow(method, layer, math.nan, math.nan, math.nan, math.nan, batch.shape[0],
                                 errors[job]))
             continue
-        seconds = statistics.median(times[job])
+        seconds = min(times[job])
         rows.append(CostRow(method, layer, seconds, batch.shape[0] / seconds, seconds / floor,
                             peaks.get(job, math.nan), batch.shape[0]))
     return rows
@@ -492,7 +538,7 @@ def compare_peers(model: nn.Module, batch: torch.Tensor, methods: Sequence[str],
                 a = _same_postprocess(ours[(method, layer)].to(torch.float32), size)
                 b = _same_postprocess(torch.as_tensor(theirs).to(a.device, torch.float32), size)
                 difference = (a - b).abs()
-                camkit_seconds, peer_seconds = statistics.median(ours_t), statistics.median(theirs_t)
+                camkit_seconds, peer_seconds = min(ours_t), min(theirs_t)
                 rows.append({"peer": peer, "method": method, "layer": layer,
                              "max_abs_difference": float(difference.max()),
                              "mean_abs_difference": float(difference.mean()),
@@ -550,7 +596,7 @@ def report_markdown(result: BenchmarkResult) -> str:
     for metric in metrics_present(result):
         parts += [f"## {metric} (methods x layers)", "", quality_markdown(result, metric), ""]
     parts += ["## Cost", "",
-              f"Median of {s.get('repeats')} interleaved rounds on one batch of {s.get('cost_batch')} "
+              f"Best of {s.get('repeats')} interleaved rounds on one batch of {s.get('cost_batch')} "
               f"images. *floor* = a bare forward + one `torch.autograd.grad` to the layer; *all* = every "
               f"method in one camkit call. Peak memory is above the level before the call.", "",
               cost_markdown(result), ""]
