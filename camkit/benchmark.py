@@ -48,8 +48,8 @@ DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 QUALITY_METRICS = ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70", "GT-known", "Top-1 Loc",
                    "Top-5 Loc", "PxAP", "pIoU", "PeakIoU")
 
-DESCRIPTION = ("Localisation quality (MaxBoxAccV2, MaxBoxAcc@50 = GT-known, PxAP and Peak-IoU where "
-               "masks exist, top-1) and cost (images/s, ratio to a bare forward+grad, peak memory) of "
+DESCRIPTION = ("Localisation quality (MaxBoxAccV2, MaxBoxAcc@30/50/70, GT-known and Top-1/5 Loc, PxAP and "
+               "Peak-IoU where masks exist, classification top-1) and cost (images/s, ratio to a bare forward+grad, peak memory) of "
                "every method at every layer, written as markdown, CSV/JSON and plots.")
 
 EPILOG = """\
@@ -73,6 +73,7 @@ datasets (--data):
 
 Layers default to the model's suggested list (shallow to deep) or the last spatial layer.
 Timings are ratios measured side by side; absolute images/s depend on the machine (see report.md).
+Peers (pytorch-grad-cam, torchcam, captum) run when importable; --no-peers skips them.
 """
 
 
@@ -755,7 +756,7 @@ def add_arguments(parser) -> None:
     from camkit.model_spec import add_model_arguments
 
     parser.add_argument("--data", required=True, metavar="DATA",
-                        help="DIR with annotations.json | wsol:ROOT[:SPLIT] | synthetic[:N[:SIZE]]")
+                        help="DIR with annotations.json | wsol:ROOT[:METADATA] | synthetic[:N[:SIZE]]")
     add_model_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",
                         help="methods (space or comma separated; default: %(default)s)")

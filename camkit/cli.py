@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from camkit import benchmark
     bench = commands.add_parser(
-        "benchmark", formatter_class=_Formatter, epilog=benchmark.EPILOG,
+        "benchmark", formatter_class=_Formatter,
+        epilog=benchmark.EPILOG + f"\nmodel specifiers (--model):\n{SPEC_FORMS}\n",
         help="quality and cost of every method at every layer: tables, CSV/JSON and plots",
         description=benchmark.DESCRIPTION)
     benchmark.add_arguments(bench)
@@ -140,9 +141,12 @@ def _add_delegated(commands, name: str, module_name: str, help_text: str, epilog
                                   description=f"'camkit {name}' is not available yet ({reason}).")
         sub.set_defaults(handler=lambda args: _unavailable(name, reason), accepts_unknown=True)
         return
+    text = getattr(module, "EPILOG", None) or epilog or ""
+    if model_flags and "model specifiers" not in text:
+        text = text.rstrip("\n") + f"\n\nmodel specifiers (--model):\n{SPEC_FORMS}\n"
     sub = commands.add_parser(name, formatter_class=_Formatter, help=help_text,
                               description=(module.__doc__ or help_text).strip().splitlines()[0],
-                              epilog=getattr(module, "EPILOG", None) or epilog)
+                              epilog=text or None)
     add_arguments(sub)
     if model_flags:
         add_model_arguments(sub, required=False)  # adds only the shared flags it does not define itself

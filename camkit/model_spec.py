@@ -400,7 +400,8 @@ def add_model_arguments(parser, required: bool = True) -> None:
             parser.add_argument(flag, **kwargs)
 
     add("--model", required=required, metavar="SPEC",
-        help="the model; one of:\n" + SPEC_FORMS)
+        help="the model: torchvision:NAME, efficientnet-lite0, mobilenet_v2[-tf]:PATH, "
+             "module:function or checkpoint:PATH (see 'model specifiers' below)")
     add("--weights", metavar="PATH", default=None,
         help="state_dict file for torchvision:NAME or module:function ('random' = untrained); "
              "never downloaded")
