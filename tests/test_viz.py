@@ -173,3 +173,20 @@ def test_metric_by_layer_and_table_figures(tmp_path):
     table = viz.table_figure(["method", "img/s"], [["cam", 12.345]])
     viz.save_figure(table, tmp_path / "t.png")
     assert (tmp_path / "sub" / "m.png").stat().st_size > 0 and (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_box_patch_renders_on_the_pixel_edges():
+    # A 10x10 image filling a 100x100-pixel canvas: image pixel i spans canvas pixels 10i .. 10i+9.
+    figure = viz.new_figure(1.0, 1.0, dpi=100)
+    ax = figure.add_axes([0, 0, 1, 1])
+    ax.imshow(np.zeros((10, 10, 3)), interpolation="nearest")
+    ax.axis("off")
+    viz.add_boxes(ax, [[2, 3, 5, 6]], color=(0.0, 1.0, 0.0), linewidth=1.0)
+    pixels = _render(figure).astype(int)
+    green = (pixels[..., 1] > 128) & (pixels[..., 0] < 100)
+    cols = np.nonzero(green[45])[0]   # a row through the box's middle: the left and right edges
+    rows = np.nonzero(green[:, 35])[0]  # a column through the middle: the top and bottom edges
+    # inclusive box columns 2..5 -> outer edges at canvas x = 20 and 60; rows 3..6 -> y = 30 and 70
+    assert cols.min() in (19, 20) and cols.max() in (59, 60) and set(cols) <= {19, 20, 59, 60}
+    assert rows.min() in (29, 30) and rows.max() in (69, 70) and set(rows) <= {29, 30, 69, 70}
+    assert not green[45, 35]  # the inside stays the image's colour
