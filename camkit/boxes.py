@@ -410,6 +410,27 @@ def _quad_events(u):
     return weights
 
 
+_MAX_DIRECT_HOLE_LEVELS = 12
+
+
+def _hole_boxes(mask):
+    """wsolevaluation boxes (n, 4) of the holes of a binary mask (H, W): 4-connected background
+    components not touching the border, each box its bbox grown by one pixel."""
+    h, w = mask.shape
+    bg, _ = ndi.label(~mask, structure=_FOUR)
+    out = []
+    for sl in ndi.find_objects(bg):
+        if sl is None:
+            continue
+        ys, xs = sl
+        if ys.start > 0 and xs.start > 0 and ys.stop < h and xs.stop < w:
+            out.append((xs.start - 1, ys.start - 1, xs.stop, ys.stop))
+    if not out:
+        return np.zeros((0, 4), np.int64)
+    b = np.asarray(out, np.int64)
+    return _contour_to_box(b[:, 0], b[:, 1], b[:, 2], b[:, 3], h, w)
+
+
 def _alive_pairs(lo, hi, n_levels=256):
     """Expand node intervals [lo, hi] (clipped to 0..n_levels-1) into (node, t) pairs."""
     lo = np.clip(lo, 0, n_levels - 1)
@@ -467,7 +488,14 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
         if want_v2:
             v2 = np.full(257, -1.0)
             np.maximum.at(v2, t, fg_iou[node])
-        if want_v2 and (n_holes[node] > 0).any():  # holes exist at some used threshold
+        hole_levels = np.unique(t[n_holes[node] > 0]) if want_v2 else np.zeros(0, np.int64)
+        if 0 < hole_levels.size <= _MAX_DIRECT_HOLE_LEVELS:
+            # few thresholds have holes: label their backgrounds directly (cheaper than a second tree)
+            for level in hole_levels:
+                boxes = _hole_boxes(u > level)
+                if len(boxes):
+                    v2[level] = max(v2[level], box_iou(boxes, gt).max(initial=0.0))
+        elif hole_levels.size:  # holes at many thresholds: all background components from one min-tree
             inv = (255 - u).astype(np.uint8)
             bg = _Tree(inv, 1)
             bg_level = 255 - bg.level  # value of u

@@ -225,3 +225,17 @@ def test_reference_matches_opencv_if_available():
         rc = ref.contours(mask)
         assert [cv2.boundingRect(c) for c in cs] == [tuple(int(v) for v in c["rect"]) for c in rc]
         assert [cv2.contourArea(c) for c in cs] == [c["area"] for c in rc]
+
+
+@pytest.mark.parametrize("direct_levels", [0, 10 ** 6])
+def test_hole_paths_min_tree_and_direct_agree_with_reference(monkeypatch, direct_levels):
+    """Holes come from a min-tree or, when few thresholds have any, from direct labelling: both exact."""
+    import camkit.boxes as boxes_module
+    monkeypatch.setattr(boxes_module, "_MAX_DIRECT_HOLE_LEVELS", direct_levels)
+    rng = np.random.default_rng(13)
+    for k, (m, gt) in enumerate(_maps(2, 60)):
+        if k % 6 not in (0, 3):  # noise and rings: the maps with holes
+            continue
+        _, v2 = best_iou_per_threshold(m, gt, TAUS, "both")
+        idx = _distinct_taus(m, rng)
+        np.testing.assert_array_equal(v2[idx], ref.best_iou_curves(m, gt, TAUS[idx])[1])
