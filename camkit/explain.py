@@ -92,12 +92,8 @@ class Explanation:
 
     def save(self, path, index: int = 0, dpi: int = 110, **kwargs) -> None:
         """Write :meth:`figure` to ``path`` (PNG, PDF, ... by extension)."""
-        import matplotlib.pyplot as plt
-        fig = self.figure(index=index, **kwargs)
-        try:
-            fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        finally:
-            plt.close(fig)
+        from camkit.viz import save_figure
+        save_figure(self.figure(index=index, **kwargs), path, dpi=dpi)
 
 
 class Explainer:
