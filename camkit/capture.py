@@ -19,8 +19,9 @@ Guided backward (BagCAMs): every call of a guided module type (``nn.ReLU``, ``nn
 tensor hook on its output that, while :attr:`ActivationCapture.guided` is true, clamps the incoming
 gradient to ``>= 0``. ReLU's own backward then applies its mask, so the result is guided
 backpropagation. One backward to all captured layers is guided, for each layer, exactly through
-the ReLUs downstream of it: nodes upstream of a layer do not affect the gradient to it. The call
-that is itself a captured layer is never clamped.
+the ReLUs downstream of it: nodes upstream of a layer do not affect the gradient to it. When a
+ReLU call is itself a captured layer, ``A`` is a view taken after the clamp point, so ``dS/dA`` is
+not clamped by that ReLU while the gradient passing through it to earlier layers is.
 """
 from __future__ import annotations
 
@@ -112,21 +113,25 @@ class ActivationCapture:
                                  f"tensor; pick a submodule whose output is a (B, C, h, w) tensor")
             if self.start_graph_at_capture:
                 torch.set_grad_enabled(True)
-            activation = output if output.requires_grad else output.detach().requires_grad_(True)
+            guided_call = isinstance(module, self.guided_modules)
+            if not output.requires_grad:
+                activation = output.detach().requires_grad_(True)
+            elif guided_call:
+                # A separate node after the clamp point: dS/dA arrives unclamped, while the gradient
+                # passing on through this ReLU to earlier layers is clamped on ``output`` below.
+                activation = output.view_as(output)
+            else:
+                activation = output
             self._captured[(module, call)] = activation
             result = activation.clone()
-        if self.guided_modules and isinstance(module, self.guided_modules):
-            tensor = result if result is not None else output
-            if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
-                tensor.register_hook(self._guided_hook(module, call))
+        if (self.guided_modules and isinstance(module, self.guided_modules)
+                and isinstance(output, torch.Tensor) and output.requires_grad):
+            output.register_hook(self._clamp_when_guided)
         return result
 
-    def _guided_hook(self, module: nn.Module, call: int):
-        def clamp(grad):
-            if not self.guided or self._is_captured_call(module, call, self._calls[module]):
-                return None
-            return grad.clamp(min=0)
-        return clamp
+    def _clamp_when_guided(self, grad: torch.Tensor) -> Optional[torch.Tensor]:
+        """The guided-backward step at a ReLU's output: keep only positive incoming gradient."""
+        return grad.clamp(min=0) if self.guided else None
 
     def _name(self, module: nn.Module) -> str:
         for spec in self.specs:

@@ -169,7 +169,7 @@ EPILOG = """\
 examples:
   camkit evaluate --model mobilenet_v2-tf:../shared/assets/weights/mobilenet_v2_imagenet.pth \\
       --data ../shared/assets/imagenet-val-dev50 --layers features.6 features.13 features.18
-  camkit evaluate --model resnet50:w.pth --data /data/CUB --metadata metadata/CUB/test
+  camkit evaluate --model torchvision:resnet50 --weights resnet50.pth --data /data/CUB --metadata metadata/CUB/test
   torchrun --nproc_per_node=2 -m camkit.cli evaluate --model ... --data ...   # sharded, exact all-reduce
 
 --data is a folder with annotations.json (the imagenet-val-dev50 format), or a wsolevaluation dataset

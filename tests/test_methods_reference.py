@@ -377,17 +377,7 @@ TOGETHER = {
 }
 
 
-CAPTURED_RELU_NOT_GUIDED = pytest.mark.xfail(strict=True, reason=(
-    "engine defect (open at 05:15 UTC): when a ReLU module's output is itself a requested layer, "
-    "BagCAMs' guided backward for the earlier layers does not clamp at that ReLU, so their BagCAMs "
-    "maps change with the set of requested layers"))
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param("two-relus", marks=CAPTURED_RELU_NOT_GUIDED),
-    "two-relus+conv",
-    pytest.param("reused-relu", marks=CAPTURED_RELU_NOT_GUIDED),
-])
+@pytest.mark.parametrize("name", ["two-relus", "two-relus+conv", "reused-relu"])
 def test_maps_do_not_depend_on_the_other_layers_requested(name):
     """Every layer's maps must equal its reference whatever else is captured in the same call. In
     particular BagCAMs' guided backward from an earlier layer must clamp at a ReLU module downstream
