@@ -131,31 +131,18 @@ The trained model loads anywhere a model specifier is accepted: --model checkpoi
 
 def _add_delegated(commands, name: str, module_name: str, help_text: str, epilog: Optional[str] = None,
                    model_flags: bool = True) -> None:
-    """A subcommand implemented by ``module_name.add_arguments/run``, or a stub saying it is missing."""
-    try:
-        module = importlib.import_module(module_name)
-        add_arguments, run = module.add_arguments, module.run
-    except (ImportError, AttributeError) as error:
-        reason = f"{type(error).__name__}: {error}"
-        sub = commands.add_parser(name, help=f"{help_text} (not available in this installation)",
-                                  description=f"'camkit {name}' is not available yet ({reason}).")
-        sub.set_defaults(handler=lambda args: _unavailable(name, reason), accepts_unknown=True)
-        return
+    """A subcommand implemented by ``module_name.add_arguments`` and ``module_name.run``."""
+    module = importlib.import_module(module_name)
     text = getattr(module, "EPILOG", None) or epilog or ""
     if model_flags and "model specifiers" not in text:
         text = text.rstrip("\n") + f"\n\nmodel specifiers (--model):\n{SPEC_FORMS}\n"
     sub = commands.add_parser(name, formatter_class=_Formatter, help=help_text,
                               description=(module.__doc__ or help_text).strip().splitlines()[0],
                               epilog=text or None)
-    add_arguments(sub)
+    module.add_arguments(sub)
     if model_flags:
         add_model_arguments(sub, required=False)  # adds only the shared flags it does not define itself
-    sub.set_defaults(handler=run)
-
-
-def _unavailable(name: str, error) -> int:
-    print(f"camkit {name} is not available in this installation yet ({error}).", file=sys.stderr)
-    return 2
+    sub.set_defaults(handler=module.run)
 
 
 # -------------------------------------------------------------------------------------------- explain
@@ -325,9 +312,7 @@ def _save_png(path: Path, rgb8) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``camkit`` console script; returns the exit status."""
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and not getattr(args, "accepts_unknown", False):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2

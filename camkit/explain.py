@@ -24,7 +24,7 @@ from torch import nn
 from camkit import postprocess
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix
-from camkit.inputs import Preprocess, as_batch
+from camkit.inputs import Preprocess, as_batch, run_model
 from camkit.layers import LayerSpec, resolve_layers
 from camkit.methods import LayerInputs, get_method
 from camkit.targets import ResolvedTargets, resolve_targets
@@ -175,7 +175,7 @@ class Explainer:
                                   start_graph_at_capture=need_grads) as capture:
             if not need_grads:
                 torch.set_grad_enabled(False)
-            output = self.model(batch)
+            output = run_model(self.model, batch)
             activations = [capture.activation(spec) for spec in specs]
             logits = _as_logits(output, self.output, batch.shape[0])
             targets = resolve_targets(target, logits)  # in the forward's grad mode: scores need it

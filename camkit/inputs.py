@@ -39,8 +39,13 @@ class Preprocess:
         std = torch.tensor(self.std).view(3, 1, 1)
         return (rgb - mean) / std
 
-    def to_display(self, batch: torch.Tensor) -> np.ndarray:
-        """``(B, 3, H, W)`` normalised tensor -> ``(B, H, W, 3)`` float array in ``[0, 1]``."""
+    def to_display(self, batch: torch.Tensor) -> Optional[np.ndarray]:
+        """``(B, 3, H, W)`` normalised tensor -> ``(B, H, W, 3)`` float array in ``[0, 1]``.
+
+        ``None`` for a tensor that is not ``(B, 3, H, W)`` (nothing to show as RGB).
+        """
+        if batch.dim() != 4 or batch.shape[1] != 3:
+            return None
         mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
         rgb = (batch.detach().float() * std + mean).clamp(0, 1)
@@ -99,3 +104,13 @@ def as_batch(images, preprocess: Optional[Preprocess]) -> Tuple[torch.Tensor, Op
     batch = torch.stack([preprocess(item) for item in items])
     display = preprocess.to_display(batch) if hasattr(preprocess, "to_display") else None
     return batch, display
+
+
+def run_model(model: torch.nn.Module, batch: torch.Tensor):
+    """``model(batch)``, with the input's shape named when the model rejects it."""
+    try:
+        return model(batch)
+    except RuntimeError as error:
+        raise RuntimeError(f"the model failed on an input batch of shape {tuple(batch.shape)} "
+                           f"({batch.dtype}, {batch.device}): {error}. Check that the images are "
+                           f"(B, C, H, W) with the channels, size and preprocessing the model expects.") from error

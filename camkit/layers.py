@@ -15,6 +15,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from camkit.inputs import run_model
+
 LayerLike = Union[str, nn.Module]
 
 
@@ -111,7 +113,7 @@ def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
                 handles.append(module.register_forward_hook(make_hook(name)))
         model.eval()
         with torch.no_grad():
-            model(image)
+            run_model(model, image)
     finally:
         for handle in handles:
             handle.remove()

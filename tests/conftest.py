@@ -1,4 +1,9 @@
-"""Shared fixtures. Real assets live in ``../shared/assets`` beside the project root."""
+"""Shared fixtures. Real assets live in ``../shared/assets`` beside the project root.
+
+Tests that need an asset skip when it is missing, unless ``CAMKIT_REQUIRE_ASSETS=1`` (set by
+``.ci/run``), which turns a missing asset into a failure so CI never passes by skipping them.
+"""
+import os
 from pathlib import Path
 
 import pytest
@@ -6,11 +11,17 @@ import pytest
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 
 
+def _missing(message):
+    if os.environ.get("CAMKIT_REQUIRE_ASSETS") == "1":
+        pytest.fail(message + " (CAMKIT_REQUIRE_ASSETS=1)")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def assets_dir():
     """Path to ``../shared/assets``; skips the test when the folder is missing."""
     if not ASSETS.is_dir():
-        pytest.skip(f"real test assets not found at {ASSETS}")
+        _missing(f"real test assets not found at {ASSETS}")
     return ASSETS
 
 
@@ -18,5 +29,5 @@ def asset(relative):
     """Path to one asset file, skipping the calling test when it is missing."""
     path = ASSETS / relative
     if not path.exists():
-        pytest.skip(f"real test asset not found: {path}")
+        _missing(f"real test asset not found: {path}")
     return path

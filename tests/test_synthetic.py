@@ -190,7 +190,8 @@ def test_export_reads_back(tmp_path):
 
 
 def test_export_reads_back_through_wsol_loader(tmp_path):
-    wsol = pytest.importorskip("camkit.data.wsol", reason="camkit.data.wsol (the metadata loader) not written yet")
+    from camkit.data import wsol
+
     data = make_synthetic(5, num_classes=3, image_size=32, seed=10)
     export_wsol(data, tmp_path, split="test")
     identity = wsol.WSOLEvalTransform(size=32, mean=(0, 0, 0), std=(1, 1, 1))

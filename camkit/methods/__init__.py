@@ -121,3 +121,4 @@ def channel_weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> to
 from camkit.methods import cam as _cam  # noqa: E402,F401
 from camkit.methods import gradient as _gradient  # noqa: E402,F401
 from camkit.methods import bagcams as _bagcams  # noqa: E402,F401
+from camkit.methods import combinational as _combinational  # noqa: E402,F401
