@@ -193,6 +193,8 @@ class Explainer:
         for spec, activation, grad, guided_grad in zip(specs, activations, gradients, guided):
             head_weight = head_weights.get(spec.key)
             layer_methods = [m for m in method_list if "head" not in m.needs or head_weight is not None]
+            if not layer_methods:                      # only head methods, skipped here (see notes)
+                continue
             inputs = LayerInputs(
                 activations=_compute_dtype(activation.detach()), logits=logits.detach(),
                 targets=targets.classes, model=self.model,

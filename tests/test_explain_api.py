@@ -1,0 +1,223 @@
+"""The public surface of camkit.explain: input forms, output adapters, shapes, layer choice and errors.
+
+Numbers are checked against other routes to the same quantity (the preprocessed tensor path, a
+plain model, an explicit layer, per-class int targets); errors must name what was wrong.
+"""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import camkit
+
+pytestmark = pytest.mark.filterwarnings("ignore::camkit.CAMHeadWarning")
+
+METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
+
+
+class SmallNet(nn.Module):
+    """conv(3->4) -> ReLU -> conv(4->6) -> ReLU -> GAP -> Linear(6->5)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class DictOutput(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return {"aux": torch.zeros(()), "logits": self.net(x)}
+
+
+class TupleOutput(DictOutput):
+    def forward(self, x):
+        return self.net(x), torch.zeros(())
+
+
+@pytest.fixture
+def net():
+    return SmallNet().eval()
+
+
+@pytest.fixture
+def x():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 12, 12)
+
+
+def _same(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=lambda m: f"{key}: {m}")
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def _photo(seed=0, size=(20, 30)):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size + (3,), dtype=np.uint8)
+
+
+def test_pil_array_path_and_list_inputs_equal_the_preprocessed_tensor(net, tmp_path):
+    preprocess = camkit.Preprocess(16)
+    arrays = [_photo(0), _photo(1)]
+    paths = []
+    for k, array in enumerate(arrays):
+        paths.append(tmp_path / f"img{k}.png")
+        Image.fromarray(array).save(paths[-1])
+    tensor = torch.stack([preprocess(a) for a in arrays])
+    explainer = camkit.Explainer(net, methods=METHODS, layers="relu2", preprocess=preprocess)
+    want = explainer(tensor).maps
+    _same(explainer(arrays).maps, want)
+    _same(explainer([Image.fromarray(a) for a in arrays]).maps, want)
+    _same(explainer([str(p) for p in paths]).maps, want)
+    single = explainer(paths[0])
+    assert single.maps[("gradcam", "relu2")].shape == (1, 16, 16)
+    torch.testing.assert_close(single.maps[("gradcam", "relu2")][0], want[("gradcam", "relu2")][0])
+
+
+def test_unbatched_tensor_is_a_batch_of_one(net, x):
+    one = camkit.explain(net, x[0], methods=METHODS, layers="relu2")
+    batch = camkit.explain(net, x[:1], methods=METHODS, layers="relu2")
+    _same(one.maps, batch.maps)
+    assert one.logits.shape == (1, 5) and one.targets.shape == (1,)
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (torch.full((1, 3, 8, 8), float("nan")), ValueError, "NaN"),
+    (torch.full((1, 3, 8, 8), float("inf")), ValueError, "infinite"),
+    (torch.zeros(8, 8), ValueError, "(B, C, H, W)"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.long), TypeError, "floating point"),
+    (np.zeros((8, 8, 3)), TypeError, "uint8"),
+    ("/no/such/image.png", FileNotFoundError, "/no/such/image.png"),
+    (torch.zeros(1, 4, 8, 8), RuntimeError, "(1, 4, 8, 8)"),
+])
+def test_bad_images_raise_a_clear_error(net, bad, error, words):
+    with pytest.raises(error) as info:
+        camkit.explain(net, bad, methods=METHODS, layers="relu2")
+    assert words in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ output
+def test_dict_and_tuple_outputs_need_an_adapter_and_then_equal_the_plain_model(net, x):
+    want = camkit.explain(net, x, methods=METHODS, layers="relu2").maps
+    for wrapper, key, words in ((DictOutput(net), "logits", "output=KEY"), (TupleOutput(net), 0, "output=INDEX")):
+        with pytest.raises(TypeError, match=words):
+            camkit.explain(wrapper, x, methods="gradcam", layers="net.relu2")
+        got = camkit.explain(wrapper, x, methods=METHODS, layers="net.relu2", output=key).maps
+        _same({(m, "relu2"): v for (m, _), v in got.items()}, want)
+        by_callable = camkit.explain(wrapper, x, methods=METHODS, layers="net.relu2",
+                                     output=lambda out: out[key]).maps
+        _same(by_callable, got)
+
+
+def test_logits_of_the_wrong_shape_are_refused(net, x):
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x).reshape(-1)
+
+    with pytest.raises((TypeError, ValueError), match=r"\(B, K\)"):
+        camkit.explain(Flat(), x, methods="gradcam", layers="net.relu2")
+
+
+# ------------------------------------------------------------------------------------------ shapes
+def test_shapes_and_ranges(net, x):
+    exp = camkit.explain(net, x, methods=METHODS, layers=("relu1", "relu2"))
+    assert exp.logits.shape == (2, 5) and exp.targets.dtype == torch.long
+    assert torch.equal(exp.targets, exp.logits.argmax(1))
+    assert exp.methods == list(METHODS) and exp.layers == ["relu1", "relu2"]
+    for (method, layer), m in exp.maps.items():
+        if method == "cam" and layer == "relu1":
+            raise AssertionError("CAM has no head at relu1 (4 channels) and must be skipped")
+        assert m.shape == (2, 12, 12) and m.dtype == torch.float32
+        assert float(m.min()) >= 0 and float(m.max()) <= 1
+    assert ("cam", "relu2") in exp.maps
+    assert any("relu1" in note for note in exp.notes)
+    raw = camkit.explain(net, x, methods="gradcam", layers=("relu1", "relu2"), upsample=False, normalize=False)
+    assert raw.maps[("gradcam", "relu1")].shape == (2, 12, 12)
+    assert raw.maps[("gradcam", "relu2")].shape == (2, 6, 6)
+
+
+def test_cam_skipped_with_a_warning_where_the_head_does_not_fit(net, x):
+    with pytest.warns(camkit.CAMHeadWarning, match="relu1"):
+        exp = camkit.explain(net, x, methods="cam", layers=("relu1", "relu2"))
+    assert list(exp.maps) == [("cam", "relu2")] and "relu1" in exp.notes[0]
+
+
+def test_topk_equals_per_class_int_targets(net, x):
+    exp = camkit.explain(net, x, methods=METHODS, layers="relu2", target=camkit.TopK(3), normalize=False)
+    order = exp.logits.argsort(dim=1, descending=True)[:, :3]
+    assert exp.targets.shape == (2, 3) and torch.equal(exp.targets, order)
+    for rank in range(3):
+        single = camkit.explain(net, x, methods=METHODS, layers="relu2", target=order[:, rank].tolist(),
+                                normalize=False)
+        for key, maps in exp.maps.items():
+            assert maps.shape == (2, 3, 12, 12)
+            torch.testing.assert_close(maps[:, rank], single.maps[key], atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------- layer choice
+def test_layers_none_picks_the_last_spatial_layer_and_says_so(net, x):
+    auto = camkit.explain(net, x, methods=METHODS)
+    assert auto.layers == ["relu2"]
+    _same(auto.maps, camkit.explain(net, x, methods=METHODS, layers="relu2").maps)
+    assert camkit.list_layers(net, x)[-1] == ("relu2", (1, 6, 6, 6))
+
+
+def test_layers_given_as_modules_equal_names(net, x):
+    by_module = camkit.explain(net, x, methods=METHODS, layers=[net.relu1, net.relu2])
+    by_name = camkit.explain(net, x, methods=METHODS, layers=["relu1", "relu2"])
+    _same(by_module.maps, by_name.maps)
+
+
+@pytest.mark.parametrize("layers, words", [
+    ("relu3", "relu2"),            # a close match is suggested
+    ("fc", "(B, C, h, w)"),        # not spatial
+    ([], "empty"),
+    (("relu2", "relu2"), "more than once"),
+    ("relu2@5", "out of range"),
+])
+def test_bad_layers_raise_layer_error(net, x, layers, words):
+    with pytest.raises(camkit.LayerError) as info:
+        camkit.explain(net, x, methods="gradcam", layers=layers)
+    assert words in str(info.value)
+
+
+def test_cam_without_a_linear_head_raises(x):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with pytest.raises(camkit.HeadNotFoundError, match="gradcam"):
+        camkit.explain(model, x, methods="cam", layers="1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert camkit.explain(model, x, methods="gradcam", layers="1").maps[("gradcam", "1")].shape == (2, 12, 12)
+
+
+def test_unknown_method_lists_the_known_ones(net, x):
+    with pytest.raises(ValueError) as info:
+        camkit.explain(net, x, methods="gradcam+", layers="relu2")
+    assert "gradcam++" in str(info.value)
+
+
+def test_methods_are_registered_with_descriptions():
+    assert set(METHODS) | {"causal"} <= set(camkit.list_methods())
+    described = {method.name: method for method in camkit.describe_methods()}
+    assert all(described[name].description and described[name].reference for name in METHODS)
