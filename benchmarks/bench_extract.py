@@ -1,0 +1,95 @@
+"""Cost of the one-pass engine against the floor every gradient CAM pays.
+
+Setup (issue 2): ResNet-50, random init, eval mode, batch 8 at 224x224, on the default device.
+
+* **floor(L)**: a bare forward plus ``torch.autograd.grad`` of the top-1 logits to layer ``L``'s
+  output (:func:`camkit.benchmark.floor_pass`; no graph upstream of ``L``, as in the engine).
+* **camkit, all five at layer4**: one ``camkit.explain`` call with CAM, Grad-CAM, Grad-CAM++, PCS
+  and BagCAMs at ``layer4``; its ratio is to floor(layer4). Goal: <= 1.3.
+* **camkit, all five at layer1-4**: one call at four layers; its ratio is to floor(layer1). BagCAMs
+  needs a second (guided) backward, which from layer1 costs about as much as the first; the same call
+  without BagCAMs shows the one-backward cost.
+* **one call per (method, layer)**: what a one-method-per-call library has to do, for scale.
+
+All variants run interleaved round by round, the warm-up round is discarded, and each is reported
+as its best round (other load on a shared machine only adds time). Peak memory is measured on a
+separate call per variant (CUDA allocator peak, or the RSS high-water mark on CPU).
+
+    python benchmarks/bench_extract.py [--batch 8] [--size 224] [--rounds 5] [--threads N]
+"""
+import argparse
+import time
+import warnings
+
+import torch
+import torchvision
+
+import camkit
+from camkit.benchmark import PeakMemory, _sync, environment, floor_pass
+
+METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
+FOUR = ("layer1", "layer2", "layer3", "layer4")
+
+
+def variants(model, batch):
+    """``{name: (callable, floor name or None)}``; floors first."""
+    one = camkit.Explainer(model, methods=METHODS, layers="layer4")
+    four = camkit.Explainer(model, methods=METHODS, layers=FOUR)
+    four_unguided = camkit.Explainer(model, methods=METHODS[:-1], layers=FOUR)
+    singles = [camkit.Explainer(model, methods=method, layers=layer)
+               for layer in FOUR for method in METHODS if not (method == "cam" and layer != "layer4")]
+    return {
+        "floor(layer4)": (lambda: floor_pass(model, batch, "layer4"), None),
+        "floor(layer1)": (lambda: floor_pass(model, batch, "layer1"), None),
+        "camkit: all five at layer4": (lambda: one(batch), "floor(layer4)"),
+        "camkit: all five at layer1-4": (lambda: four(batch), "floor(layer1)"),
+        "camkit: all but bagcams at layer1-4": (lambda: four_unguided(batch), "floor(layer1)"),
+        f"one call per (method, layer), {len(singles)} calls": (lambda: [s(batch) for s in singles],
+                                                                  "floor(layer1)"),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore", camkit.CAMHeadWarning)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval().to(device)
+    batch = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    jobs = variants(model, batch)
+
+    peaks = {}
+    for name, (run, _) in jobs.items():
+        run()                                    # warm-up
+        with PeakMemory(device) as memory:
+            run()
+        peaks[name] = memory.peak_mib
+    times = {name: [] for name in jobs}
+    for _ in range(args.rounds):
+        for name, (run, _) in jobs.items():
+            _sync(device)
+            start = time.perf_counter()
+            run()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+
+    env = environment(device)
+    print(f"ResNet-50 (random init, eval), batch {args.batch} at {args.size}x{args.size}, device {device}, "
+          f"torch {env['torch']}, {env['torch_threads']} threads, best of {args.rounds} interleaved rounds")
+    print(f"| variant | ratio to its floor | images/s | peak memory (MiB) |")
+    print(f"|---|---|---|---|")
+    for name, (_, floor) in jobs.items():
+        best = min(times[name])
+        ratio = f"{best / min(times[floor]):.2f}x {floor}" if floor else "1.00 (floor)"
+        print(f"| {name} | {ratio} | {args.batch / best:.1f} | {peaks[name]:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
