@@ -387,3 +387,14 @@ def reference_logits(model, images):
     """``(B, K)`` float64 logits of a float64 copy of ``model``."""
     with torch.no_grad():
         return float64_copy(model)(images.detach().to(torch.float64))
+
+
+def slow_standardize(x, eps=1e-5):
+    """CI-CAM's pool BatchNorm from its definition: standardise each ``x[n]`` over its positions."""
+    out = torch.empty_like(x, dtype=torch.float64)
+    for n in range(x.shape[0]):
+        values = x[n].double().flatten().tolist()
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / len(values)
+        out[n] = (x[n].double() - mean) / math.sqrt(var + eps)
+    return out

@@ -1,25 +1,16 @@
 """Post-hoc causal context: fit_context leaves the model alone, Q estimation, training, the causal method."""
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import camkit
-import camkit.methods.combinational  # noqa: F401  (registers "causal" until the registry imports it)
 from camkit.causal import CausalContext, fit_context
 from camkit.methods.combinational import combinational_cam
 from camkit.models.backbones import TinyCNN
+from reference_methods import slow_standardize
 
 
-def slow_standardize(x, eps=1e-5):
-    out = torch.empty_like(x, dtype=torch.float64)
-    for n in range(x.shape[0]):
-        values = x[n].double().flatten().tolist()
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / len(values)
-        out[n] = (x[n].double() - mean) / math.sqrt(var + eps)
-    return out
 
 
 def make_model_and_loader(seed=0, batches=4, batch=8, classes=3):
@@ -94,6 +85,18 @@ def test_untrained_zero_projection_gives_the_plain_combinational_cam():
     torch.testing.assert_close(corrected.maps[("causal", "block4")], plain.maps[("causal", "block4")])
 
 
+def enhanced_block4(model, context, x):
+    """The eval-mode model's block4 features enhanced by ``context`` for its top-1 class, and the logits."""
+    model.eval()
+    feats = {}
+    handle = model.block4.register_forward_hook(lambda m, i, o: feats.__setitem__("f", o.detach().clone()))
+    with torch.no_grad():
+        logits = model(x)
+        enhanced = context.pool(feats["f"], logits.argmax(1))
+    handle.remove()
+    return enhanced, logits
+
+
 def test_trained_context_changes_down_branch_and_matches_manual_computation(tmp_path):
     model, loader = make_model_and_loader(seed=3)
     context = fit_context(model, "block4", loader, epochs=4, lr=0.05)
@@ -103,13 +106,7 @@ def test_trained_context_changes_down_branch_and_matches_manual_computation(tmp_
     x = loader[1][0]
     exp = camkit.explain(model, x, methods="causal", layers="block4", context=context, upsample=False,
                          normalize=False, method_options={"causal": {"weights": "linear"}})
-    model.eval()
-    feats = {}
-    handle = model.block4.register_forward_hook(lambda m, i, o: feats.__setitem__("f", o.detach().clone()))
-    with torch.no_grad():
-        logits = model(x)
-    handle.remove()
-    fe = context.pool(feats["f"], logits.argmax(1)).detach()
+    fe, logits = enhanced_block4(model, context, x)
     down = fe.mean(dim=(2, 3)) @ model.fc.weight.detach().t() + model.fc.bias.detach()
     maps = torch.einsum("kc,bchw->bkhw", model.fc.weight.detach(), fe)
     expected = combinational_cam(maps, down, "linear", targets=logits.argmax(1))
@@ -148,11 +145,5 @@ def test_predict_logits_is_the_down_branch_and_leaves_flags():
     x = loader[0][0]
     got = context.predict_logits(model, x)
     assert model.training and model.block1.training
-    model.eval()
-    feats = {}
-    handle = model.block4.register_forward_hook(lambda m, i, o: feats.__setitem__("f", o.detach().clone()))
-    with torch.no_grad():
-        logits = model(x)
-    handle.remove()
-    fe = context.pool(feats["f"], logits.argmax(1))
+    fe, _ = enhanced_block4(model, context, x)
     torch.testing.assert_close(got, fe.mean(dim=(2, 3)) @ model.fc.weight.detach().t() + model.fc.bias.detach())

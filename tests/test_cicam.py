@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import camkit
-import camkit.methods.combinational  # noqa: F401  (registers "causal" until the registry imports it)
 from camkit.methods.combinational import combination_weights, combinational_cam
+from reference_methods import slow_standardize
 from camkit.models.cicam import (
     CICAM, CausalContextPool, NonLocalBlock, build_cicam, correct_class_sum, standardize_per_class,
     vgg16_cicam_features,
@@ -18,14 +18,6 @@ from camkit.models.cicam import (
 
 # -- slow float64 references, written from the definitions -------------------------------------
 
-def slow_standardize(x, eps=1e-5):
-    out = torch.empty_like(x, dtype=torch.float64)
-    for n in range(x.shape[0]):
-        values = x[n].double().flatten().tolist()
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / len(values)
-        out[n] = (x[n].double() - mean) / math.sqrt(var + eps)
-    return out
 
 
 def slow_update(q, class_maps, logits, labels, lam=0.01, eps=1e-5):

@@ -39,13 +39,7 @@ METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 GRADIENT_METHODS = ("gradcam", "gradcam++", "pcs", "bagcams")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small CPU calls: one intra-op thread avoids spin contention on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _explain(model, images, methods, layers, **kwargs):

@@ -31,12 +31,7 @@ METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 MAP_IMAGES = 8  # maps for the first 8 images keep the test fast; top-1 uses all 50
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
