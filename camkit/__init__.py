@@ -2,7 +2,7 @@
 
 The entry point is :func:`camkit.explain`; :class:`camkit.Explainer` is its reusable form.
 Localization metrics that match wsolevaluation live in :mod:`camkit.metrics` (boxes in
-:mod:`camkit.boxes`), streaming evaluation in :func:`camkit.evaluate.evaluate`, pictures in :mod:`camkit.viz`,
+:mod:`camkit.boxes`), streaming evaluation in :func:`camkit.evaluate` (:mod:`camkit.evaluation`), pictures in :mod:`camkit.viz`,
 datasets in :mod:`camkit.data`, backbones and CI-CAM in :mod:`camkit.models`, the post-hoc causal
 correction in :mod:`camkit.causal` and training in :mod:`camkit.train`.
 """
@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from camkit.boxes import best_iou_per_threshold, box_iou, boxes_from_map, resize_boxes
 from camkit.causal import CausalContext, fit_context
+from camkit.evaluation import evaluate
 from camkit.explain import Explainer, Explanation, explain
 from camkit.heads import CAMHeadWarning, HeadNotFoundError
 from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -24,7 +25,7 @@ from camkit.viz import overlay
 __all__ = [
     "explain", "Explainer", "Explanation", "TopK", "Preprocess", "list_methods", "describe_methods",
     "register", "list_layers", "LayerError", "HeadNotFoundError", "CAMHeadWarning", "IMAGENET_MEAN",
-    "IMAGENET_STD", "boxes_from_map", "box_iou", "resize_boxes", "best_iou_per_threshold",
+    "IMAGENET_STD", "evaluate", "boxes_from_map", "box_iou", "resize_boxes", "best_iou_per_threshold",
     "MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "load_model", "LoadedModel",
     "ModelSpecError", "overlay", "CausalContext", "fit_context", "__version__",
 ]

@@ -3,7 +3,7 @@
 ``camkit benchmark`` (and ``benchmarks/run_all.py``) produce, for one model and one dataset:
 
 * **quality** per (method, layer), from :mod:`camkit.metrics` through the explanation engine:
-  computed by :func:`camkit.evaluate.evaluate` with maps of the ground-truth class (wsolevaluation):
+  computed by :func:`camkit.evaluate` with maps of the ground-truth class (wsolevaluation):
   MaxBoxAccV2 and MaxBoxAcc@{30,50,70} (every contour's box), GT-known / Top-1 / Top-5 Loc (largest
   contour, IoU 50, at the best threshold), PxAP, pIoU and Peak-IoU where masks exist, and the model's
   classification top-1;
@@ -682,14 +682,14 @@ def _csv(value):
 def evaluate_quality(model: nn.Module, dataset, methods: Sequence[str], layers: Sequence[str],
                      batch_size: int = 16, limit: Optional[int] = None, device=None,
                      progress: bool = False) -> Tuple[Dict[str, Dict[str, Dict[str, float]]], Dict[str, float]]:
-    """Localisation metrics of every (method, layer): :func:`camkit.evaluate.evaluate` regrouped.
+    """Localisation metrics of every (method, layer): :func:`camkit.evaluate` regrouped.
 
     Maps are of the ground-truth class (wsolevaluation). Returns
     ``({method: {layer: {metric: value}}}, {"top1": %, "top5": %, "images": n})`` with the metrics of
     :data:`QUALITY_METRICS` that apply (pixel metrics only with masks). ``device`` is unused: maps
     are computed on the model's device.
     """
-    from camkit.evaluate import evaluate
+    from camkit.evaluation import evaluate
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. CAM skipped at layers its head does not fit

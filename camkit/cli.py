@@ -1,7 +1,7 @@
 """The ``camkit`` command: ``camkit explain | evaluate | benchmark | train``.
 
 Every subcommand takes the same model flags (``--model SPEC --weights PATH ...``, see
-:mod:`camkit.model_spec`). ``evaluate`` and ``train`` are provided by :mod:`camkit.evaluate` and
+:mod:`camkit.model_spec`). ``evaluate`` and ``train`` are provided by :mod:`camkit.evaluation` and
 :mod:`camkit.train.command` (each exposes ``add_arguments(parser)`` and ``run(args)``); they are imported
 only when used.
 """
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_arguments(bench)
     bench.set_defaults(handler=benchmark.run)
 
-    _add_delegated(commands, "evaluate", "camkit.evaluate",
+    _add_delegated(commands, "evaluate", "camkit.evaluation",
                    "localisation metrics (MaxBoxAccV2, GT-known, PxAP, ...) of methods x layers on a dataset",
                    EVALUATE_EPILOG, model_flags=True)
     _add_delegated(commands, "train", "camkit.train.command",

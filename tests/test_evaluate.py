@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from camkit.evaluate import add_arguments, evaluate, format_table
+from camkit.evaluation import add_arguments, evaluate, format_table
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PxAP
 
 # CAM has no head at the shallow layer: the engine says so with a warning and skips it, as intended
