@@ -735,7 +735,7 @@ def run_benchmark(loaded, dataset, methods: Sequence[str] = DEFAULT_METHODS,
     if layers is None:
         from camkit.layers import last_spatial_layer
 
-        layers = [last_spatial_layer(model, dataset[0]["image"][None].to(device))]
+        layers = [last_spatial_layer(model, dataset[0]["image"][None].to(device))[0]]
     layers = list(layers)
 
     quality, classification = evaluate_quality(model, dataset, methods, layers, batch_size, limit,

@@ -36,6 +36,10 @@ from camkit.layers import LayerError, LayerSpec
 DEFAULT_GUIDED_MODULES: Tuple[Type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
 
 
+class CallCountChanged(LayerError):
+    """A module ran a different number of times than ``call_totals`` said (data-dependent forward)."""
+
+
 class ActivationCapture:
     """Capture the outputs of ``specs`` during one forward.
 
@@ -44,16 +48,24 @@ class ActivationCapture:
         specs: the capture points.
         guided_modules: module types whose outputs get the guided-backward hook, or ``None`` for none.
         start_graph_at_capture: run the forward without autograd until the first captured call.
+        call_totals: ``{module: calls per forward}`` from an earlier forward of the same input shape
+            (:attr:`call_totals`). With it a negative call index (the default ``-1``: the last call)
+            is known during the forward, so only that call is captured and autograd starts there.
+            Without it every call of such a module is a candidate and autograd starts at its first
+            call (e.g. EfficientNet-Lite0's stem ReLU6, which is reused for the head).
     """
 
     def __init__(self, model: nn.Module, specs: Sequence[LayerSpec],
                  guided_modules: Optional[Tuple[Type[nn.Module], ...]] = None,
-                 start_graph_at_capture: bool = True):
+                 start_graph_at_capture: bool = True,
+                 call_totals: Optional[Dict[nn.Module, int]] = None):
         self.model = model
         self.specs = list(specs)
         self.guided_modules = tuple(guided_modules or ())
         self.start_graph_at_capture = start_graph_at_capture
         self.guided = False
+        self.guided_clamps = 0        # guided clamps applied during backwards (0: nothing was guided)
+        self._totals = dict(call_totals or {})
         self._wanted: Dict[nn.Module, List[int]] = defaultdict(list)
         for spec in self.specs:
             self._wanted[spec.module].append(spec.call)
@@ -97,7 +109,13 @@ class ActivationCapture:
         torch.set_grad_enabled(self._grad_mode)
 
     # -- the hook -----------------------------------------------------------------------------
-    def _is_captured_call(self, module: nn.Module, call: int, total: Optional[int] = None) -> bool:
+    @property
+    def call_totals(self) -> Dict[nn.Module, int]:
+        """Calls per captured module in this forward, for the next capture of the same input shape."""
+        return {module: self._calls[module] for module in self._wanted}
+
+    def _is_captured_call(self, module: nn.Module, call: int) -> bool:
+        total = self._totals.get(module)
         for wanted in self._wanted.get(module, ()):
             if wanted == call or (wanted < 0 and (total is None or total + wanted == call)):
                 return True
@@ -131,7 +149,10 @@ class ActivationCapture:
 
     def _clamp_when_guided(self, grad: torch.Tensor) -> Optional[torch.Tensor]:
         """The guided-backward step at a ReLU's output: keep only positive incoming gradient."""
-        return grad.clamp(min=0) if self.guided else None
+        if not self.guided:
+            return None
+        self.guided_clamps += 1
+        return grad.clamp(min=0)
 
     def _name(self, module: nn.Module) -> str:
         for spec in self.specs:
@@ -150,6 +171,9 @@ class ActivationCapture:
         if not 0 <= call < total:
             raise LayerError(f"layer {spec.name!r} ran {total} time(s) in the forward pass, so call "
                              f"index {spec.call} is out of range")
+        if (spec.module, call) not in self._captured:
+            raise CallCountChanged(f"layer {spec.name!r} ran {total} time(s), not "
+                                   f"{self._totals.get(spec.module)} as in the previous forward")
         activation = self._captured[(spec.module, call)]
         if activation.dim() != 4 or activation.shape[2] * activation.shape[3] < 2:
             raise LayerError(f"layer {spec.key!r} outputs shape {tuple(activation.shape)}, but class "

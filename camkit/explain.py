@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from camkit import postprocess
-from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture
+from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix
 from camkit.inputs import Preprocess, as_batch, run_model
-from camkit.layers import LayerSpec, resolve_layers
+from camkit.layers import LayerSpec, last_spatial_layer, resolve_layer, resolve_layers
 from camkit.methods import LayerInputs, get_method
 from camkit.targets import ResolvedTargets, resolve_targets
 
@@ -136,13 +136,15 @@ class Explainer:
         self.guided_modules = tuple(guided_modules)
         self.method_options = dict(method_options or {})
         self.context = context
-        self._auto_layer: Dict[tuple, List[LayerSpec]] = {}
+        self._auto_layer: Dict[tuple, List[LayerSpec]] = {}   # per input shape (see _shape_key)
+        self._call_totals: Dict[tuple, Dict[nn.Module, int]] = {}
 
     def __enter__(self) -> "Explainer":
         return self
 
     def __exit__(self, *exc) -> None:
         self._auto_layer.clear()
+        self._call_totals.clear()
 
     def __call__(self, images, target=None, methods=None, layers=None, upsample: bool = True,
                  normalize: bool = True) -> Explanation:
@@ -167,27 +169,14 @@ class Explainer:
         _check_input(batch)
         specs = self._resolve_layers(batch, layers if layers is not None else self.layers)
         needs = set().union(*(m.needs for m in method_list))
-        need_grads = bool(needs & {"gradients", "guided_gradients"})
 
-        with _eval_mode(self.model, self.eval_mode), \
-                ActivationCapture(self.model, specs,
-                                  guided_modules=self.guided_modules if "guided_gradients" in needs else None,
-                                  start_graph_at_capture=need_grads) as capture:
-            if not need_grads:
-                torch.set_grad_enabled(False)
-            output = run_model(self.model, batch)
-            activations = [capture.activation(spec) for spec in specs]
-            logits = _as_logits(output, self.output, batch.shape[0])
-            targets = resolve_targets(target, logits)  # in the forward's grad mode: scores need it
-            capture.end_forward()
-            gradients = guided = [None] * len(specs)
-            if "gradients" in needs:
-                gradients = _gradients(targets.scores, activations, specs,
-                                       retain_graph="guided_gradients" in needs)
-            if "guided_gradients" in needs:
-                capture.guided = True
-                guided = _gradients(targets.scores, activations, specs, retain_graph=False,
-                                    output_scale=1 / targets.scores.detach())
+        shape_key = _shape_key(batch)
+        try:
+            activations, logits, targets, gradients, guided, unguided = self._passes(
+                batch, specs, needs, target, self._call_totals.get(shape_key))
+        except CallCountChanged:        # the forward is data-dependent: capture without the counts
+            self._call_totals.pop(shape_key, None)
+            activations, logits, targets, gradients, guided, unguided = self._passes(batch, specs, needs, target)
         head_weights, notes = self._head_weights(needs, specs, activations, logits, targets)
         maps = {}
         for spec, activation, grad, guided_grad in zip(specs, activations, gradients, guided):
@@ -212,7 +201,38 @@ class Explainer:
                 maps[(method.name, spec.key)] = method_maps
         explanation = self._explanation(maps, logits, targets, method_list, specs, batch, display)
         explanation.notes.extend(notes)
+        if unguided:
+            explanation.notes.append(
+                "BagCAMs: no nn.ReLU/nn.ReLU6 module (guided_modules) ran after the captured layer(s), so "
+                "its backward was not guided (e.g. SiLU/GELU or functional relu); pass guided_modules=")
         return explanation
+
+    def _passes(self, batch, specs, needs, target, call_totals=None):
+        """The forward and the backward(s): activations, logits, targets, gradients, guided
+        gradients (lists over ``specs``) and whether a guided backward ran without any clamp."""
+        need_grads = bool(needs & {"gradients", "guided_gradients"})
+        with _eval_mode(self.model, self.eval_mode), \
+                ActivationCapture(self.model, specs,
+                                  guided_modules=self.guided_modules if "guided_gradients" in needs else None,
+                                  start_graph_at_capture=need_grads, call_totals=call_totals) as capture:
+            if not need_grads:
+                torch.set_grad_enabled(False)
+            output = run_model(self.model, batch)
+            activations = [capture.activation(spec) for spec in specs]
+            logits = _as_logits(output, self.output, batch.shape[0])
+            targets = resolve_targets(target, logits)  # in the forward's grad mode: scores need it
+            capture.end_forward()
+            self._call_totals[_shape_key(batch)] = capture.call_totals
+            gradients = guided = [None] * len(specs)
+            if "gradients" in needs:
+                gradients = _gradients(targets.scores, activations, specs,
+                                       retain_graph="guided_gradients" in needs)
+            if "guided_gradients" in needs:
+                capture.guided = True
+                guided = _gradients(targets.scores, activations, specs, retain_graph=False,
+                                    output_scale=1 / targets.scores.detach())
+        unguided = "guided_gradients" in needs and capture.guided_clamps == 0
+        return activations, logits, targets, gradients, guided, unguided
 
     def _head_weights(self, needs, specs, activations, logits, targets) -> Tuple[dict, List[str]]:
         """``{layer key: (K, C) head weight}`` for the layers where the head fits, and notes.
@@ -244,9 +264,11 @@ class Explainer:
     def _resolve_layers(self, batch: torch.Tensor, layers) -> List[LayerSpec]:
         if layers is not None:
             return resolve_layers(self.model, layers, batch)
-        key = (tuple(batch.shape[1:]), batch.dtype, batch.device)
+        key = _shape_key(batch)
         if key not in self._auto_layer:
-            self._auto_layer[key] = resolve_layers(self.model, None, batch)
+            name, calls = last_spatial_layer(self.model, batch)
+            self._auto_layer[key] = [resolve_layer(self.model, name)]
+            self._call_totals.setdefault(key, calls)   # the probe's counts: capture only the last call
         return self._auto_layer[key]
 
     def _explanation(self, maps, logits, targets: ResolvedTargets, method_list, specs, batch,
@@ -286,6 +308,11 @@ def explain(model: nn.Module, images, methods: Union[str, Sequence[str]] = "grad
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+def _shape_key(batch: torch.Tensor) -> tuple:
+    """What per-input-shape caches are keyed by: the image shape, dtype and device."""
+    return tuple(batch.shape[1:]), batch.dtype, batch.device
+
 
 def _method_names(methods) -> List[str]:
     names = [methods] if isinstance(methods, str) else list(methods)

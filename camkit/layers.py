@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -91,11 +91,17 @@ def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
     A module called several times appears once per call, as ``"name@k"``, except for its last call,
     which is listed under its plain name (the default capture point).
     """
+    return _trace(model, image, spatial_only)[0]
+
+
+def _trace(model: nn.Module, image: torch.Tensor, spatial_only: bool = True):
+    """:func:`list_layers` and ``{module: number of calls}`` from the same forward."""
     if image.dim() == 3:
         image = image.unsqueeze(0)
     image = image[:1]
     records: List[Tuple[str, int, Tuple[int, ...]]] = []
     counts = {}
+    modules = {}
     handles = []
 
     def make_hook(name):
@@ -110,6 +116,7 @@ def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
     try:
         for name, module in model.named_modules():
             if name:
+                modules[name] = module
                 handles.append(module.register_forward_hook(make_hook(name)))
         model.eval()
         with torch.no_grad():
@@ -125,23 +132,24 @@ def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
             continue
         label = name if call == counts[name] - 1 else f"{name}@{call}"
         result.append((label, shape))
-    return result
+    return result, {modules[name]: count for name, count in counts.items()}
 
 
-def last_spatial_layer(model: nn.Module, image: torch.Tensor) -> str:
-    """The name of the last layer (in execution order) whose output is ``(B, C, h, w)``, ``h*w > 1``."""
-    layers = list_layers(model, image, spatial_only=True)
+def last_spatial_layer(model: nn.Module, image: torch.Tensor) -> Tuple[str, Dict[nn.Module, int]]:
+    """The name of the last layer (in execution order) whose output is ``(B, C, h, w)``, ``h*w > 1``,
+    and ``{module: calls per forward}`` from the same probe forward."""
+    layers, calls = _trace(model, image, spatial_only=True)
     if not layers:
         raise LayerError("no layer of the model outputs a spatial map (B, C, h, w) for this input; "
                          "class activation maps need a convolutional feature map")
-    return layers[-1][0]
+    return layers[-1][0], calls
 
 
 def resolve_layers(model: nn.Module, layers: Optional[Union[LayerLike, Sequence[LayerLike]]],
                    example: torch.Tensor) -> List[LayerSpec]:
     """Resolve ``layers`` (a name, module, sequence of them, or ``None`` = last spatial layer)."""
     if layers is None:
-        return [resolve_layer(model, last_spatial_layer(model, example))]
+        return [resolve_layer(model, last_spatial_layer(model, example)[0])]
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     layers = list(layers)

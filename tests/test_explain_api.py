@@ -221,3 +221,77 @@ def test_methods_are_registered_with_descriptions():
     assert set(METHODS) | {"causal"} <= set(camkit.list_methods())
     described = {method.name: method for method in camkit.describe_methods()}
     assert all(described[name].description and described[name].reference for name in METHODS)
+
+
+class SharedActivation(nn.Module):
+    """One ReLU module reused after each of three convs; the last call feeds GAP + linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.convs = nn.ModuleList([nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1) for i in range(3)])
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = self.act(conv(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _records_grad_mode(model):
+    """Hooks noting, per forward, whether each conv's output was recorded by autograd."""
+    seen = []
+    handles = [conv.register_forward_hook(lambda m, i, out: seen.append(out.requires_grad))
+               for conv in model.convs]
+    return seen, handles
+
+
+def test_last_call_capture_records_autograd_only_from_the_last_call(x):
+    """Once the calls per forward are known (the auto-layer probe, or an earlier call of the same
+    Explainer), a module captured at its last call starts autograd there, not at its first call."""
+    model = SharedActivation().eval()
+    seen, handles = _records_grad_mode(model)
+    try:
+        explainer = camkit.Explainer(model, methods=METHODS, layers="act")
+        first = explainer(x, normalize=False)
+        assert seen == [False, True, True]          # counts unknown: every call is a candidate
+        seen.clear()
+        again = explainer(x, normalize=False)
+        assert seen == [False, False, False]        # only act's last call starts the graph
+        seen.clear()
+        auto = camkit.explain(model, x, methods=METHODS, normalize=False)
+        assert seen[-3:] == [False, False, False] and auto.layers == ["act"]
+    finally:
+        for handle in handles:
+            handle.remove()
+    explicit = camkit.explain(model, x, methods=METHODS, layers="act@2", normalize=False)
+    for result in (first, again, auto):
+        _same({(m, "act@2"): v for (m, _), v in result.maps.items()}, explicit.maps)
+
+
+def test_a_forward_whose_call_count_changes_is_captured_again(x):
+    class Repeats(SharedActivation):
+        repeats = 3
+
+        def forward(self, x):
+            for conv in self.convs[:self.repeats]:
+                x = self.act(conv(x))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    model = Repeats().eval()
+    explainer = camkit.Explainer(model, methods=METHODS, layers="act")
+    explainer(x)
+    model.repeats = 2                               # now "act" runs twice: its last call is the second
+    got = explainer(x, normalize=False)
+    want = camkit.explain(model, x, methods=METHODS, layers="act@1", normalize=False)
+    _same({(m, "act@1"): v for (m, _), v in got.maps.items()}, want.maps)
+
+
+def test_bagcams_without_guided_modules_says_so(x):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 4, 3), nn.GELU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    exp = camkit.explain(model, x, methods="bagcams", layers="1")
+    assert any("not guided" in note for note in exp.notes)
+    guided = camkit.explain(SmallNet().eval(), x, methods="bagcams", layers="relu1")
+    assert not any("not guided" in note for note in guided.notes)
