@@ -83,8 +83,8 @@ def main(argv=None):
     env = environment(device)
     print(f"ResNet-50 (random init, eval), batch {args.batch} at {args.size}x{args.size}, device {device}, "
           f"torch {env['torch']}, {env['torch_threads']} threads, best of {args.rounds} interleaved rounds")
-    print(f"| variant | ratio to its floor | images/s | peak memory (MiB) |")
-    print(f"|---|---|---|---|")
+    print("| variant | ratio to its floor | images/s | peak memory (MiB) |")
+    print("|---|---|---|---|")
     for name, (_, floor) in jobs.items():
         best = min(times[name])
         ratio = f"{best / min(times[floor]):.2f}x {floor}" if floor else "1.00 (floor)"

@@ -22,6 +22,8 @@ from camkit.model_spec import LoadedModel, ModelSpecError, load_model
 from camkit.targets import TopK
 from camkit.viz import overlay
 
+from camkit import data, models, train  # noqa: E402  (subpackages, usable after "import camkit")
+
 __all__ = [
     "explain", "Explainer", "Explanation", "TopK", "Preprocess", "list_methods", "describe_methods",
     "register", "list_layers", "LayerError", "HeadNotFoundError", "CAMHeadWarning", "IMAGENET_MEAN",

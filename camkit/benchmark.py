@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -334,8 +333,6 @@ def load_dataset(spec: str, preprocess=None, limit: Optional[int] = None):
     ``image`` ``(3, S, S)`` float, ``label`` int, ``boxes`` ``(n, 4)`` xyxy inclusive at the input
     resolution and, for mask datasets, ``mask`` ``(S, S)`` (1 foreground, 0 background, 255 ignored).
     """
-    from camkit import data
-
     if spec.startswith("synthetic"):
         parts = spec.split(":")
         count = int(parts[1]) if len(parts) > 1 and parts[1] else 64

@@ -26,7 +26,6 @@ equals the model; ``init="default"`` uses PyTorch's default conv initialisation 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 

@@ -137,11 +137,11 @@ def _add_delegated(commands, name: str, module_name: str, help_text: str, epilog
     if model_flags and "model specifiers" not in text:
         text = text.rstrip("\n") + f"\n\nmodel specifiers (--model):\n{SPEC_FORMS}\n"
     sub = commands.add_parser(name, formatter_class=_Formatter, help=help_text,
-                              description=(module.__doc__ or help_text).strip().splitlines()[0],
+                              description=help_text,
                               epilog=text or None)
     module.add_arguments(sub)
     if model_flags:
-        add_model_arguments(sub, required=False)  # adds only the shared flags it does not define itself
+        add_model_arguments(sub)  # adds only the shared flags it does not define itself
     sub.set_defaults(handler=module.run)
 
 
@@ -213,7 +213,6 @@ def box_for_map(saliency, threshold: float):
 
 def run_explain(args) -> int:
     import numpy as np
-    import torch
 
     import camkit
     from camkit import viz

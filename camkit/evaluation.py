@@ -14,7 +14,6 @@ when given), ``PxAP`` / ``pIoU`` / ``PeakIoU`` where the dataset has masks, and 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -79,7 +78,10 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
 
     methods = (methods,) if isinstance(methods, str) else tuple(methods)
     rank, world = _world()
-    indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))[rank::world]
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    if total < world:  # every rank sees this, so all of them stop (none waits in all_reduce)
+        raise ValueError(f"{total} image(s) for {world} processes: each rank needs at least one image")
+    indices = list(range(total))[rank::world]
     shard = torch.utils.data.Subset(dataset, indices)
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=_collate)
@@ -183,17 +185,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, metavar="PATH",
                         help="folder with annotations.json, or a wsolevaluation dataset root (with --metadata)")
     parser.add_argument("--metadata", default=None, metavar="DIR", help="wsolevaluation metadata folder of the split")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",
+                        help="CAM methods (default: %(default)s)")
     parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
                         help="layer names (default: the last spatial layer)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     parser.add_argument("--interval", type=float, default=0.001, help="CAM threshold step (default 0.001)")
     parser.add_argument("--fixed-threshold", type=float, default=None,
                         help="also report GT-known / Top-k Loc at this fixed threshold")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _init_distributed():
@@ -213,9 +216,6 @@ def run(args) -> int:
     from camkit.data.wsol import AnnotatedFolderDataset, WSOLDataset, WSOLEvalTransform
     from camkit.model_spec import load_model_from_args
 
-    if not getattr(args, "model", None):
-        print("camkit evaluate: --model is required", file=sys.stderr)
-        return 2
     started = _init_distributed()
     try:
         loaded = load_model_from_args(args)

@@ -112,7 +112,10 @@ class Explainer:
         preprocess: turns PIL images / uint8 arrays / paths into ``(3, H, W)`` tensors and back for
             display. Default: :class:`camkit.Preprocess` (224x224, ImageNet mean and std).
         class_names: names of the ``K`` classes, for display.
-        eval_mode: run the model in eval mode during the call (restored afterwards).
+        eval_mode: run the model in eval mode during the call (restored afterwards). With ``False``
+            the model runs as it is: in train mode BatchNorm updates its running statistics and mixes
+            the images of a batch, and dropout is random, so maps are neither reproducible nor
+            per-image.
         guided_modules: module types that BagCAMs' guided backward passes through.
         method_options: ``{method: {option: value}}``, e.g. ``{"cam": {"clamp_negative_weights": True}}``.
         context: a fitted causal context for the ``causal`` method (see :mod:`camkit.causal`).
@@ -134,7 +137,9 @@ class Explainer:
         self.class_names = class_names
         self.eval_mode = eval_mode
         self.guided_modules = tuple(guided_modules)
-        self.method_options = dict(method_options or {})
+        # keys through the registry: aliases (``hirescam``) work, a misspelt method raises
+        self.method_options = {get_method(name).name: dict(options)
+                               for name, options in (method_options or {}).items()}
         self.context = context
         self._auto_layer: Dict[tuple, List[LayerSpec]] = {}   # per input shape (see _shape_key)
         self._call_totals: Dict[tuple, Dict[nn.Module, int]] = {}

@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,8 +61,11 @@ def load_rgb(image) -> np.ndarray:
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
-        with Image.open(path) as opened:
-            return np.array(opened.convert("RGB"))
+        try:
+            with Image.open(path) as opened:
+                return np.array(opened.convert("RGB"))
+        except UnidentifiedImageError as error:
+            raise ValueError(f"{path} is not an image file PIL can read") from error
     if isinstance(image, Image.Image):
         return np.array(image.convert("RGB"))
     if isinstance(image, np.ndarray):

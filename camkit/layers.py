@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from camkit.inputs import run_model
+from camkit.inputs import Preprocess, as_batch, run_model
 
 LayerLike = Union[str, nn.Module]
 
@@ -85,7 +85,8 @@ def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
     """Run one no-grad forward and list ``(layer, output shape)`` in the order outputs are produced.
 
     Args:
-        image: ``(3, H, W)`` or ``(B, 3, H, W)`` preprocessed input (only the first image is used).
+        image: ``(3, H, W)`` or ``(B, 3, H, W)`` preprocessed input (only the first image is used),
+            or a PIL image / uint8 array / path (preprocessed with :class:`camkit.Preprocess`).
         spatial_only: keep only outputs of shape ``(B, C, h, w)`` with ``h * w > 1``.
 
     A module called several times appears once per call, as ``"name@k"``, except for its last call,
@@ -96,6 +97,8 @@ def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
 
 def _trace(model: nn.Module, image: torch.Tensor, spatial_only: bool = True):
     """:func:`list_layers` and ``{module: number of calls}`` from the same forward."""
+    if not isinstance(image, torch.Tensor):        # PIL image, uint8 array or path: ImageNet default
+        image = as_batch(image, Preprocess())[0]
     if image.dim() == 3:
         image = image.unsqueeze(0)
     image = image[:1]
@@ -152,6 +155,8 @@ def resolve_layers(model: nn.Module, layers: Optional[Union[LayerLike, Sequence[
         return [resolve_layer(model, last_spatial_layer(model, example)[0])]
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
+    if not isinstance(layers, (list, tuple)) or not all(isinstance(l, (str, nn.Module)) for l in layers):
+        raise LayerError(f"layers must be a module name, a module, a list of them or None, got {layers!r}")
     layers = list(layers)
     if not layers:
         raise LayerError("layers is empty; give at least one layer, or None for the last spatial layer")

@@ -14,17 +14,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from camkit.boxes import best_iou_per_threshold, thresholds_for_interval
+from camkit.boxes import best_iou_per_threshold, thresholds_for_interval, validate_boxes
 
 __all__ = ["MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "max_box_accuracy", "pixel_average_precision"]
 
 
 def _all_reduce_sum(tensor):
-    """Sum ``tensor`` over all ranks of the default process group, returned on the input's device."""
+    """Sum ``tensor`` over all ranks of the default process group, returned on the input's device.
+
+    Without an initialised process group there is one rank, and the sum is ``tensor`` itself.
+    """
     import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("all_reduce() needs an initialised torch.distributed process group "
-                           "(torch.distributed.init_process_group, e.g. under torchrun)")
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
     device = tensor.device
     work = tensor
     if dist.get_backend() == "nccl" and device.type != "cuda":
@@ -46,7 +48,22 @@ def _split_boxes(gt_boxes, batch):
         out = [a.reshape(-1, 4) for a in arr]
     if len(out) != batch:
         raise ValueError(f"got {len(out)} ground-truth box sets for {batch} score maps; give one (g_i, 4) per map")
-    return out
+    return [validate_boxes(b) for b in out]
+
+
+def _dense_maps_and_masks(score_maps, masks):
+    """Score maps ``(B, H, W)`` or ``(H, W)`` in [0, 1] and masks of the same shape, as tensors on the
+    maps' device; raises ``ValueError`` for NaN/inf, values outside [0, 1] or mismatched shapes."""
+    maps = torch.as_tensor(score_maps).detach()
+    masks = torch.as_tensor(masks, device=maps.device).detach()
+    if maps.shape != masks.shape:
+        raise ValueError(f"score maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must have the same shape")
+    if not torch.isfinite(maps).all():
+        raise ValueError("score maps contain NaN or infinite values")
+    if maps.numel() and (maps.min() < 0 or maps.max() > 1):
+        raise ValueError(f"score map values must lie in [0, 1], got range [{float(maps.min())}, "
+                         f"{float(maps.max())}]; normalise them first (e.g. per-image min-max)")
+    return maps, masks
 
 
 def _maps_numpy(score_maps):
@@ -253,12 +270,7 @@ class PxAP(_Mergeable):
         return dict(cam_curve_interval=self.cam_curve_interval, ignore_index=self.ignore_index)
 
     def update(self, score_maps, masks):
-        maps = torch.as_tensor(score_maps).detach()
-        masks = torch.as_tensor(masks, device=maps.device).detach()
-        if maps.shape != masks.shape:
-            raise ValueError(f"score maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must have the same shape")
-        if torch.isnan(maps).any():
-            raise ValueError("score maps contain NaN")
+        maps, masks = _dense_maps_and_masks(score_maps, masks)
         dev = maps.device
         self.hist_pos = self.hist_pos.to(dev)
         self.hist_neg = self.hist_neg.to(dev)
@@ -335,8 +347,7 @@ class PeakIoU(_Mergeable):
     @staticmethod
     def curves(score_maps, masks, ignore_index=255):
         """Per-image intersections and unions (B, 256) int64 for t = 0..255."""
-        maps = torch.as_tensor(score_maps).detach()
-        masks = torch.as_tensor(masks, device=maps.device)
+        maps, masks = _dense_maps_and_masks(score_maps, masks)
         if maps.dim() == 2:
             maps, masks = maps[None], masks[None]
         b = maps.shape[0]

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     figures = Path(args.figures)
     values = {m: {l: v.get("MaxBoxAccV2") for l, v in per.items()} for m, per in result.quality.items()}
     figure = viz.metric_by_layer_figure(values, "MaxBoxAccV2", args.layers)
-    figure.axes[0].set_title(f"MobileNetV2 on 50 ImageNet val images: MaxBoxAccV2 by layer")
+    figure.axes[0].set_title("MobileNetV2 on 50 ImageNet val images: MaxBoxAccV2 by layer")
     viz.save_figure(figure, figures / "methods_layers_maxboxaccv2.png", dpi=120)
     example_figure(loaded, dataset, args.methods, args.layers, args.example_image,
                    figures / "methods_layers_example.png")

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import camkit
 from camkit.data.synthetic import context_energy_share, habitat_accuracy, make_synthetic

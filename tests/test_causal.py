@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import camkit
 from camkit.causal import CausalContext, fit_context

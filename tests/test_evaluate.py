@@ -4,7 +4,6 @@ import os
 import socket
 import tempfile
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist

@@ -295,3 +295,21 @@ def test_bagcams_without_guided_modules_says_so(x):
     assert any("not guided" in note for note in exp.notes)
     guided = camkit.explain(SmallNet().eval(), x, methods="bagcams", layers="relu1")
     assert not any("not guided" in note for note in guided.notes)
+
+
+def test_method_options_accept_aliases_and_refuse_unknown_methods(net, x):
+    by_alias = camkit.explain(net, x, methods="pcs", layers="relu2", method_options={"hirescam": {}})
+    assert ("pcs", "relu2") in by_alias.maps
+    with pytest.raises(ValueError, match="camm"):
+        camkit.explain(net, x, methods="cam", layers="relu2", method_options={"camm": {"clamp_negative_weights": True}})
+
+
+def test_list_layers_takes_a_pil_image_and_layers_must_be_names_or_modules(net, x, tmp_path):
+    names = [name for name, _ in camkit.list_layers(net, Image.fromarray(_photo(3)))]
+    assert names == ["conv1", "relu1", "conv2", "relu2"]
+    with pytest.raises(camkit.LayerError, match="module name"):
+        camkit.explain(net, x, methods="gradcam", layers=4)
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    with pytest.raises(ValueError, match="not an image"):
+        camkit.explain(net, str(not_an_image), methods="gradcam", layers="relu2")

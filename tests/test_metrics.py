@@ -213,6 +213,31 @@ def test_all_reduce_two_gloo_processes_equals_single_process():
     assert distributed == single
 
 
-def test_all_reduce_without_process_group_raises():
-    with pytest.raises(RuntimeError, match="init_process_group"):
-        PxAP().all_reduce()
+def test_all_reduce_without_process_group_is_the_identity():
+    maps, gts, masks = _random_maps(5, 3)
+    metric = PxAP()
+    metric.update(maps, masks)
+    before = metric.compute()
+    assert metric.all_reduce() is metric
+    assert metric.compute()["PxAP"] == before["PxAP"]
+
+
+@pytest.mark.parametrize("metric", [PxAP, PeakIoU])
+@pytest.mark.parametrize("bad, words", [("nan", "NaN"), ("above", "[0, 1]"), ("shape", "same shape")])
+def test_dense_metrics_refuse_bad_maps(metric, bad, words):
+    maps = torch.rand(2, 8, 8)
+    masks = (torch.rand(2, 8, 8) > 0.5).long()
+    if bad == "nan":
+        maps[0, 0, 0] = float("nan")
+    elif bad == "above":
+        maps = maps * 2
+    else:
+        masks = masks[:, :4]
+    with pytest.raises(ValueError) as info:
+        metric().update(maps, masks)
+    assert words in str(info.value)
+
+
+def test_reversed_ground_truth_boxes_are_refused():
+    with pytest.raises(ValueError, match="x0 <= x1"):
+        MaxBoxAcc().update(torch.rand(1, 8, 8), [np.array([[5, 1, 2, 6]])])

@@ -43,7 +43,6 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["COMBINATION_SCHEMES", "combination_weights", "combinational_cam", "class_maps", "causal"]
 

@@ -17,7 +17,7 @@ import argparse
 import ast
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 __all__ = ["add_arguments", "run", "parse_key_values", "load_data"]
 
