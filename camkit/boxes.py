@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import max_tree
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import minimum_spanning_tree
 
 __all__ = [
     "boxes_from_map", "box_iou", "resize_boxes", "scoremap_to_uint8", "thresholds_for_interval",
@@ -324,6 +325,150 @@ def boxes_cicam(score_map, seg_thr=0.2):
 
 
 # --------------------------------------------------------------------------- all thresholds at once
+_OFFSETS = {1: ((0, 1), (1, 0)), 2: ((0, 1), (1, 0), (1, 1), (1, -1))}
+
+
+def _shifted(a, dy, dx):
+    """Views (first, second) of ``a`` pairing each pixel with its (dy, dx) neighbour."""
+    h, w = a.shape[:2]
+    if dx == 1:
+        return a[:h - dy, :w - 1], a[dy:, 1:]
+    if dx == 0:
+        return a[:h - dy, :], a[dy:, :]
+    return a[:h - dy, 1:], a[dy:, :w - 1]
+
+
+def _component_tree(image, connectivity):
+    """Max-tree of an (H, W) integer image in [0, 255]: ``(pix_node, par_node, level)``.
+
+    Node = a connected component (``connectivity`` 1 = 4-, 2 = 8-connected) of ``image >= level``, with
+    the pixels of value exactly ``level`` as its own pixels; ``pix_node`` (H*W,) is each pixel's node,
+    ``par_node`` (m,) the parent node (the root is its own parent, every other parent has a lower level).
+    The same tree as skimage's ``max_tree`` (identical nodes and own pixels), built without a pixel-wise
+    union-find:
+
+    1. every pixel points to its largest neighbour under the total order (value, index) if larger than
+       itself; pointer jumping gives each pixel's attractor ("basin"). A chain climbs, so the part of a
+       basin at or above any level is connected.
+    2. The components of ``image >= L`` are unions of basin parts glued by neighbour pairs whose smaller
+       value is >= L, i.e. single linkage of the basins with pass value ``min`` over a pair (the largest
+       over all pairs joining two basins): a maximum spanning tree of the basin graph (scipy) and a
+       Kruskal pass over its edges (one Python step per basin) give the merge dendrogram.
+    3. A pixel of value v belongs to the highest dendrogram ancestor of its basin whose level is >= v
+       (binary lifting over the distinct (basin, value) pairs); max-tree nodes are the distinct
+       (dendrogram node, value) pairs.
+    """
+    h, w = image.shape
+    n = h * w
+    v2 = image.astype(np.int64)
+    vf = v2.ravel()
+    offsets = _OFFSETS[connectivity]
+    key = (v2 * n + np.arange(n).reshape(h, w))
+    best = key.copy()
+    for dy, dx in offsets:
+        ka, kb = _shifted(key, dy, dx)
+        ba, bb = _shifted(best, dy, dx)
+        np.maximum(ba, kb, out=ba)
+        np.maximum(bb, ka, out=bb)
+    ptr = best.ravel() % n
+    while True:
+        nxt = ptr[ptr]
+        if np.array_equal(nxt, ptr):
+            break
+        ptr = nxt
+    roots = np.flatnonzero(ptr == np.arange(n))
+    nb = roots.size
+    bid = np.empty(n, np.int64)
+    bid[roots] = np.arange(nb)
+    basin = bid[ptr]
+    b2 = basin.reshape(h, w)
+    leaf_level = vf[roots]
+    los, his, pvs = [], [], []
+    for dy, dx in offsets:
+        ba, bb = _shifted(b2, dy, dx)
+        cross = ba != bb
+        va, vb = _shifted(v2, dy, dx)
+        x, y = ba[cross], bb[cross]
+        los.append(np.minimum(x, y))
+        his.append(np.maximum(x, y))
+        pvs.append(np.minimum(va[cross], vb[cross]))
+    lo, hi, pv = np.concatenate(los), np.concatenate(his), np.concatenate(pvs)
+    if lo.size:
+        # one edge per basin pair, its largest pass value (sort by pair, then pass)
+        pk = (lo * nb + hi) * 256 + pv
+        pk = np.unique(pk)
+        pair = pk // 256
+        last = np.r_[pair[1:] != pair[:-1], True]
+        pk = pk[last]
+        pv = pk % 256
+        pair = pk // 256
+        lo, hi = pair // nb, pair % nb
+        g = coo_matrix((256 - pv.astype(np.float64), (lo, hi)), shape=(nb, nb)).tocsr()
+        t = minimum_spanning_tree(g).tocoo()
+        ew = (256 - t.data).astype(np.int64)
+        o = np.argsort(-ew, kind="stable")
+        ea, eb, ew = t.row[o].tolist(), t.col[o].tolist(), ew[o].tolist()
+    else:
+        ea = eb = ew = []
+    total = nb + len(ew)
+    parent = list(range(total))
+    uf = list(range(nb))
+    top = list(range(nb))
+    for k, (a, b) in enumerate(zip(ea, eb)):
+        while uf[a] != a:
+            uf[a] = uf[uf[a]]
+            a = uf[a]
+        while uf[b] != b:
+            uf[b] = uf[uf[b]]
+            b = uf[b]
+        node = nb + k
+        parent[top[a]] = node
+        parent[top[b]] = node
+        uf[b] = a
+        top[a] = node
+    parent = np.asarray(parent, np.int64)
+    level = np.concatenate([leaf_level, np.asarray(ew, np.int64)])
+    # distinct (basin, value) pairs -> highest ancestor of the basin whose level >= value
+    bv = basin * 256 + vf
+    seen = np.zeros(nb * 256, bool)
+    seen[bv] = True
+    keys = np.flatnonzero(seen)
+    cur, val = keys // 256, keys % 256
+    ups = [parent]
+    for _ in range(max(1, int(total).bit_length()) - 1):
+        ups.append(ups[-1][ups[-1]])
+    for up in reversed(ups):
+        nxt = up[cur]
+        cur = np.where(level[nxt] >= val, nxt, cur)
+    # max-tree nodes: distinct (interval node, value)
+    nkey = cur * 256 + val
+    present = np.zeros(total * 256, bool)
+    present[nkey] = True
+    mkeys = np.flatnonzero(present)
+    m = mkeys.size
+    index = np.zeros(total * 256, np.int64)
+    index[mkeys] = np.arange(m)
+    table = np.zeros(nb * 256, np.int64)
+    table[keys] = index[nkey]
+    pix_node = table[bv]
+    knode, klev = mkeys // 256, mkeys % 256
+    lastk = np.full(total, -1, np.int64)
+    lastk[knode] = np.arange(m)
+    has = lastk >= 0
+    root_t = parent == np.arange(total)
+    anc = parent.copy()
+    while True:
+        bad = ~has[anc] & ~root_t[anc]
+        if not bad.any():
+            break
+        anc = np.where(bad, parent[anc], anc)
+    same = np.r_[False, knode[1:] == knode[:-1]]
+    ar = np.arange(m)
+    par_node = np.where(same, ar - 1, lastk[anc[knode]])
+    par_node = np.where(~same & root_t[knode], ar, par_node)
+    return pix_node, par_node, klev
+
+
 class _Tree:
     """Max-tree of an (H, W) integer image with per-node subtree aggregates.
 
@@ -335,28 +480,22 @@ class _Tree:
 
     def __init__(self, image, connectivity, weights=None):
         h, w = image.shape
-        parent, _ = max_tree(image, connectivity=connectivity)
-        pf = parent.ravel()
-        vf = image.ravel()
-        n = vf.size
+        pix_node, par_node, level = _component_tree(image, connectivity)
+        n = h * w
         ar = np.arange(n)
-        canonical = (pf == ar) | (vf[pf] != vf)
-        node_pixel = np.where(canonical, ar, pf)        # canonical pixel of each pixel's node
-        nodes = np.flatnonzero(canonical)
-        index = np.full(n, -1, np.int64)
-        index[nodes] = np.arange(nodes.size)
-        pix_node = index[node_pixel]
-        par_node = index[node_pixel[pf[nodes]]]
-        level = vf[nodes].astype(np.int64)
-        root = par_node == np.arange(nodes.size)
+        m = level.size
+        root = par_node == np.arange(m)
         parent_level = np.where(root, -1, level[par_node])
-        m = nodes.size
+        nodes = np.empty(m, np.int64)
+        nodes[pix_node] = ar                              # one own pixel of every node
         ys, xs = np.divmod(ar, w)
-        # own-pixel aggregates: sort pixels by node, reduceat
-        order = np.argsort(pix_node, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(pix_node[order]) != 0])
-        mins = np.stack([np.minimum.reduceat(xs[order], starts), np.minimum.reduceat(ys[order], starts),
-                         -np.maximum.reduceat(xs[order], starts), -np.maximum.reduceat(ys[order], starts)], 1)
+        # own-pixel aggregates
+        mins = np.full((4, m), n, np.int64)
+        np.minimum.at(mins[0], pix_node, xs)
+        np.minimum.at(mins[1], pix_node, ys)
+        np.minimum.at(mins[2], pix_node, -xs)
+        np.minimum.at(mins[3], pix_node, -ys)
+        mins = np.ascontiguousarray(mins.T)
         sums = None
         if weights is not None:
             sums = np.zeros((m, weights.shape[1]), np.int64)
@@ -389,25 +528,33 @@ def _quad_events(u):
     with D = 1 if the two largest corners are diagonal. The zero-padded border blocks are included.
     """
     h, w = u.shape
-    pad = np.full((h + 2, w + 2), -1, np.int16)
+    pad = np.full((h + 2, w + 2), -1, np.int64)
     pad[1:-1, 1:-1] = u
-    pid = np.full((h + 2, w + 2), -1, np.int64)
-    pid[1:-1, 1:-1] = np.arange(h * w).reshape(h, w)
-    vals = np.stack([pad[:-1, :-1].ravel(), pad[:-1, 1:].ravel(), pad[1:, :-1].ravel(), pad[1:, 1:].ravel()])
-    ids = np.stack([pid[:-1, :-1].ravel(), pid[:-1, 1:].ravel(), pid[1:, :-1].ravel(), pid[1:, 1:].ravel()])
-    order = np.argsort(-vals, axis=0, kind="stable")
-    ids = np.take_along_axis(ids, order, 0)
-    diag = (order[0] + order[1]) == 3  # TL(0)-BR(3) or TR(1)-BL(2)
-    weights = np.zeros((h * w, 2), np.int64)
-    area_w = [0, 0, 1, 1]
-    euler_w = [np.ones_like(diag, np.int64), -(1 + 2 * diag.astype(np.int64)),
-               2 * diag.astype(np.int64) - 1, np.ones_like(diag, np.int64)]
-    for k in range(4):
-        valid = ids[k] >= 0
-        if area_w[k]:
-            weights[:, 0] += np.bincount(ids[k][valid], minlength=h * w)
-        weights[:, 1] += np.bincount(ids[k][valid], weights=euler_w[k][valid], minlength=h * w).astype(np.int64)
-    return weights
+    # composite keys (value + 1) * 4 + corner (TL 0, TR 1, BL 2, BR 3): distinct within a block; a
+    # sorting network puts them in decreasing order (ties of value go to one node, so their order does
+    # not change the sums)
+    k = [(pad[:-1, :-1] + 1) * 4, (pad[:-1, 1:] + 1) * 4 + 1, (pad[1:, :-1] + 1) * 4 + 2, (pad[1:, 1:] + 1) * 4 + 3]
+    for i, j in ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)):
+        k[i], k[j] = np.maximum(k[i], k[j]), np.minimum(k[i], k[j])
+    by, bx = np.mgrid[-1:h, -1:w]                  # block's top-left pixel (unpadded coordinates)
+    corner = [x & 3 for x in k]
+    valid = [x >= 4 for x in k]
+    ids = [((by + (c >> 1)) * w + bx + (c & 1)) for c in corner]
+    diag = ((corner[0] + corner[1]) == 3).astype(np.int64)  # TL(0)-BR(3) or TR(1)-BL(2)
+    n = h * w
+    euler_w = [1, -(1 + 2 * diag), 2 * diag - 1, 1]
+    area_col = np.zeros(n, np.int64)
+    euler_col = np.zeros(n, np.int64)
+    for r in range(4):
+        v = valid[r]
+        if r >= 2:
+            area_col += np.bincount(ids[r][v], minlength=n)
+        wr = euler_w[r]
+        if np.isscalar(wr):
+            euler_col += wr * np.bincount(ids[r][v], minlength=n)
+        else:
+            euler_col += np.bincount(ids[r][v], weights=wr[v], minlength=n).astype(np.int64)
+    return np.stack([area_col, euler_col], 1)
 
 
 _MAX_DIRECT_HOLE_LEVELS = 12
@@ -466,7 +613,7 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
     best1 = np.full(257, zero_iou)
     best2 = np.full(257, zero_iou)
     if big_m > 0 and min(h, w) < 3:
-        # skimage's max_tree needs both sides >= 3; tiny maps go threshold by threshold
+        # tiny maps (a side < 3) go threshold by threshold, directly
         for level in np.unique(np.clip(thr, 0, 256)):
             if level >= big_m:
                 continue
@@ -524,8 +671,31 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
             single = n_cand == 1
             v1[single] = fg_iou[winner[single]]
             for level in np.flatnonzero(n_cand > 1):
-                contours = _Contours(u > level)
+                mask = u > level
                 cand_nodes = node[cand & (t == level)]
+                # exact areas: from the tree without holes, by filling the component's crop with them
+                exact = twice_area[cand_nodes].copy()
+                for k in np.flatnonzero(n_holes[cand_nodes] > 0):
+                    c = cand_nodes[k]
+                    y0, x0 = fg.y0[c], fg.x0[c]
+                    crop = mask[y0:fg.y1[c] + 1, x0:fg.x1[c] + 1]
+                    lab, _ = ndi.label(crop, structure=_EIGHT)
+                    py, px = divmod(int(fg.pixel[c]), w)
+                    comp = lab == lab[py - y0, px - x0]
+                    # fill: everything but the 4-connected background components touching the crop's edge
+                    bl, _ = ndi.label(~comp, structure=_FOUR)
+                    edge = np.zeros(bl.max() + 1, bool)
+                    for side in (bl[0], bl[-1], bl[:, 0], bl[:, -1]):
+                        edge[side] = True
+                    edge[0] = False
+                    exact[k] = _twice_polygon_area(~edge[bl])
+                top = exact == exact.max()
+                if top.sum() == 1:
+                    v1[level] = fg_iou[cand_nodes[np.argmax(exact)]]
+                    continue
+                # equal maxima: OpenCV's contour order decides
+                contours = _Contours(mask)
+                cand_nodes = cand_nodes[top]
                 pix = fg.pixel[cand_nodes]
                 labels = contours.fg.ravel()[pix]
                 lab = contours.largest_among(labels)

@@ -239,3 +239,37 @@ def test_hole_paths_min_tree_and_direct_agree_with_reference(monkeypatch, direct
         _, v2 = best_iou_per_threshold(m, gt, TAUS, "both")
         idx = _distinct_taus(m, rng)
         np.testing.assert_array_equal(v2[idx], ref.best_iou_curves(m, gt, TAUS[idx])[1])
+
+
+def _tree_nodes(pix_node, par_node, level):
+    """A max-tree as a set of (level, parent level, own pixels) per node (independent of node ids)."""
+    root = par_node == np.arange(level.size)
+    assert (root | (level[par_node] < level)).all() and root.sum() == 1
+    parent_level = np.where(root, -1, level[par_node])
+    own = {}
+    for p, nd in enumerate(pix_node.tolist()):
+        own.setdefault(nd, []).append(p)
+    return {(int(level[nd]), int(parent_level[nd]), tuple(own[nd])) for nd in range(level.size)}
+
+
+def test_component_tree_equals_skimage_max_tree():
+    """The basin + spanning-tree construction gives skimage's max-tree: same nodes, same own pixels."""
+    from camkit.boxes import _component_tree
+    max_tree = pytest.importorskip("skimage.morphology").max_tree
+    rng = np.random.default_rng(17)
+    images = [scoremap_to_uint8(m) for m, _ in _maps(3, 36) if min(m.shape) >= 3]
+    low = torch.tensor(rng.random((2, 1, 7, 7)), dtype=torch.float32)
+    up = torch.nn.functional.interpolate(low, size=(64, 80), mode="bilinear", align_corners=False)[:, 0].numpy()
+    images += [(u * 255).astype(np.uint8) for u in up]
+    images += [rng.integers(0, 256, (40, 37)).astype(np.uint8), np.zeros((4, 5), np.uint8)]
+    for img in images:
+        for conn in (1, 2):
+            parent, _ = max_tree(img, connectivity=conn)
+            pf, vf, ar = parent.ravel(), img.ravel(), np.arange(img.size)
+            canonical = (pf == ar) | (vf[pf] != vf)
+            node_pixel = np.where(canonical, ar, pf)
+            nodes = np.flatnonzero(canonical)
+            index = np.full(img.size, -1)
+            index[nodes] = np.arange(nodes.size)
+            expected = _tree_nodes(index[node_pixel], index[node_pixel[pf[nodes]]], vf[nodes].astype(np.int64))
+            assert _tree_nodes(*_component_tree(img, conn)) == expected
