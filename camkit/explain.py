@@ -110,7 +110,9 @@ class Explainer:
         output: how to get logits from the model output: ``None`` (the output is the logits), a key
             or index into a dict/tuple output, or a callable ``output -> (B, K)``.
         preprocess: turns PIL images / uint8 arrays / paths into ``(3, H, W)`` tensors and back for
-            display. Default: :class:`camkit.Preprocess` (224x224, ImageNet mean and std).
+            display. Default: :class:`camkit.Preprocess` (224x224, ImageNet mean and std). Tensor
+            inputs are taken as already preprocessed; their display pictures (``images_rgb``,
+            figures) undo *this* preprocess's mean and std, so give the one that made them.
         class_names: names of the ``K`` classes, for display.
         eval_mode: run the model in eval mode during the call (restored afterwards). With ``False``
             the model runs as it is: in train mode BatchNorm updates its running statistics and mixes
