@@ -23,7 +23,7 @@ from torch import nn
 
 from camkit import postprocess
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
-from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix
+from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
 from camkit.inputs import Preprocess, as_batch, run_model
 from camkit.layers import LayerSpec, last_spatial_layer, resolve_layer, resolve_layers
 from camkit.methods import LayerInputs, get_method
@@ -105,8 +105,8 @@ class Explainer:
         layers: module names (``"name"`` or ``"name@k"`` for the k-th call of a reused module),
             modules, or ``None`` for the last layer with spatial output (chosen per input shape and
             reported in ``Explanation.layers``).
-        head: the classifier used by CAM: an ``nn.Linear``, a 1x1 ``nn.Conv2d`` or a ``(K, C)``
-            tensor. ``None`` finds it automatically.
+        head: the classifier used by CAM: an ``nn.Linear``, a 1x1 ``nn.Conv2d``, its module name, or
+            a ``(K, C)`` tensor. ``None`` finds it automatically.
         output: how to get logits from the model output: ``None`` (the output is the logits), a key
             or index into a dict/tuple output, or a callable ``output -> (B, K)``.
         preprocess: turns PIL images / uint8 arrays / paths into ``(3, H, W)`` tensors and back for
@@ -133,7 +133,7 @@ class Explainer:
         self.model = model
         self.methods = _method_names(methods)
         self.layers = layers
-        self.head = head
+        self.head = resolve_head(model, head)
         self.output = output
         self.preprocess = preprocess if preprocess is not None else Preprocess()
         self.class_names = class_names
@@ -195,7 +195,7 @@ class Explainer:
                 activations=_compute_dtype(activation.detach()), logits=logits.detach(),
                 targets=targets.classes, model=self.model,
                 gradients=_compute_dtype(grad), guided_gradients=_compute_dtype(guided_grad),
-                head_weight=head_weight,
+                head_weight=head_weight, layer=spec.key,
                 class_weights=None if head_weight is None else head_weight[targets.classes])
             raw = torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods])
             if upsample:

@@ -25,6 +25,24 @@ class CAMHeadWarning(UserWarning):
     """The logits are not ``W @ GAP(A) + b`` for the layer, so CAM is not their decomposition."""
 
 
+def resolve_head(model: nn.Module, head):
+    """``head`` as given to :class:`camkit.Explainer`: a module name becomes that module (checked now,
+    before any forward); modules, tensors and ``None`` pass through."""
+    if not isinstance(head, str):
+        return head
+    modules = dict(model.named_modules())
+    if head not in modules:
+        import difflib
+
+        close = difflib.get_close_matches(head, [name for name in modules if name], n=5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise HeadNotFoundError(f"head={head!r} is not a module of the model{hint}")
+    if not isinstance(modules[head], (nn.Linear, nn.Conv2d)):
+        raise HeadNotFoundError(f"head={head!r} is a {type(modules[head]).__name__}; CAM needs an nn.Linear "
+                                f"or a 1x1 nn.Conv2d (or pass a (K, C) weight tensor)")
+    return modules[head]
+
+
 def find_head(model: nn.Module, channels: int, num_classes: int, head: Optional[HeadLike] = None
               ) -> HeadLike:
     """The classifier mapping ``channels`` pooled features to ``num_classes`` logits.

@@ -146,3 +146,10 @@ def test_predict_logits_is_the_down_branch_and_leaves_flags():
     assert model.training and model.block1.training
     fe, _ = enhanced_block4(model, context, x)
     torch.testing.assert_close(got, fe.mean(dim=(2, 3)) @ model.fc.weight.detach().t() + model.fc.bias.detach())
+
+
+def test_context_refuses_another_layer_with_the_same_channels():
+    model, loader = make_model_and_loader(seed=7, batches=1)
+    context = fit_context(model, "block4", loader, epochs=0)
+    with pytest.raises(ValueError, match="fitted on layer 'block4', not 'block4.0'"):
+        camkit.explain(model, loader[0][0], methods="causal", layers="block4.0", context=context)

@@ -313,3 +313,13 @@ def test_list_layers_takes_a_pil_image_and_layers_must_be_names_or_modules(net, 
     not_an_image.write_text("hello")
     with pytest.raises(ValueError, match="not an image"):
         camkit.explain(net, str(not_an_image), methods="gradcam", layers="relu2")
+
+
+def test_head_by_module_name(net, x):
+    by_name = camkit.explain(net, x, methods="cam", layers="relu2", head="fc", normalize=False)
+    found = camkit.explain(net, x, methods="cam", layers="relu2", normalize=False)
+    _same(by_name.maps, found.maps)
+    with pytest.raises(camkit.HeadNotFoundError, match="close matches: fc"):
+        camkit.Explainer(net, head="fcc")
+    with pytest.raises(camkit.HeadNotFoundError, match="ReLU"):
+        camkit.Explainer(net, head="relu2")

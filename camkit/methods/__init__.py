@@ -39,6 +39,7 @@ class LayerInputs:
         logits: ``(B, K)`` model outputs.
         targets: ``(B, T)`` class indices, or ``None`` for a callable target.
         model: the explained model.
+        layer: the layer key (``"name"`` or ``"name@k"``).
         options: this method's options (``explain(..., method_options={name: {...}})``), plus
             ``"context"`` when ``explain(..., context=...)`` is given.
     """
@@ -52,6 +53,7 @@ class LayerInputs:
     head_weight: Optional[torch.Tensor] = None
     class_weights: Optional[torch.Tensor] = None
     options: dict = field(default_factory=dict)
+    layer: Optional[str] = None
 
 
 @dataclass(frozen=True)

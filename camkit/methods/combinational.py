@@ -186,6 +186,9 @@ def causal(inputs) -> torch.Tensor:
                          "pass head=<the nn.Linear> to camkit.explain")
     features = inputs.activations
     if context is not None:
+        if inputs.layer is not None and inputs.layer != context.layer:
+            raise ValueError(f"this causal context was fitted on layer {context.layer!r}, not {inputs.layer!r}; "
+                             f"explain that layer (layers={context.layer!r}) or fit a context for this one")
         features, logits = context.enhance_and_classify(features, inputs.logits, weight)
         default_weights = context.combination
     else:
