@@ -13,12 +13,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _three(name: str, values) -> Tuple[float, float, float]:
+    """Per-channel RGB values from 1 or 3 numbers."""
+    values = (values,) if isinstance(values, (int, float)) else tuple(float(v) for v in values)
+    if len(values) not in (1, 3):
+        raise ValueError(f"{name} needs 1 or 3 values (one per RGB channel), got {len(values)}")
+    return tuple(float(v) for v in values) * (3 // len(values))
+
+
 class Preprocess:
     """Resize to ``size`` (no crop, so the map covers the whole picture) and normalise.
 
     Args:
         size: ``(H, W)`` of the model input, or an int for a square; ``None`` keeps the size.
-        mean, std: per-channel normalisation of RGB values in ``[0, 1]``.
+        mean, std: per-channel normalisation of RGB values in ``[0, 1]`` (3 values, or 1 for all).
 
     Calling it on a PIL image, an ``(H, W, 3)`` uint8 array or a file path returns a ``(3, H, W)``
     float tensor. :meth:`to_display` inverts the normalisation for pictures.
@@ -27,8 +35,10 @@ class Preprocess:
     def __init__(self, size=224, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD):
         self.size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean = _three("mean", mean)
+        self.std = _three("std", std)
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
 
     def __call__(self, image) -> torch.Tensor:
         rgb = torch.from_numpy(load_rgb(image)).permute(2, 0, 1).float().div(255)
@@ -102,6 +112,11 @@ def as_batch(images, preprocess: Optional[Preprocess]) -> Tuple[torch.Tensor, Op
     items: List = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise ValueError("no images given")
+    if all(isinstance(item, torch.Tensor) for item in items):   # a list of preprocessed (C, H, W)
+        if len({tuple(item.shape) for item in items}) != 1 or items[0].dim() != 3:
+            raise ValueError(f"a list of image tensors must hold (C, H, W) tensors of one shape, got "
+                             f"{sorted({tuple(item.shape) for item in items})}")
+        return as_batch(torch.stack(items), preprocess)
     if preprocess is None:
         raise ValueError("raw images need a preprocess callable (image -> (3, H, W) tensor)")
     batch = torch.stack([preprocess(item) for item in items])

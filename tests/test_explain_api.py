@@ -323,3 +323,13 @@ def test_head_by_module_name(net, x):
         camkit.Explainer(net, head="fcc")
     with pytest.raises(camkit.HeadNotFoundError, match="ReLU"):
         camkit.Explainer(net, head="relu2")
+
+
+def test_list_of_tensors_and_single_value_normalisation(net, x):
+    listed = camkit.explain(net, [x[0], x[1]], methods=METHODS, layers="relu2")
+    _same(listed.maps, camkit.explain(net, x, methods=METHODS, layers="relu2").maps)
+    with pytest.raises(ValueError, match="one shape"):
+        camkit.explain(net, [x[0], x[0, :, :8]], methods="gradcam", layers="relu2")
+    assert camkit.Preprocess(mean=(0.5,), std=0.5).mean == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="1 or 3"):
+        camkit.Preprocess(mean=(0.5, 0.5))
