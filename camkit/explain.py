@@ -45,7 +45,7 @@ class Explanation:
         methods, layers: the method names and layer keys, in the order asked for.
         images: ``(B, C, H, W)`` the model input.
         images_rgb: ``(B, H, W, 3)`` float pictures in ``[0, 1]`` for display, when known.
-        negative_target_logit: ``(B,)`` / ``(B, T)`` bool, targets whose logit is ``<= 0`` (BagCAMs
+        negative_target_logit: ``(B,)`` / ``(B, T)`` bool, targets whose logit (or score) is ``<= 0`` (BagCAMs
             then differentiates ``log`` of a non-positive score; see :func:`camkit.methods.bagcams`).
         class_names: class names for display, when known.
     """
@@ -281,13 +281,12 @@ class Explainer:
     def _explanation(self, maps, logits, targets: ResolvedTargets, method_list, specs, batch,
                      display) -> Explanation:
         classes = targets.classes
-        negative = None
-        if classes is not None:
-            negative = targets.scores.detach() <= 0
-            if not targets.per_image:
-                classes, negative = classes.squeeze(1), negative.squeeze(1)
+        negative = targets.scores.detach() <= 0        # also for a callable target's scores
+        if not targets.per_image:
+            negative = negative.squeeze(1)
+            classes = None if classes is None else classes.squeeze(1)
         notes = []
-        if negative is not None and any(m.name == "bagcams" for m in method_list) and negative.any():
+        if any(m.name == "bagcams" for m in method_list) and negative.any():
             note = (f"{int(negative.sum())} target logit(s) are <= 0: BagCAMs' gradient of log(S) "
                     f"flips sign there (see Explanation.negative_target_logit)")
             notes.append(note)

@@ -333,3 +333,10 @@ def test_list_of_tensors_and_single_value_normalisation(net, x):
     assert camkit.Preprocess(mean=(0.5,), std=0.5).mean == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="1 or 3"):
         camkit.Preprocess(mean=(0.5, 0.5))
+
+
+def test_negative_scores_are_flagged_for_callable_targets_too(net, x):
+    with pytest.warns(RuntimeWarning, match="<= 0"):
+        exp = camkit.explain(net, x, methods="bagcams", layers="relu2", target=lambda logits: -logits.exp()[:, 0])
+    assert exp.negative_target_logit.tolist() == [True, True] and exp.targets is None
+    assert any("<= 0" in note for note in exp.notes)
