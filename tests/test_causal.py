@@ -148,6 +148,7 @@ def test_predict_logits_is_the_down_branch_and_leaves_flags():
     torch.testing.assert_close(got, fe.mean(dim=(2, 3)) @ model.fc.weight.detach().t() + model.fc.bias.detach())
 
 
+@pytest.mark.filterwarnings("ignore::camkit.CAMHeadWarning")  # block4.0 is before BN and ReLU
 def test_context_refuses_another_layer_with_the_same_channels():
     model, loader = make_model_and_loader(seed=7, batches=1)
     context = fit_context(model, "block4", loader, epochs=0)
