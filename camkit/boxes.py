@@ -32,9 +32,12 @@ All-thresholds fast path (:func:`best_iou_per_threshold`). A uint8 map has at mo
 thresholds; the component tree (max-tree, 8-connected) of ``u`` gives every threshold's foreground
 components, the max-tree of ``255 - u`` (4-connected) every threshold's background components. Bounding
 boxes, the quad counts of the polygon area and the Euler number (hence the number of holes) are additive
-over the tree, so one pass gives them for every component of every threshold. Only when the largest
-candidates are close (a tie, or a component with holes whose filled area may exceed the best lower
-bound) is the threshold's mask looked at directly.
+over the tree, so one pass gives them for every component of every threshold (the nodes are numbered
+in a preorder, so a subtree aggregate is a range reduction). For V1, a component with holes has its
+filled area bounded by its bbox and by the level's hole budget (filling a hole changes only the quads
+touching the hole's bbox); only when a component with holes may still reach the largest area is the
+threshold's mask looked at directly (to fill it). Equal maxima are outermost components, which OpenCV
+lists in reverse raster order of their first pixel, a tree aggregate as well.
 
 This module works on numpy arrays (box extraction is an edge of the data path, done on the CPU).
 Torch tensors are accepted and moved to the CPU.
@@ -260,13 +263,6 @@ class _Contours:
         best = comps[int(np.argmax(areas))]  # argmax keeps the first of equal maxima, as Python's max
         return self.box(best)[None].astype(np.int64)
 
-    def largest_among(self, labels):
-        """The V1 component among candidate labels (exact areas, OpenCV order on ties)."""
-        labels = set(int(x) for x in labels)
-        comps = [n for n in self.order if n[0] == "fg" and n[1] in labels]
-        areas = [self.twice_area(n[1]) for n in comps]
-        return comps[int(np.argmax(areas))][1]
-
 
 def boxes_from_map(score_map, threshold, multi_contour=False):
     """Boxes of a score map at one threshold, wsolevaluation conventions.
@@ -339,11 +335,13 @@ def _shifted(a, dy, dx):
 
 
 def _component_tree(image, connectivity):
-    """Max-tree of an (H, W) integer image in [0, 255]: ``(pix_node, par_node, level)``.
+    """Max-tree of an (H, W) integer image in [0, 255]: ``(pix_node, par_node, level, end)``.
 
     Node = a connected component (``connectivity`` 1 = 4-, 2 = 8-connected) of ``image >= level``, with
     the pixels of value exactly ``level`` as its own pixels; ``pix_node`` (H*W,) is each pixel's node,
     ``par_node`` (m,) the parent node (the root is its own parent, every other parent has a lower level).
+    Nodes are numbered in a preorder: the subtree of node ``k`` is the nodes ``k .. end[k] - 1`` (``end``
+    (m,)), so subtree aggregates are range reductions.
     The same tree as skimage's ``max_tree`` (identical nodes and own pixels), built without a pixel-wise
     union-find:
 
@@ -357,6 +355,10 @@ def _component_tree(image, connectivity):
     3. A pixel of value v belongs to the highest dendrogram ancestor of its basin whose level is >= v
        (binary lifting over the distinct (basin, value) pairs); max-tree nodes are the distinct
        (dendrogram node, value) pairs.
+    4. Numbering: the Kruskal pass also builds a preorder of the dendrogram (a node, then its first
+       child's sequence, then its second's: linked lists concatenated at each merge). Sorting the max-tree
+       nodes by (preorder of their dendrogram node, value) puts each subtree in one contiguous range: a
+       node (D, v) holds D's nodes of value >= v (they follow it) and everything below D (right after).
     """
     h, w = image.shape
     n = h * w
@@ -396,7 +398,7 @@ def _component_tree(image, connectivity):
     if lo.size:
         # one edge per basin pair, its largest pass value (sort by pair, then pass)
         pk = (lo * nb + hi) * 256 + pv
-        pk = np.unique(pk)
+        pk.sort()  # duplicates are harmless: the last of each pair is kept below
         pair = pk // 256
         last = np.r_[pair[1:] != pair[:-1], True]
         pk = pk[last]
@@ -414,6 +416,11 @@ def _component_tree(image, connectivity):
     parent = list(range(total))
     uf = list(range(nb))
     top = list(range(nb))
+    # preorder as linked lists: nxt[] links a set's sequence, which runs from top[set] to tail[set];
+    # last[d] is the last node of dendrogram node d's own subtree sequence
+    nxt = [-1] * total
+    tail = list(range(nb))
+    last = list(range(nb)) + [0] * len(ew)
     for k, (a, b) in enumerate(zip(ea, eb)):
         while uf[a] != a:
             uf[a] = uf[uf[a]]
@@ -424,9 +431,21 @@ def _component_tree(image, connectivity):
         node = nb + k
         parent[top[a]] = node
         parent[top[b]] = node
+        nxt[node] = top[a]
+        nxt[tail[a]] = top[b]
+        tail[a] = last[node] = tail[b]
         uf[b] = a
         top[a] = node
     parent = np.asarray(parent, np.int64)
+    pre = np.empty(total, np.int64)
+    d = 0
+    while uf[d] != d:
+        d = uf[d]
+    d = top[d]  # the root
+    for i in range(total):  # walk the root's sequence (the image is connected: one set remains)
+        pre[d] = i
+        d = nxt[d]
+    stop = pre[np.asarray(last, np.int64)] + 1  # preorder range of d's subtree: pre[d] .. stop[d] - 1
     level = np.concatenate([leaf_level, np.asarray(ew, np.int64)])
     # distinct (basin, value) pairs -> highest ancestor of the basin whose level >= value
     bv = basin * 256 + vf
@@ -466,7 +485,38 @@ def _component_tree(image, connectivity):
     ar = np.arange(m)
     par_node = np.where(same, ar - 1, lastk[anc[knode]])
     par_node = np.where(~same & root_t[knode], ar, par_node)
-    return pix_node, par_node, klev
+    # renumber the nodes in preorder (see 4.)
+    sort_key = pre[knode] * 256 + klev
+    order = np.argsort(sort_key)
+    new_id = np.empty(m, np.int64)
+    new_id[order] = ar
+    end = np.searchsorted(sort_key[order], stop[knode[order]] * 256)
+    return new_id[pix_node], new_id[par_node[order]], klev[order], end
+
+
+def _range_min(values, start, stop):
+    """Minimum of the rows ``values[start[i]:stop[i]]`` for every i: ``values`` (m, k), ``start`` and
+    ``stop`` (q,) with ``start < stop``; returns (q, k). A sparse table: log2(m) levels of pairwise minima,
+    then two overlapping power-of-two windows per range."""
+    tables = [values]
+    span = 1
+    while 2 * span <= values.shape[0]:
+        prev = tables[-1]
+        tables.append(np.minimum(prev[:-span], prev[span:]))
+        span *= 2
+    length = stop - start
+    j = np.zeros(length.shape, np.int64)
+    while True:  # j = floor(log2(length))
+        up = (2 << j) <= length
+        if not up.any():
+            break
+        j += up
+    out = np.empty((start.size, values.shape[1]), values.dtype)
+    for lvl in np.unique(j).tolist():
+        sel = j == lvl
+        st, sp = start[sel], stop[sel] - (1 << lvl)
+        out[sel] = np.minimum(tables[lvl][st], tables[lvl][sp])
+    return out
 
 
 class _Tree:
@@ -474,13 +524,14 @@ class _Tree:
 
     Node ``n`` is the connected component (``connectivity`` 1 = 4-, 2 = 8-connected) of the upper level
     set ``image >= level[n]`` containing the node's pixels; ``parent_level[n]`` is its parent's level
-    (-1 for the root). Attributes are (n_nodes,) arrays: ``level, parent_level, x0, y0, x1, y1`` and the
-    subtree sums of ``weights`` columns (``sums``, (n_nodes, k)).
+    (-1 for the root). Attributes are (n_nodes,) arrays: ``level, parent_level``, the bounding box
+    ``x0, y0, x1, y1``, ``first`` (the raster index of the component's first pixel), ``pixel`` (one own
+    pixel's raster index) and the subtree sums of ``weights`` columns (``sums``, (n_nodes, k)).
     """
 
     def __init__(self, image, connectivity, weights=None):
         h, w = image.shape
-        pix_node, par_node, level = _component_tree(image, connectivity)
+        pix_node, par_node, level, end = _component_tree(image, connectivity)
         n = h * w
         ar = np.arange(n)
         m = level.size
@@ -489,31 +540,21 @@ class _Tree:
         nodes = np.empty(m, np.int64)
         nodes[pix_node] = ar                              # one own pixel of every node
         ys, xs = np.divmod(ar, w)
-        # own-pixel aggregates
-        mins = np.full((4, m), n, np.int64)
-        np.minimum.at(mins[0], pix_node, xs)
-        np.minimum.at(mins[1], pix_node, ys)
-        np.minimum.at(mins[2], pix_node, -xs)
-        np.minimum.at(mins[3], pix_node, -ys)
-        mins = np.ascontiguousarray(mins.T)
+        # own-pixel minima of x, y, -x, -y and the raster index, then over each subtree's node range
+        mins = np.full((5, m), n, np.int64)
+        for col, vals in enumerate((xs, ys, -xs, -ys, ar)):
+            np.minimum.at(mins[col], pix_node, vals)
+        mins = _range_min(np.ascontiguousarray(mins.T), np.arange(m), end)
         sums = None
         if weights is not None:
-            sums = np.zeros((m, weights.shape[1]), np.int64)
+            own = np.zeros((m + 1, weights.shape[1]), np.int64)
             for j in range(weights.shape[1]):
-                sums[:, j] = np.bincount(pix_node, weights=weights[:, j], minlength=m).astype(np.int64)
-        # propagate to ancestors, deepest levels first (a node's parent has a strictly lower level)
-        by_level = np.argsort(-level, kind="stable")
-        lv_sorted = level[by_level]
-        cuts = np.flatnonzero(np.diff(lv_sorted)) + 1
-        for group in np.split(by_level, cuts):
-            group = group[~root[group]]
-            if group.size == 0:
-                continue
-            np.minimum.at(mins, par_node[group], mins[group])
-            if sums is not None:
-                np.add.at(sums, par_node[group], sums[group])
+                own[1:, j] = np.bincount(pix_node, weights=weights[:, j], minlength=m).astype(np.int64)
+            cum = np.cumsum(own, axis=0)                  # cum[k] = sum of the nodes before k
+            sums = cum[end] - cum[:-1]
         self.level, self.parent_level = level, parent_level
         self.x0, self.y0, self.x1, self.y1 = mins[:, 0], mins[:, 1], -mins[:, 2], -mins[:, 3]
+        self.first = mins[:, 4]
         self.sums = sums
         self.pixel = nodes
 
@@ -528,7 +569,7 @@ def _quad_events(u):
     with D = 1 if the two largest corners are diagonal. The zero-padded border blocks are included.
     """
     h, w = u.shape
-    pad = np.full((h + 2, w + 2), -1, np.int64)
+    pad = np.full((h + 2, w + 2), -1, np.int32)
     pad[1:-1, 1:-1] = u
     # composite keys (value + 1) * 4 + corner (TL 0, TR 1, BL 2, BR 3): distinct within a block; a
     # sorting network puts them in decreasing order (ties of value go to one node, so their order does
@@ -537,23 +578,21 @@ def _quad_events(u):
     for i, j in ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)):
         k[i], k[j] = np.maximum(k[i], k[j]), np.minimum(k[i], k[j])
     by, bx = np.mgrid[-1:h, -1:w]                  # block's top-left pixel (unpadded coordinates)
+    base = by * w + bx
     corner = [x & 3 for x in k]
-    valid = [x >= 4 for x in k]
-    ids = [((by + (c >> 1)) * w + bx + (c & 1)) for c in corner]
-    diag = ((corner[0] + corner[1]) == 3).astype(np.int64)  # TL(0)-BR(3) or TR(1)-BL(2)
     n = h * w
-    euler_w = [1, -(1 + 2 * diag), 2 * diag - 1, 1]
-    area_col = np.zeros(n, np.int64)
-    euler_col = np.zeros(n, np.int64)
+    # counts[r] (n,): for every pixel, the number of blocks in which it is the r-th largest real corner
+    counts, ids = [], []
     for r in range(4):
-        v = valid[r]
-        if r >= 2:
-            area_col += np.bincount(ids[r][v], minlength=n)
-        wr = euler_w[r]
-        if np.isscalar(wr):
-            euler_col += wr * np.bincount(ids[r][v], minlength=n)
-        else:
-            euler_col += np.bincount(ids[r][v], weights=wr[v], minlength=n).astype(np.int64)
+        v = k[r] >= 4
+        c = corner[r][v]
+        ids.append(base[v] + (c >> 1) * w + (c & 1))
+        counts.append(np.bincount(ids[r], minlength=n))
+    diag = (corner[0] + corner[1]) == 3                # TL(0)-BR(3) or TR(1)-BL(2)
+    diag_counts = [np.bincount(ids[r][diag[k[r] >= 4]], minlength=n) for r in (1, 2)]
+    area_col = counts[2] + counts[3]
+    # weights 1, -(1 + 2D), 2D - 1, 1 of the four corners
+    euler_col = counts[0] - counts[1] - counts[2] + counts[3] - 2 * diag_counts[0] + 2 * diag_counts[1]
     return np.stack([area_col, euler_col], 1)
 
 
@@ -636,6 +675,8 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
             v2 = np.full(257, -1.0)
             np.maximum.at(v2, t, fg_iou[node])
         hole_levels = np.unique(t[n_holes[node] > 0]) if want_v2 else np.zeros(0, np.int64)
+        # per level, a bound on what filling every hole can add to a component's 2*area (see V1 below)
+        hole_budget = np.full(257, np.iinfo(np.int64).max // 4)
         if 0 < hole_levels.size <= _MAX_DIRECT_HOLE_LEVELS:
             # few thresholds have holes: label their backgrounds directly (cheaper than a second tree)
             for level in hole_levels:
@@ -655,15 +696,23 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
             hnode, ht = _alive_pairs(bg_level[hole], bg_parent[hole] - 1)
             hk = used[ht]
             np.maximum.at(v2, ht[hk], hole_iou[hnode[hk]])
+            # a hole and what it encloses lie in its bbox, so filling it changes at most the quads
+            # touching that bbox, each by at most 2 in 2*area
+            touching_quads = (hx1 - hx0) * (hy1 - hy0)  # (bbox width + 1) * (bbox height + 1)
+            hole_budget[:] = 0
+            np.add.at(hole_budget, ht, 2 * touching_quads[hnode])
         if want_v2:
             best2 = np.where(v2 >= 0, v2, best2)
         if want_v1:
             twice_area = fg.sums[:, 0]
             width_c, height_c = fg.x1 - fg.x0, fg.y1 - fg.y0
-            upper = np.where(n_holes > 0, np.maximum(2 * width_c * height_c, twice_area), twice_area)
+            # exact 2*area: twice_area without holes; with holes, at most the bbox's and at most
+            # twice_area + the level's hole budget
+            upper = np.where(n_holes[node] > 0, np.minimum(np.maximum(2 * width_c * height_c, twice_area)[node],
+                                                           twice_area[node] + hole_budget[t]), twice_area[node])
             best_lower = np.full(257, -1, np.int64)
             np.maximum.at(best_lower, t, twice_area[node])
-            cand = upper[node] >= best_lower[t]
+            cand = upper >= best_lower[t]
             n_cand = np.bincount(t[cand], minlength=257)
             winner = np.full(257, -1, np.int64)
             winner[t[cand]] = node[cand]
@@ -693,13 +742,11 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
                 if top.sum() == 1:
                     v1[level] = fg_iou[cand_nodes[np.argmax(exact)]]
                     continue
-                # equal maxima: OpenCV's contour order decides
-                contours = _Contours(mask)
-                cand_nodes = cand_nodes[top]
-                pix = fg.pixel[cand_nodes]
-                labels = contours.fg.ravel()[pix]
-                lab = contours.largest_among(labels)
-                v1[level] = box_iou(contours.box(("fg", lab))[None], gt).max(initial=0.0)
+                # equal maxima: OpenCV's contour order decides. They are outermost components (one
+                # inside a hole of another has a strictly smaller area), which OpenCV lists in reverse
+                # order of discovery, i.e. of their first pixel in raster order: the last one wins.
+                tied = cand_nodes[top]
+                v1[level] = fg_iou[tied[np.argmax(fg.first[tied])]]
             best1 = np.where(v1 >= 0, v1, best1)
     idx = np.clip(thr, 0, 256)
     out1, out2 = best1[idx], best2[idx]

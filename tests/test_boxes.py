@@ -272,4 +272,49 @@ def test_component_tree_equals_skimage_max_tree():
             index = np.full(img.size, -1)
             index[nodes] = np.arange(nodes.size)
             expected = _tree_nodes(index[node_pixel], index[node_pixel[pf[nodes]]], vf[nodes].astype(np.int64))
-            assert _tree_nodes(*_component_tree(img, conn)) == expected
+            assert _tree_nodes(*_component_tree(img, conn)[:3]) == expected
+
+
+def test_component_tree_subtrees_are_contiguous_ranges():
+    """Nodes come in a preorder: the subtree of node k is exactly the nodes k .. end[k] - 1."""
+    from camkit.boxes import _component_tree
+    rng = np.random.default_rng(19)
+    images = [scoremap_to_uint8(m) for m, _ in _maps(4, 24) if min(m.shape) >= 3]
+    images.append(rng.integers(0, 256, (30, 33)).astype(np.uint8))
+    for img in images:
+        for conn in (1, 2):
+            _, par_node, level, end = _component_tree(img, conn)
+            m = level.size
+            inside = np.zeros((m, m), bool)  # inside[a, k]: a is in k's subtree
+            a = np.arange(m)
+            inside[a, a] = True
+            cur = a.copy()
+            for _ in range(m):
+                cur = par_node[cur]
+                inside[a, cur] = True
+            for k in range(m):
+                assert np.array_equal(np.flatnonzero(inside[:, k]), np.arange(k, end[k]))
+
+
+@pytest.mark.parametrize("direct_levels", [0, 10 ** 6])
+def test_v1_hole_budget_and_ties_agree_with_reference(monkeypatch, direct_levels):
+    """V1 near-ties: bounded with the min-tree's hole budget (0) or the bbox only (10**6), exact areas by
+    filling, equal maxima by first-pixel order; all equal to the reference."""
+    import camkit.boxes as boxes_module
+    monkeypatch.setattr(boxes_module, "_MAX_DIRECT_HOLE_LEVELS", direct_levels)
+    rng = np.random.default_rng(23)
+    for k, (m, gt) in enumerate(_maps(5, 60)):
+        v1, _ = best_iou_per_threshold(m, gt, TAUS, "both")
+        idx = _distinct_taus(m, rng)
+        np.testing.assert_array_equal(v1[idx], ref.best_iou_curves(m, gt, TAUS[idx])[0])
+    # equal areas: a ring (2*area 8 once filled, 6 without) and two 3x3 squares (8): the last-discovered wins
+    m = np.zeros((5, 17))
+    m[1:4, 1:4] = 1
+    m[2, 2] = 0
+    m[1:4, 6:9] = 1
+    m[1:4, 12:15] = 1
+    m[1, 12] = 0.9   # same mask at 0.5; first pixel (1, 12) is still the last discovered
+    for gt in ([[1, 1, 4, 4]], [[6, 1, 9, 4]], [[12, 1, 15, 4]]):
+        got = best_iou_per_threshold(m, gt, [0.5], multi_contour=False)
+        assert got.tolist() == ref.best_iou_curves(m, np.asarray(gt), np.array([0.5]))[0].tolist()
+    assert boxes_from_map(m, 0.5).tolist() == [[12, 1, 15, 4]]
