@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
 __all__ = [
@@ -322,6 +322,7 @@ def boxes_cicam(score_map, seg_thr=0.2):
 
 # --------------------------------------------------------------------------- all thresholds at once
 _OFFSETS = {1: ((0, 1), (1, 0)), 2: ((0, 1), (1, 0), (1, 1), (1, -1))}
+_INT32_MAX_PIXELS = (2 ** 31 - 1) // 256  # images up to this many pixels build their trees in int32
 
 
 def _shifted(a, dy, dx):
@@ -362,17 +363,18 @@ def _component_tree(image, connectivity):
     """
     h, w = image.shape
     n = h * w
-    v2 = image.astype(np.int64)
-    vf = v2.ravel()
+    idt = np.int32 if n <= _INT32_MAX_PIXELS else np.int64  # pixel-wise keys value * n + index
+    v8 = image.astype(np.uint8)
+    vf = v8.ravel()
     offsets = _OFFSETS[connectivity]
-    key = (v2 * n + np.arange(n).reshape(h, w))
+    key = v8.astype(idt) * idt(n) + np.arange(n, dtype=idt).reshape(h, w)
     best = key.copy()
     for dy, dx in offsets:
         ka, kb = _shifted(key, dy, dx)
         ba, bb = _shifted(best, dy, dx)
         np.maximum(ba, kb, out=ba)
         np.maximum(bb, ka, out=bb)
-    ptr = best.ravel() % n
+    ptr = (best.ravel() % idt(n)).astype(np.intp)
     while True:
         nxt = ptr[ptr]
         if np.array_equal(nxt, ptr):
@@ -380,21 +382,23 @@ def _component_tree(image, connectivity):
         ptr = nxt
     roots = np.flatnonzero(ptr == np.arange(n))
     nb = roots.size
-    bid = np.empty(n, np.int64)
-    bid[roots] = np.arange(nb)
+    bid = np.empty(n, idt)
+    bid[roots] = np.arange(nb, dtype=idt)
     basin = bid[ptr]
     b2 = basin.reshape(h, w)
-    leaf_level = vf[roots]
+    leaf_level = vf[roots].astype(np.int64)
     los, his, pvs = [], [], []
     for dy, dx in offsets:
         ba, bb = _shifted(b2, dy, dx)
         cross = ba != bb
-        va, vb = _shifted(v2, dy, dx)
+        va, vb = _shifted(v8, dy, dx)
         x, y = ba[cross], bb[cross]
         los.append(np.minimum(x, y))
         his.append(np.maximum(x, y))
         pvs.append(np.minimum(va[cross], vb[cross]))
-    lo, hi, pv = np.concatenate(los), np.concatenate(his), np.concatenate(pvs)
+    lo = np.concatenate(los).astype(np.int64)
+    hi = np.concatenate(his).astype(np.int64)
+    pv = np.concatenate(pvs).astype(np.int64)
     if lo.size:
         # one edge per basin pair, its largest pass value (sort by pair, then pass)
         pk = (lo * nb + hi) * 256 + pv
@@ -405,11 +409,15 @@ def _component_tree(image, connectivity):
         pv = pk % 256
         pair = pk // 256
         lo, hi = pair // nb, pair % nb
-        g = coo_matrix((256 - pv.astype(np.float64), (lo, hi)), shape=(nb, nb)).tocsr()
-        t = minimum_spanning_tree(g).tocoo()
+        # the pairs are sorted by (lo, hi): CSR order already (maximum spanning tree = minimum of 256 - pv)
+        indptr = np.zeros(nb + 1, np.int32)
+        np.cumsum(np.bincount(lo, minlength=nb), out=indptr[1:])
+        g = csr_matrix((256 - pv.astype(np.float64), hi.astype(np.int32), indptr), shape=(nb, nb))
+        t = minimum_spanning_tree(g)
+        rows = np.repeat(np.arange(nb), np.diff(t.indptr))
         ew = (256 - t.data).astype(np.int64)
         o = np.argsort(-ew, kind="stable")
-        ea, eb, ew = t.row[o].tolist(), t.col[o].tolist(), ew[o].tolist()
+        ea, eb, ew = rows[o].tolist(), t.indices[o].tolist(), ew[o].tolist()
     else:
         ea = eb = ew = []
     total = nb + len(ew)
@@ -448,7 +456,7 @@ def _component_tree(image, connectivity):
     stop = pre[np.asarray(last, np.int64)] + 1  # preorder range of d's subtree: pre[d] .. stop[d] - 1
     level = np.concatenate([leaf_level, np.asarray(ew, np.int64)])
     # distinct (basin, value) pairs -> highest ancestor of the basin whose level >= value
-    bv = basin * 256 + vf
+    bv = basin.astype(np.int64) * 256 + vf
     seen = np.zeros(nb * 256, bool)
     seen[bv] = True
     keys = np.flatnonzero(seen)
@@ -496,27 +504,20 @@ def _component_tree(image, connectivity):
 
 def _range_min(values, start, stop):
     """Minimum of the rows ``values[start[i]:stop[i]]`` for every i: ``values`` (m, k), ``start`` and
-    ``stop`` (q,) with ``start < stop``; returns (q, k). A sparse table: log2(m) levels of pairwise minima,
-    then two overlapping power-of-two windows per range."""
-    tables = [values]
+    ``stop`` (q,) with ``start < stop``; returns (q, k). A sparse table ``table`` (L, m, k): level ``l``
+    holds the minima of the windows of ``2**l`` rows starting at each row; a range is the union of two
+    overlapping windows of ``2**floor(log2(length))`` rows."""
+    m = values.shape[0]
+    n_levels = m.bit_length()
+    table = np.empty((n_levels,) + values.shape, values.dtype)
+    table[0] = values
     span = 1
-    while 2 * span <= values.shape[0]:
-        prev = tables[-1]
-        tables.append(np.minimum(prev[:-span], prev[span:]))
+    for lvl in range(1, n_levels):
+        np.minimum(table[lvl - 1, :m - span], table[lvl - 1, span:], out=table[lvl, :m - span])
         span *= 2
     length = stop - start
-    j = np.zeros(length.shape, np.int64)
-    while True:  # j = floor(log2(length))
-        up = (2 << j) <= length
-        if not up.any():
-            break
-        j += up
-    out = np.empty((start.size, values.shape[1]), values.dtype)
-    for lvl in np.unique(j).tolist():
-        sel = j == lvl
-        st, sp = start[sel], stop[sel] - (1 << lvl)
-        out[sel] = np.minimum(tables[lvl][st], tables[lvl][sp])
-    return out
+    j = np.frexp(length)[1] - 1                        # floor(log2(length)), exact for integers
+    return np.minimum(table[j, start], table[j, stop - (1 << j)])
 
 
 class _Tree:
@@ -569,31 +570,37 @@ def _quad_events(u):
     with D = 1 if the two largest corners are diagonal. The zero-padded border blocks are included.
     """
     h, w = u.shape
-    pad = np.full((h + 2, w + 2), -1, np.int32)
+    w2 = w + 2
+    pad = np.full((h + 2, w2), -1, np.int16)
     pad[1:-1, 1:-1] = u
     # composite keys (value + 1) * 4 + corner (TL 0, TR 1, BL 2, BR 3): distinct within a block; a
     # sorting network puts them in decreasing order (ties of value go to one node, so their order does
-    # not change the sums)
-    k = [(pad[:-1, :-1] + 1) * 4, (pad[:-1, 1:] + 1) * 4 + 1, (pad[1:, :-1] + 1) * 4 + 2, (pad[1:, 1:] + 1) * 4 + 3]
+    # not change the sums). int16: the largest key is 256 * 4 + 3.
+    pad *= 4
+    pad += 4
+    k = [pad[:-1, :-1], pad[:-1, 1:] + 1, pad[1:, :-1] + 2, pad[1:, 1:] + 3]
     for i, j in ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)):
         k[i], k[j] = np.maximum(k[i], k[j]), np.minimum(k[i], k[j])
-    by, bx = np.mgrid[-1:h, -1:w]                  # block's top-left pixel (unpadded coordinates)
-    base = by * w + bx
-    corner = [x & 3 for x in k]
-    n = h * w
-    # counts[r] (n,): for every pixel, the number of blocks in which it is the r-th largest real corner
-    counts, ids = [], []
-    for r in range(4):
-        v = k[r] >= 4
-        c = corner[r][v]
-        ids.append(base[v] + (c >> 1) * w + (c & 1))
-        counts.append(np.bincount(ids[r], minlength=n))
-    diag = (corner[0] + corner[1]) == 3                # TL(0)-BR(3) or TR(1)-BL(2)
-    diag_counts = [np.bincount(ids[r][diag[k[r] >= 4]], minlength=n) for r in (1, 2)]
+    # ids[r] (h+1, w+1): padded raster index of each block's r-th largest corner; a padding corner
+    # points at a padding pixel, dropped when the counts are cropped to the image
+    base = np.arange((h + 1) * w2, dtype=np.intp).reshape(h + 1, w2)[:, :w + 1]
+    ids = []
+    for x in k:
+        c = x & 3                                      # corner: row offset c >> 1, column offset c & 1
+        i = (c >> 1).astype(np.intp)
+        i *= w2
+        i += base
+        i += c & 1
+        ids.append(i.ravel())
+    size = (h + 2) * w2
+    counts = [np.bincount(i, minlength=size) for i in ids]
+    diag = ((k[0] & 3) + (k[1] & 3) == 3).ravel()      # TL(0)-BR(3) or TR(1)-BL(2)
+    diag_counts = [np.bincount(ids[r][diag], minlength=size) for r in (1, 2)]
     area_col = counts[2] + counts[3]
     # weights 1, -(1 + 2D), 2D - 1, 1 of the four corners
     euler_col = counts[0] - counts[1] - counts[2] + counts[3] - 2 * diag_counts[0] + 2 * diag_counts[1]
-    return np.stack([area_col, euler_col], 1)
+    out = np.stack([area_col, euler_col], 1).reshape(h + 2, w2, 2)
+    return out[1:-1, 1:-1].reshape(h * w, 2)
 
 
 _MAX_DIRECT_HOLE_LEVELS = 12

@@ -318,3 +318,61 @@ def test_v1_hole_budget_and_ties_agree_with_reference(monkeypatch, direct_levels
         got = best_iou_per_threshold(m, gt, [0.5], multi_contour=False)
         assert got.tolist() == ref.best_iou_curves(m, np.asarray(gt), np.array([0.5]))[0].tolist()
     assert boxes_from_map(m, 0.5).tolist() == [[12, 1, 15, 4]]
+
+
+@pytest.mark.parametrize("int32_max_pixels", [0, 10 ** 9])
+def test_component_tree_int64_and_int32_keys_agree(monkeypatch, int32_max_pixels):
+    """The tree build works on int32 pixel keys when ``value * n + index`` fits, int64 otherwise; both
+    give the same tree, and the all-thresholds curves still equal the reference."""
+    import camkit.boxes as boxes_module
+    rng = np.random.default_rng(29)
+    images = [scoremap_to_uint8(m) for m, _ in _maps(3, 40) if min(m.shape) >= 3]
+    images.append(rng.integers(0, 256, (21, 26)).astype(np.uint8))
+    expected = [[boxes_module._component_tree(img, conn) for conn in (1, 2)] for img in images]
+    monkeypatch.setattr(boxes_module, "_INT32_MAX_PIXELS", int32_max_pixels)
+    for img, exp in zip(images, expected):
+        for conn, e in zip((1, 2), exp):
+            for got, want in zip(boxes_module._component_tree(img, conn), e):
+                np.testing.assert_array_equal(got, want)
+    for m, gt in _maps(2, 48):
+        v1, v2 = best_iou_per_threshold(m, gt, TAUS, "both")
+        idx = _distinct_taus(m, rng)
+        r1, r2 = ref.best_iou_curves(m, gt, TAUS[idx])
+        np.testing.assert_array_equal(v1[idx], r1)
+        np.testing.assert_array_equal(v2[idx], r2)
+
+
+def test_range_min_equals_brute_force():
+    """The sparse-table range minimum equals ``values[start:stop].min(0)`` for all ranges, every size."""
+    from camkit.boxes import _range_min
+    rng = np.random.default_rng(31)
+    for m in (1, 2, 3, 7, 8, 9, 33):
+        values = rng.integers(-50, 50, (m, 3))
+        start, stop = np.triu_indices(m + 1, 1)
+        start, stop = start.astype(np.int64), stop.astype(np.int64)
+        expected = np.stack([values[a:b].min(0) for a, b in zip(start, stop)])
+        np.testing.assert_array_equal(_range_min(values, start, stop), expected)
+
+
+def test_quad_events_give_area_and_euler_number_at_every_threshold():
+    """Summed over a component's pixels, the quad events give (2 * unfilled polygon area, 4 * Euler
+    number) of the 8-connected components of ``u > t``, for every t (checked on the quads directly)."""
+    from camkit.boxes import _quad_events
+    rng = np.random.default_rng(37)
+    for shape in ((1, 1), (1, 6), (5, 1), (2, 2), (6, 7), (9, 4)):
+        for levels in (2, 4, 256):
+            u = (rng.integers(0, levels, shape) * (255 // (levels - 1))).astype(np.uint8)
+            ev = _quad_events(u)
+            for t in np.unique(np.r_[-1, u.ravel().astype(np.int64)])[:-1]:
+                mask = u > t
+                lab, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+                for c in range(1, n + 1):
+                    comp = np.pad(lab == c, 1)
+                    q = (comp[:-1, :-1].astype(int) + comp[:-1, 1:] + comp[1:, :-1] + comp[1:, 1:])
+                    diag = (comp[:-1, :-1] & comp[1:, 1:] & ~comp[:-1, 1:] & ~comp[1:, :-1]) | \
+                           (comp[:-1, 1:] & comp[1:, :-1] & ~comp[:-1, :-1] & ~comp[1:, 1:])
+                    area2 = 2 * (q == 4).sum() + (q == 3).sum()
+                    euler4 = (q == 1).sum() - (q == 3).sum() - 2 * diag.sum()
+                    own = (lab == c).ravel()
+                    got = ev[own & (u.ravel() > t)].sum(0)
+                    assert got.tolist() == [area2, euler4], (shape, t, c)
