@@ -387,18 +387,19 @@ def _component_tree(image, connectivity):
     basin = bid[ptr]
     b2 = basin.reshape(h, w)
     leaf_level = vf[roots].astype(np.int64)
-    los, his, pvs = [], [], []
+    # neighbour pairs (pa, pa + step) in different basins, as raster indices: few (basin borders)
+    firsts, steps = [], []
     for dy, dx in offsets:
         ba, bb = _shifted(b2, dy, dx)
-        cross = ba != bb
-        va, vb = _shifted(v8, dy, dx)
-        x, y = ba[cross], bb[cross]
-        los.append(np.minimum(x, y))
-        his.append(np.maximum(x, y))
-        pvs.append(np.minimum(va[cross], vb[cross]))
-    lo = np.concatenate(los).astype(np.int64)
-    hi = np.concatenate(his).astype(np.int64)
-    pv = np.concatenate(pvs).astype(np.int64)
+        cross = np.flatnonzero(ba != bb)               # raster index in the view (width ba.shape[1])
+        row, col = np.divmod(cross, ba.shape[1])
+        firsts.append(row * w + col + (dx < 0))
+        steps.append(np.full(cross.size, dy * w + dx))
+    pa = np.concatenate(firsts)
+    pb = pa + np.concatenate(steps)
+    x, y = basin[pa].astype(np.int64), basin[pb].astype(np.int64)
+    lo, hi = np.minimum(x, y), np.maximum(x, y)
+    pv = np.minimum(vf[pa], vf[pb]).astype(np.int64)
     if lo.size:
         # one edge per basin pair, its largest pass value (sort by pair, then pass)
         pk = (lo * nb + hi) * 256 + pv
@@ -540,10 +541,11 @@ class _Tree:
         parent_level = np.where(root, -1, level[par_node])
         nodes = np.empty(m, np.int64)
         nodes[pix_node] = ar                              # one own pixel of every node
-        ys, xs = np.divmod(ar, w)
-        # own-pixel minima of x, y, -x, -y and the raster index, then over each subtree's node range
-        mins = np.full((5, m), n, np.int64)
-        for col, vals in enumerate((xs, ys, -xs, -ys, ar)):
+        xs = ar % w
+        # own-pixel minima of x, -x, the raster index and minus it, then over each subtree's node range
+        # (the rows are the raster index // w: y0 and y1 come from the first and last pixels)
+        mins = np.full((4, m), n, np.int64)
+        for col, vals in enumerate((xs, -xs, ar, -ar)):
             np.minimum.at(mins[col], pix_node, vals)
         mins = _range_min(np.ascontiguousarray(mins.T), np.arange(m), end)
         sums = None
@@ -554,8 +556,9 @@ class _Tree:
             cum = np.cumsum(own, axis=0)                  # cum[k] = sum of the nodes before k
             sums = cum[end] - cum[:-1]
         self.level, self.parent_level = level, parent_level
-        self.x0, self.y0, self.x1, self.y1 = mins[:, 0], mins[:, 1], -mins[:, 2], -mins[:, 3]
-        self.first = mins[:, 4]
+        self.x0, self.x1 = mins[:, 0], -mins[:, 1]
+        self.first = mins[:, 2]
+        self.y0, self.y1 = self.first // w, -mins[:, 3] // w
         self.sums = sums
         self.pixel = nodes
 

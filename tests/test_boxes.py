@@ -296,6 +296,24 @@ def test_component_tree_subtrees_are_contiguous_ranges():
                 assert np.array_equal(np.flatnonzero(inside[:, k]), np.arange(k, end[k]))
 
 
+def test_tree_boxes_and_first_pixels_equal_labelling():
+    """_Tree's per-node bbox (x from own-pixel minima, y from the first and last raster pixels) and first
+    pixel equal those of the node's component labelled directly, for both connectivities."""
+    from camkit.boxes import _Tree
+    rng = np.random.default_rng(23)
+    images = [scoremap_to_uint8(m) for m, _ in _maps(3, 28) if min(m.shape) >= 3]
+    images += [rng.integers(0, 256, (21, 26)).astype(np.uint8), rng.integers(0, 3, (17, 30)).astype(np.uint8)]
+    for img in images:
+        for conn, struct in ((1, ndi.generate_binary_structure(2, 1)), (2, np.ones((3, 3), bool))):
+            tree = _Tree(img, conn)
+            for k in range(tree.level.size):
+                py, px = divmod(int(tree.pixel[k]), img.shape[1])
+                lab, _ = ndi.label(img >= tree.level[k], structure=struct)
+                ys, xs = np.nonzero(lab == lab[py, px])
+                got = (tree.x0[k], tree.y0[k], tree.x1[k], tree.y1[k], tree.first[k])
+                assert got == (xs.min(), ys.min(), xs.max(), ys.max(), ys.min() * img.shape[1] + xs[0])
+
+
 @pytest.mark.parametrize("direct_levels", [0, 10 ** 6])
 def test_v1_hole_budget_and_ties_agree_with_reference(monkeypatch, direct_levels):
     """V1 near-ties: bounded with the min-tree's hole budget (0) or the bbox only (10**6), exact areas by
