@@ -183,14 +183,18 @@ def _distinct_taus(m, rng, k=20):
     return np.unique(np.r_[pick, 0, len(TAUS) - 1])
 
 
-def test_fast_path_equals_reference_on_seeded_maps():
-    rng = np.random.default_rng(11)
-    for m, gt in _maps(0, 200):
-        v1, v2 = best_iou_per_threshold(m, gt, TAUS, "both")  # all 1000 thresholds at once
+def _assert_fast_equals_reference(maps, rng):
+    """V1 and V2 curves over all 1000 thresholds at once equal the reference at each distinct threshold."""
+    for m, gt in maps:
+        v1, v2 = best_iou_per_threshold(m, gt, TAUS, "both")
         idx = _distinct_taus(m, rng)
         r1, r2 = ref.best_iou_curves(m, gt, TAUS[idx])
         np.testing.assert_array_equal(v1[idx], r1)
         np.testing.assert_array_equal(v2[idx], r2)
+
+
+def test_fast_path_equals_reference_on_seeded_maps():
+    _assert_fast_equals_reference(_maps(0, 200), np.random.default_rng(11))
 
 
 def test_single_threshold_boxes_equal_reference():
@@ -352,12 +356,7 @@ def test_component_tree_int64_and_int32_keys_agree(monkeypatch, int32_max_pixels
         for conn, e in zip((1, 2), exp):
             for got, want in zip(boxes_module._component_tree(img, conn), e):
                 np.testing.assert_array_equal(got, want)
-    for m, gt in _maps(2, 48):
-        v1, v2 = best_iou_per_threshold(m, gt, TAUS, "both")
-        idx = _distinct_taus(m, rng)
-        r1, r2 = ref.best_iou_curves(m, gt, TAUS[idx])
-        np.testing.assert_array_equal(v1[idx], r1)
-        np.testing.assert_array_equal(v2[idx], r2)
+    _assert_fast_equals_reference(_maps(2, 48), rng)
 
 
 def test_range_min_equals_brute_force():
