@@ -40,10 +40,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
+
 __all__ = ["BenchmarkResult", "run_benchmark", "measure_cost", "compare_peers", "environment",
            "write_outputs", "load_dataset", "add_arguments", "run", "DESCRIPTION", "EPILOG"]
 
-DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 QUALITY_METRICS = ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70", "GT-known", "Top-1 Loc",
                    "Top-5 Loc", "PxAP", "pIoU", "PeakIoU")
 
@@ -193,7 +194,7 @@ def floor_pass(model: nn.Module, batch: torch.Tensor, layer: str) -> torch.Tenso
     method that needs ``dS/dA`` at that layer can do. Returns the ``(B, C, h, w)`` gradient of the
     summed top-1 logits w.r.t. the layer's output.
     """
-    from camkit.layers import resolve_layer
+    from camkit.layers import call_counts, resolve_layer
 
     spec = resolve_layer(model, layer)
     calls: List[int] = []
@@ -211,7 +212,7 @@ def floor_pass(model: nn.Module, batch: torch.Tensor, layer: str) -> torch.Tenso
         return None
 
     if spec.call < -1:  # "name@-k": count the calls in a dry run first
-        spec = type(spec)(spec.name, spec.module, _calls_of(model, spec.module, batch) + spec.call)
+        spec = type(spec)(spec.name, spec.module, call_counts(model, batch)[spec.module] + spec.call)
     handle = spec.module.register_forward_hook(hook)
     try:
         with torch.no_grad():
@@ -221,17 +222,6 @@ def floor_pass(model: nn.Module, batch: torch.Tensor, layer: str) -> torch.Tenso
             return torch.autograd.grad(score, leaves[0])[0]
     finally:
         handle.remove()
-
-
-def _calls_of(model: nn.Module, module: nn.Module, batch: torch.Tensor) -> int:
-    count = []
-    handle = module.register_forward_hook(lambda *args: count.append(1))
-    try:
-        with torch.no_grad():
-            model(batch[:1])
-    finally:
-        handle.remove()
-    return len(count)
 
 
 @dataclass

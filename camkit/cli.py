@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from camkit.model_spec import SPEC_FORMS, ModelSpecError, add_model_arguments, load_model_from_args
+from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
 
-DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 
 MAIN_EPILOG = f"""\
 examples:

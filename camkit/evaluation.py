@@ -21,10 +21,10 @@ import torch
 
 from camkit.boxes import best_iou_per_threshold, thresholds_for_interval
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
+from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
 
 __all__ = ["evaluate", "format_table", "add_arguments", "run", "DEFAULT_METHODS"]
 
-DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 
 COLUMNS = ("MaxBoxAccV2", "MaxBoxAcc@50", "GT-known", "Top-1 Loc", "Top-5 Loc", "PxAP", "pIoU", "PeakIoU",
            "Top-1 Cls", "Top-5 Cls")

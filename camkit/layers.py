@@ -138,6 +138,11 @@ def _trace(model: nn.Module, image: torch.Tensor, spatial_only: bool = True):
     return result, {modules[name]: count for name, count in counts.items()}
 
 
+def call_counts(model: nn.Module, image: torch.Tensor) -> Dict[nn.Module, int]:
+    """``{module: calls in one forward}`` for every named submodule that ran (one no-grad forward)."""
+    return _trace(model, image, spatial_only=False)[1]
+
+
 def last_spatial_layer(model: nn.Module, image: torch.Tensor) -> Tuple[str, Dict[nn.Module, int]]:
     """The name of the last layer (in execution order) whose output is ``(B, C, h, w)``, ``h*w > 1``,
     and ``{module: calls per forward}`` from the same probe forward."""

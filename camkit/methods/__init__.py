@@ -26,6 +26,10 @@ from torch import nn
 NEEDS = frozenset({"gradients", "guided_gradients", "head"})
 
 
+#: The five classic methods, in the papers' order: what the CLI, evaluate and benchmark run by default.
+STANDARD_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
+
+
 @dataclass
 class LayerInputs:
     """Everything a method may use for one layer.
