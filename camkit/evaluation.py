@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from camkit.boxes import best_iou_per_threshold, thresholds_for_interval
+from camkit.distributed import world as world_info
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
 from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
 
@@ -42,13 +43,6 @@ def _collate(items):
     if all(i.get("mask") is not None for i in items):
         masks = torch.stack([torch.as_tensor(i["mask"]).to(torch.uint8) for i in items])
     return images, labels, boxes, masks
-
-
-def _world():
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=None, batch_size: int = 16,
@@ -77,7 +71,7 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
     from camkit.explain import Explainer
 
     methods = (methods,) if isinstance(methods, str) else tuple(methods)
-    rank, world = _world()
+    rank, world = world_info()
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total < world:  # every rank sees this, so all of them stop (none waits in all_reduce)
         raise ValueError(f"{total} image(s) for {world} processes: each rank needs at least one image")
@@ -230,7 +224,7 @@ def run(args) -> int:
                            batch_size=args.batch_size, num_workers=args.num_workers,
                            cam_curve_interval=args.interval, fixed_threshold=args.fixed_threshold,
                            progress=not args.no_progress, limit=args.limit)
-        rank, _ = _world()
+        rank, _ = world_info()
         if rank == 0:
             print(format_table(results))
             if args.json:

@@ -14,28 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from camkit.distributed import all_reduce_sum
 from camkit.boxes import best_iou_per_threshold, thresholds_for_interval, validate_boxes
 
 __all__ = ["MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "max_box_accuracy", "pixel_average_precision"]
-
-
-def _all_reduce_sum(tensor):
-    """Sum ``tensor`` over all ranks of the default process group, returned on the input's device.
-
-    Without an initialised process group there is one rank, and the sum is ``tensor`` itself.
-    """
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    device = tensor.device
-    work = tensor
-    if dist.get_backend() == "nccl" and device.type != "cuda":
-        work = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-    elif dist.get_backend() == "gloo" and device.type != "cpu":
-        work = tensor.cpu()
-    work = work.clone()
-    dist.all_reduce(work, op=dist.ReduceOp.SUM)
-    return work.to(device)
 
 
 def _split_boxes(gt_boxes, batch):
@@ -97,7 +79,7 @@ class _Mergeable:
     def all_reduce(self):
         """Sum the state over all distributed ranks (in place). Returns ``self``."""
         flat = torch.cat([getattr(self, n).reshape(-1).to(torch.int64) for n in self._state])
-        flat = _all_reduce_sum(flat)
+        flat = all_reduce_sum(flat)
         offset = 0
         for name in self._state:
             cur = getattr(self, name)

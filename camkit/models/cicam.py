@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camkit.distributed import all_reduce_sum
+
 __all__ = [
     "NonLocalBlock", "CausalContextPool", "CICAM", "standardize_per_class", "correct_class_sum",
     "vgg16_cicam_features", "cicam_vgg16", "CICAM_OUTPUT", "BackboneTrunk", "build_cicam",
@@ -153,8 +155,8 @@ class CausalContextPool(nn.Module):
         if tuple(class_maps.shape[2:]) != self.size:
             class_maps = F.interpolate(class_maps, size=self.size, mode="bilinear", align_corners=False)
         total = correct_class_sum(class_maps, logits.detach(), labels)
-        if self.sync and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(total)
+        if self.sync:
+            total = all_reduce_sum(total)
         new = standardize_per_class(self.pool + self.update_rate * standardize_per_class(total, self.eps), self.eps)
         self.pool.copy_(new)
         return total

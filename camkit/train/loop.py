@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from camkit.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from camkit.train.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed
+from camkit.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed, world
 from camkit.train.recipes import Recipe, StepState, TrainConfig, get_recipe
 from camkit.train.transforms import EvalTransform, TrainTransform, TransformedDataset
 
@@ -134,15 +134,13 @@ def evaluate_top1(model: nn.Module, dataset, logits_fn: Callable[[Any], torch.Te
     ``logits_fn(output)`` default to the CAM recipe's.
     """
     from camkit.train.recipes import default_forward, default_logits
-    import torch.distributed as dist
 
     forward = forward or default_forward
     logits_fn = logits_fn or default_logits
     device = device or next(model.parameters()).device
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank, world_size = world()
     view = TransformedDataset(dataset, transform or EvalTransform(224))
-    shard = torch.utils.data.Subset(view, list(range(rank, len(view), world)))
+    shard = torch.utils.data.Subset(view, list(range(rank, len(view), world_size)))
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     was_training = model.training
     model.eval()
@@ -154,7 +152,7 @@ def evaluate_top1(model: nn.Module, dataset, logits_fn: Callable[[Any], torch.Te
             counts[0] += (predictions == batch["label"]).sum()
             counts[1] += predictions.numel()
     model.train(was_training)
-    all_reduce_sum(counts)
+    counts = all_reduce_sum(counts)
     correct, total = int(counts[0]), int(counts[1])
     return {"top1": correct / max(total, 1), "correct": correct, "total": total}
 

@@ -1,0 +1,170 @@
+"""``open_dataset(spec)``: the one ``--data`` grammar of every camkit command.
+
+``spec`` is one of:
+
+* ``synthetic`` or ``synthetic:KEY=VALUE,...``: camkit's synthetic WSOL benchmark
+  (:func:`camkit.data.synthetic.make_synthetic`; keys are its arguments, e.g.
+  ``synthetic:num_images=2000,habitat_p=0.8,image_size=64``). The ``"test"`` split uses the next seed
+  (``seed + 1``), uniform context unless ``context`` is given, and at most 1000 images, so that it
+  measures localisation without the habitat shortcut and never overlaps the training split.
+* ``DIR`` holding ``annotations.json``: an annotated image folder (the ``imagenet-val-dev50`` format,
+  :class:`camkit.data.wsol.AnnotatedFolderDataset`).
+* ``DIR``, a wsolevaluation dataset root: images under ``DIR``, the four metadata files in
+  ``metadata`` (default ``DIR/metadata/<split>``; :class:`camkit.data.wsol.WSOLDataset`).
+
+Items are dicts with ``"image"``, ``"label"``, ``"boxes"`` ``(g, 4)`` (inclusive ``x0, y0, x1, y1`` at
+the image's resolution) and, for mask datasets, ``"mask"`` ``(S, S)`` (1 object, 0 background, 255
+ignored). With ``normalize=(mean, std)`` images are ``(3, S, S)`` float tensors resized to
+``image_size`` and normalised (the evaluation form); with ``normalize=None`` they are left for a
+training pipeline: synthetic images stay uint8 at their own size, files are resized to ``image_size``
+in ``[0, 1]``.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["open_dataset", "parse_options", "num_classes_of", "DATA_FORMS"]
+
+DATA_FORMS = """\
+  synthetic[:KEY=VALUE,...]  camkit's synthetic WSOL benchmark (keys of camkit.data.make_synthetic,
+                             e.g. synthetic:num_images=2000,habitat_p=0.8); the test split uses seed+1,
+                             uniform context and at most 1000 images
+  DIR                        a folder with annotations.json (as ../shared/assets/imagenet-val-dev50)
+  DIR [--metadata META]      a wsolevaluation dataset root; META holds image_ids.txt, class_labels.txt,
+                             image_sizes.txt and localization.txt (default DIR/metadata/<split>)"""
+
+MAX_SYNTHETIC_TEST_IMAGES = 1000
+
+
+def parse_options(items: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """``["a=1", "b=x,y"]`` -> ``{"a": 1, "b": ("x", "y")}``; values are Python literals when they parse.
+
+    Dashes in keys become underscores (``num-images`` is ``num_images``).
+    """
+    out: Dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = _literal(value.strip())
+    return out
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if "," in text:
+            return tuple(_literal(t) for t in text.split(","))
+        return text
+
+
+def _synthetic_options(spec: str) -> Dict[str, Any]:
+    body = spec.partition(":")[2]
+    # split on the commas that start a new KEY=VALUE, so that tuple values (scale_range=0.1,0.2) survive
+    items: List[str] = []
+    for part in (p for p in body.split(",") if p):
+        if "=" in part or not items:
+            items.append(part)
+        else:
+            items[-1] += "," + part
+    return parse_options(items)
+
+
+def open_dataset(spec: str, *, split: str = "test", metadata=None, image_size: int = 224,
+                 normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None):
+    """The dataset named by ``spec`` (see the module docstring for the grammar).
+
+    Args:
+        spec: ``synthetic[:KEY=VALUE,...]``, an annotated folder, or a wsolevaluation root.
+        split: ``"train"`` or ``"test"``: the synthetic split and the default metadata folder.
+        metadata: the wsolevaluation metadata folder (only with a dataset root).
+        image_size: S, the side the file images are resized to (no crop).
+        normalize: ``(mean, std)`` for the evaluation form; ``None`` leaves images for a training
+            pipeline.
+
+    Returns:
+        A map-style dataset (``len`` and integer indexing) of item dicts; ``class_names`` where known.
+
+    Raises:
+        ValueError: a spec that names none of the forms, or ``metadata`` with a synthetic spec.
+        FileNotFoundError: a folder that does not exist or holds neither form.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        if metadata is not None:
+            raise ValueError("--metadata applies to a wsolevaluation dataset root, not to 'synthetic'")
+        return _open_synthetic(spec, split, normalize)
+    root = Path(spec)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {spec!r} is not an existing folder nor 'synthetic[:KEY=VALUE,...]'")
+    from camkit.data.wsol import AnnotatedFolderDataset, WSOLDataset, WSOLEvalTransform
+
+    mean, std = normalize if normalize is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    transform = WSOLEvalTransform(size=image_size, mean=mean, std=std)
+    if metadata is None and (root / "annotations.json").is_file():
+        return AnnotatedFolderDataset(root, transform=transform)
+    meta = Path(metadata) if metadata is not None else root / "metadata" / split
+    if not meta.is_dir():
+        raise FileNotFoundError(
+            f"--data {spec!r}: no annotations.json in the folder and no wsolevaluation metadata folder at "
+            f"{meta}; pass --metadata DIR (the folder with image_ids.txt, class_labels.txt, "
+            f"image_sizes.txt, localization.txt)")
+    return WSOLDataset(root, meta, transform=transform)
+
+
+def _open_synthetic(spec: str, split: str, normalize):
+    from camkit.data.synthetic import make_synthetic
+
+    options = _synthetic_options(spec)
+    if split == "test":
+        options.setdefault("context", "uniform")
+        options["seed"] = int(options.get("seed", 0)) + 1
+        options["num_images"] = min(int(options.get("num_images", MAX_SYNTHETIC_TEST_IMAGES)),
+                                    MAX_SYNTHETIC_TEST_IMAGES)
+    try:
+        dataset = make_synthetic(**options)
+    except TypeError as error:  # an unknown key
+        raise ValueError(f"--data {spec!r}: {error}; the keys are make_synthetic's arguments") from None
+    return dataset if normalize is None else NormalizedSynthetic(dataset, *normalize)
+
+
+class NormalizedSynthetic(torch.utils.data.Dataset):
+    """A synthetic split in the evaluation form: ``image`` ``(3, S, S)`` float, normalised with
+    ``mean``/``std``; ``boxes`` ``(1, 4)``; ``mask`` ``(S, S)`` uint8 (1 object, 0 background)."""
+
+    def __init__(self, dataset, mean: Sequence[float], std: Sequence[float]):
+        self.dataset = dataset
+        self.mean = torch.tensor(tuple(mean), dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(tuple(std), dtype=torch.float32).view(3, 1, 1)
+        self.class_names = dataset.class_names
+        self.num_classes = dataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        item = self.dataset[index]
+        image = (item["image"].float() / 255 - self.mean) / self.std
+        return {"image": image, "label": item["label"], "boxes": item["box"].view(1, 4),
+                "mask": item["mask"].to(torch.uint8)}
+
+
+def num_classes_of(dataset) -> int:
+    """The number of classes of a dataset from :func:`open_dataset` (``num_classes``, else max label + 1)."""
+    if getattr(dataset, "num_classes", None) is not None:
+        return int(dataset.num_classes)
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, dict):
+        labels = labels.values()
+    if labels is None:
+        labels = [int(r["label"]) for r in getattr(dataset, "records", [])]
+    labels = [int(label) for label in labels]
+    if not labels:
+        raise ValueError("the dataset has no labels; pass num_classes explicitly")
+    return max(labels) + 1
