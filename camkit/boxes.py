@@ -763,3 +763,8 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
     if multi_contour == "both":
         return out1, out2
     return out2 if multi_contour else out1
+
+
+def iou_curves(score_map, gt_boxes, thresholds=None):
+    """``(v1, v2)``: the best IoU per threshold of the largest-contour box (V1) and of every contour's box (V2)."""
+    return best_iou_per_threshold(score_map, gt_boxes, thresholds, "both")

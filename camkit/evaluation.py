@@ -1,62 +1,150 @@
 """Evaluate CAM methods x layers on a WSOL dataset with wsolevaluation's protocol.
 
-``evaluate(model, dataset, methods, layers)`` computes the ground-truth-class maps of every method at
-every layer with one engine call per batch, turns them into boxes at all 1000 thresholds at once
-(:func:`camkit.boxes.best_iou_per_threshold`) and streams them into the metrics of :mod:`camkit.metrics`.
-Under ``torchrun`` each rank evaluates a shard (indices ``rank::world_size``) and the metric states
-(integer counts) are all-reduced, so the table equals a single process's exactly.
+One evaluation core, :class:`LocalizationEvaluator`, serves :func:`evaluate` and the training loop's
+periodic evaluation (:func:`localization_evaluator`). Per batch it takes an explanation of the
+ground-truth classes and the batch's boxes and masks, computes every threshold's V1 and V2 IoU
+curves once per map (:func:`camkit.boxes.iou_curves`) and streams them into the metrics of
+:mod:`camkit.metrics`. Under ``torchrun`` each rank evaluates a shard (indices ``rank::world_size``)
+and the metric states (integer counts) are all-reduced, so the table equals a single process's exactly.
 
-Per (method, layer) the table holds: ``MaxBoxAccV2`` (V2 boxes, IoU 30/50/70), ``MaxBoxAcc@50`` (V2),
-``GT-known``, ``Top-1 Loc``, ``Top-5 Loc`` (V1 box, IoU 50, best threshold; also at ``fixed_threshold``
-when given), ``PxAP`` / ``pIoU`` / ``PeakIoU`` where the dataset has masks, and ``Top-1 Cls`` /
-``Top-5 Cls``.
+Per (method, layer) the table holds: ``MaxBoxAccV2`` (V2 boxes, IoU 30/50/70), ``MaxBoxAcc@{30,50,70}``
+(V2), ``GT-known``, ``Top-1 Loc``, ``Top-5 Loc`` (V1 box, IoU 50, best threshold; also at
+``fixed_threshold`` when given), ``PxAP`` / ``pIoU`` / ``PeakIoU`` where the dataset has masks, and
+``Top-1 Cls`` / ``Top-5 Cls``. A mask-only dataset (OpenImages) gets no box columns, as in
+wsolevaluation.
 """
 from __future__ import annotations
 
-import json
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from camkit.boxes import best_iou_per_threshold, thresholds_for_interval
-from camkit.distributed import world as world_info
-from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
+from camkit.boxes import iou_curves, thresholds_for_interval
+from camkit.data.views import EvaluationView
+from camkit.data.wsol import collate_wsol
+from camkit.distributed import world
+from camkit.explain import Explainer
 from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
+from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
 
-__all__ = ["evaluate", "format_table", "add_arguments", "run", "DEFAULT_METHODS"]
+__all__ = ["evaluate", "LocalizationEvaluator", "localization_evaluator", "format_table", "DEFAULT_METHODS"]
 
+MapKey = Tuple[str, str]
 
 COLUMNS = ("MaxBoxAccV2", "MaxBoxAcc@50", "GT-known", "Top-1 Loc", "Top-5 Loc", "PxAP", "pIoU", "PeakIoU",
            "Top-1 Cls", "Top-5 Cls")
 
 
-def _collate(items):
-    """Batch dataset items (dicts with image, label, boxes | box, optional mask)."""
-    images = torch.stack([torch.as_tensor(i["image"]) for i in items])
-    labels = torch.tensor([int(i["label"]) for i in items], dtype=torch.long)
-    boxes = []
-    for i in items:
-        b = i["boxes"] if "boxes" in i else i["box"]
-        boxes.append(np.asarray(torch.as_tensor(b).reshape(-1, 4).cpu(), np.int64))
-    masks = None
-    if all(i.get("mask") is not None for i in items):
-        masks = torch.stack([torch.as_tensor(i["mask"]).to(torch.uint8) for i in items])
-    return images, labels, boxes, masks
+class LocalizationEvaluator:
+    """wsolevaluation's metrics for every (method, layer) of a stream of explanations.
+
+    Args:
+        iou_thresholds: the IoU levels (percent) of MaxBoxAcc.
+        cam_curve_interval: the CAM threshold step (thresholds ``arange(0, 1, interval)``).
+        fixed_threshold: also report GT-known / Top-k Loc at this one threshold.
+
+    Call :meth:`update` per batch, :meth:`all_reduce` once under ``torch.distributed``, then
+    :meth:`compute`. The metrics are made at the first update: box metrics unless that batch is
+    mask-only (no boxes at all), mask metrics when it has masks.
+    """
+
+    def __init__(self, iou_thresholds: Sequence[int] = (30, 50, 70), cam_curve_interval: float = 0.001,
+                 fixed_threshold: Optional[float] = None):
+        self.iou_thresholds = tuple(iou_thresholds)
+        self.cam_curve_interval = cam_curve_interval
+        self.fixed_threshold = fixed_threshold
+        self.thresholds = thresholds_for_interval(cam_curve_interval)
+        self.metrics: Dict[MapKey, Dict[str, Any]] = {}
+
+    def _new_metrics(self, with_boxes: bool, with_masks: bool) -> Dict[str, Any]:
+        metrics: Dict[str, Any] = {}
+        if with_boxes:
+            metrics["v2"] = MaxBoxAcc(self.iou_thresholds, self.cam_curve_interval, multi_contour=True)
+        metrics["loc"] = LocalizationAccuracy(50, self.cam_curve_interval, multi_contour=False,
+                                              fixed_threshold=self.fixed_threshold)
+        if with_masks:
+            metrics["pxap"] = PxAP(self.cam_curve_interval)
+            metrics["peak"] = PeakIoU()
+        return metrics
+
+    def update(self, explanation, batch: Dict[str, Any]) -> None:
+        """Add one batch.
+
+        Args:
+            explanation: a :class:`camkit.Explanation` of the batch's ground-truth classes, maps
+                ``(B, S, S)`` at the input resolution.
+            batch: :func:`camkit.data.wsol.collate_wsol` output: ``"label"`` ``(B,)``, ``"boxes"`` a list
+                of ``B`` ``(g, 4)`` inclusive boxes in the maps' pixels, ``"mask"`` ``(B, S, S)`` or ``None``.
+        """
+        labels = torch.as_tensor(batch["label"]).cpu()
+        boxes = [np.asarray(torch.as_tensor(b).reshape(-1, 4).cpu(), np.int64) for b in batch["boxes"]]
+        masks = batch.get("mask")
+        logits = explanation.logits.detach().cpu()
+        for key, maps in explanation.maps.items():
+            if key not in self.metrics:
+                with_boxes = masks is None or any(len(b) for b in boxes)
+                self.metrics[key] = self._new_metrics(with_boxes, masks is not None)
+            metrics = self.metrics[key]
+            maps = maps.detach()
+            if "v2" in metrics:
+                maps_np = maps.float().cpu().numpy()
+                v1, v2 = zip(*[iou_curves(m, b, self.thresholds) for m, b in zip(maps_np, boxes)])
+                metrics["v2"].update_from_curves(np.stack(v2))
+                v1 = np.stack(v1)
+            else:  # no boxes: the localisation columns are meaningless, keep classification only
+                v1 = np.zeros((len(maps), len(self.thresholds)))
+            metrics["loc"].update_from_curves(v1, logits, labels)
+            if "pxap" in metrics:
+                metrics["pxap"].update(maps, masks.to(maps.device))
+                metrics["peak"].update(maps, masks.to(maps.device))
+
+    def all_reduce(self) -> "LocalizationEvaluator":
+        """Sum every metric's counts over the ranks of ``torch.distributed`` (identity alone)."""
+        for metrics in self.metrics.values():
+            for metric in metrics.values():
+                metric.all_reduce()
+        return self
+
+    def compute(self) -> Dict[MapKey, dict]:
+        """``{(method, layer): {column: value}}`` in the order the maps were first seen."""
+        if not self.metrics:
+            raise ValueError("nothing was evaluated: the dataset (or this rank's shard) is empty")
+        return {key: self._row(metrics) for key, metrics in self.metrics.items()}
+
+    def _row(self, metrics: Dict[str, Any]) -> dict:
+        row: dict = {}
+        if "v2" in metrics:
+            out = metrics["v2"].compute()
+            row["MaxBoxAccV2"] = out["MaxBoxAccV2"]
+            for delta in self.iou_thresholds:
+                row[f"MaxBoxAcc@{delta}"] = out[f"MaxBoxAcc@{delta}"]
+            row["best_threshold@50"] = out.get("best_threshold@50")
+        out = metrics["loc"].compute()
+        if "v2" in metrics:
+            row.update({k: v for k, v in out.items() if k != "num_images"})
+        else:
+            row.update({k: out[k] for k in ("Top-1 Cls", "Top-5 Cls")})
+        row["num_images"] = out["num_images"]
+        if "pxap" in metrics:
+            out = metrics["pxap"].compute()
+            row["PxAP"], row["pIoU"] = out["PxAP"], out["pIoU"]
+            row["PeakIoU"] = metrics["peak"].compute()["PeakIoU"]
+        return row
 
 
 def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=None, batch_size: int = 16,
              num_workers: int = 0, cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70),
              fixed_threshold: Optional[float] = None, mean=None, std=None, progress: bool = True,
-             limit: Optional[int] = None, **explainer_options) -> Dict[Tuple[str, str], dict]:
+             limit: Optional[int] = None, **explainer_options) -> Dict[MapKey, dict]:
     """Localisation metrics of every (method, layer) on ``dataset``.
 
     Args:
         model: an ``nn.Module`` returning (B, K) logits (maps are computed on its device).
         dataset: items are dicts with ``"image"`` (3, S, S) preprocessed float tensor (uint8 images are
             scaled to [0, 1] and normalised with ``mean``/``std`` when given), ``"label"``, ``"boxes"``
-            (g, 4) or ``"box"`` (4,) in the S x S frame, and optionally ``"mask"`` (S, S) (1 / 0 / 255 ignored).
-            :mod:`camkit.data.wsol` datasets have this form.
+            (g, 4) or ``"box"`` (4,) in the S x S frame, and optionally ``"mask"`` (S, S) (1 / 0 / 255
+            ignored). :func:`camkit.data.open.open_dataset` datasets have this form.
         methods, layers: as in ``camkit.explain`` (``layers=None``: the last spatial layer).
         cam_curve_interval, iou_thresholds: the MaxBoxAcc threshold grid and IoU levels.
         fixed_threshold: also report GT-known / Top-k Loc at this one threshold.
@@ -68,86 +156,64 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
         ``{(method, layer): {metric: value}}``; :func:`format_table` prints it.
     """
     from tqdm.auto import tqdm
-    from camkit.explain import Explainer
 
     methods = (methods,) if isinstance(methods, str) else tuple(methods)
-    rank, world = world_info()
+    rank, world_size = world()
     total = len(dataset) if limit is None else min(limit, len(dataset))
-    if total < world:  # every rank sees this, so all of them stop (none waits in all_reduce)
-        raise ValueError(f"{total} image(s) for {world} processes: each rank needs at least one image")
-    indices = list(range(total))[rank::world]
-    shard = torch.utils.data.Subset(dataset, indices)
+    if total < world_size:  # every rank sees this, so all of them stop (none waits in all_reduce)
+        raise ValueError(f"{total} image(s) for {world_size} processes: each rank needs at least one image")
+    shard = torch.utils.data.Subset(dataset, list(range(total))[rank::world_size])
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_collate)
-    thresholds = thresholds_for_interval(cam_curve_interval)
+                                         collate_fn=collate_wsol)
     explainer = Explainer(model, methods=methods, layers=layers, **explainer_options)
-    metrics: Dict[Tuple[str, str], dict] = {}
-    keys = None
+    evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold)
     norm = None
     if mean is not None and std is not None:
         norm = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
-    for images, labels, boxes, masks in tqdm(loader, disable=not progress or rank != 0, desc="evaluate",
-                                             unit="batch"):
+    for batch in tqdm(loader, disable=not progress or rank != 0, desc="evaluate", unit="batch"):
+        images = batch["image"]
         if images.dtype == torch.uint8:
             images = images.float() / 255
             if norm is not None:
                 images = (images - norm[0]) / norm[1]
-        exp = explainer(images, target=labels)  # ground-truth-class maps
-        logits = exp.logits.detach().cpu()
-        if keys is None:
-            keys = [(m, l) for l in exp.layers for m in methods if (m, l) in exp.maps]
-            # box metrics unless the dataset is mask-only (OpenImages: no boxes, as in wsolevaluation)
-            with_boxes = masks is None or any(len(b) for b in boxes)
-            for key in keys:
-                metrics[key] = {}
-                if with_boxes:
-                    metrics[key]["v2"] = MaxBoxAcc(iou_thresholds, cam_curve_interval, multi_contour=True)
-                metrics[key]["loc"] = LocalizationAccuracy(50, cam_curve_interval, multi_contour=False,
-                                                           fixed_threshold=fixed_threshold)
-                if masks is not None:
-                    metrics[key]["pxap"] = PxAP(cam_curve_interval)
-                    metrics[key]["peak"] = PeakIoU()
-        for key in keys:
-            maps = exp.maps[key].detach()
-            maps_np = maps.float().cpu().numpy()
-            if "v2" in metrics[key]:
-                v1, v2 = zip(*[best_iou_per_threshold(m, b, thresholds, "both") for m, b in zip(maps_np, boxes)])
-                metrics[key]["v2"].update_from_curves(np.stack(v2))
-            else:  # no boxes: localisation columns are meaningless, keep classification only
-                v1 = np.zeros((len(maps_np), len(thresholds)))
-            metrics[key]["loc"].update_from_curves(np.stack(v1), logits, labels)
-            if "pxap" in metrics[key] and masks is not None:
-                metrics[key]["pxap"].update(maps, masks.to(maps.device))
-                metrics[key]["peak"].update(maps, masks.to(maps.device))
-    if keys is None:
-        raise ValueError("the dataset (or this rank's shard) is empty; nothing to evaluate")
-    results = {}
-    for key in keys:
-        row = {}
-        for name, metric in metrics[key].items():
-            if world > 1:
-                metric.all_reduce()
-            out = metric.compute()
-            if name == "v2":
-                row["MaxBoxAccV2"] = out["MaxBoxAccV2"]
-                for d in iou_thresholds:
-                    row[f"MaxBoxAcc@{d}"] = out[f"MaxBoxAcc@{d}"]
-                row["best_threshold@50"] = out.get("best_threshold@50")
-            elif name == "loc":
-                if "v2" in metrics[key]:
-                    row.update({k: v for k, v in out.items() if k != "num_images"})
-                else:
-                    row.update({k: out[k] for k in ("Top-1 Cls", "Top-5 Cls")})
-                row["num_images"] = out["num_images"]
-            elif name == "pxap":
-                row["PxAP"], row["pIoU"] = out["PxAP"], out["pIoU"]
-            elif name == "peak":
-                row["PeakIoU"] = out["PeakIoU"]
-        results[key] = row
-    return results
+        evaluator.update(explainer(images, target=batch["label"]), batch)  # ground-truth-class maps
+    if world_size > 1:
+        evaluator.all_reduce()
+    return evaluator.compute()
 
 
-def format_table(results: Dict[Tuple[str, str], dict], columns: Sequence[str] = COLUMNS) -> str:
+def localization_evaluator(methods: Sequence[str] = ("cam",), layers=None, transform: Optional[Callable] = None,
+                           batch_size: int = 64, max_images: Optional[int] = None,
+                           output: Any = None) -> Callable[[torch.nn.Module, Any], Dict[str, float]]:
+    """The training loop's ``evaluate_fn``: :func:`evaluate` on a resized view of the evaluation set.
+
+    Returns ``evaluate_fn(model, dataset) -> {"{method}/{layer}/MaxBoxAccV2": ..., ".../PxAP": ...}``
+    (PxAP where the items have masks). Items are resized to the size of ``transform`` (a
+    :class:`camkit.train.EvalTransform`: ``size``, ``mean``, ``std``; default: each image's own size,
+    mean = std = 0.5) by :class:`camkit.data.views.EvaluationView`, so boxes are rescaled exactly as
+    :func:`evaluate`'s datasets do. ``layers=None`` uses the model's ``cam_layer`` (camkit backbones)
+    or the engine's automatic choice; ``output`` adapts dict/tuple model outputs.
+    """
+    size = getattr(transform, "size", None)
+    mean = getattr(transform, "mean", (0.5, 0.5, 0.5))
+    std = getattr(transform, "std", (0.5, 0.5, 0.5))
+
+    def evaluate_fn(model: torch.nn.Module, dataset) -> Dict[str, float]:
+        chosen = layers if layers is not None else getattr(model, "cam_layer", None)
+        results = evaluate(model, EvaluationView(dataset, size, mean, std), methods=tuple(methods),
+                           layers=chosen, batch_size=batch_size, progress=False, limit=max_images,
+                           output=output)
+        out: Dict[str, float] = {}
+        for (method, layer), row in results.items():
+            for column in ("MaxBoxAccV2", "PxAP"):
+                if column in row:
+                    out[f"{method}/{layer}/{column}"] = row[column]
+        return out
+
+    return evaluate_fn
+
+
+def format_table(results: Dict[MapKey, dict], columns: Sequence[str] = COLUMNS) -> str:
     """A fixed-width text table: one row per (method, layer), the columns present in the results."""
     cols = [c for c in columns if any(c in r for r in results.values())]
     width_m = max([len("method")] + [len(m) for m, _ in results])
@@ -158,80 +224,3 @@ def format_table(results: Dict[Tuple[str, str], dict], columns: Sequence[str] = 
         cells = "  ".join(f"{row[c]:>12.2f}" if c in row and row[c] is not None else f"{'-':>12}" for c in cols)
         lines.append(f"{m:<{width_m}}  {str(l):<{width_l}}  {cells}")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-EPILOG = """\
-examples:
-  camkit evaluate --model mobilenet_v2-tf:../shared/assets/weights/mobilenet_v2_imagenet.pth \\
-      --data ../shared/assets/imagenet-val-dev50 --layers features.6 features.13 features.18
-  camkit evaluate --model torchvision:resnet50 --weights resnet50.pth --data /data/CUB --metadata metadata/CUB/test
-  torchrun --nproc_per_node=2 -m camkit.cli evaluate --model ... --data ...   # sharded, exact all-reduce
-
---data is a folder with annotations.json (the imagenet-val-dev50 format), or a wsolevaluation dataset
-root together with --metadata (the folder holding image_ids.txt, class_labels.txt, image_sizes.txt,
-localization.txt).
-"""
-
-
-def add_arguments(parser) -> None:
-    """Flags of ``camkit evaluate`` (the model flags are added by the CLI)."""
-    parser.add_argument("--data", required=True, metavar="PATH",
-                        help="folder with annotations.json, or a wsolevaluation dataset root (with --metadata)")
-    parser.add_argument("--metadata", default=None, metavar="DIR", help="wsolevaluation metadata folder of the split")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",
-                        help="CAM methods (default: %(default)s)")
-    parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
-                        help="layer names (default: the last spatial layer)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    parser.add_argument("--interval", type=float, default=0.001, help="CAM threshold step (default 0.001)")
-    parser.add_argument("--fixed-threshold", type=float, default=None,
-                        help="also report GT-known / Top-k Loc at this fixed threshold")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _init_distributed():
-    import os
-    import torch.distributed as dist
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-        return True
-    return False
-
-
-def run(args) -> int:
-    """``camkit evaluate``: load the model (camkit.model_spec), the dataset, evaluate, print the table."""
-    from camkit.data.wsol import AnnotatedFolderDataset, WSOLDataset, WSOLEvalTransform
-    from camkit.model_spec import load_model_from_args
-
-    started = _init_distributed()
-    try:
-        loaded = load_model_from_args(args)
-        pre = loaded.preprocess
-        size = pre.size[0] if getattr(pre, "size", None) else 224
-        transform = WSOLEvalTransform(size, mean=pre.mean, std=pre.std)
-        if args.metadata:
-            dataset = WSOLDataset(args.data, args.metadata, transform=transform)
-        else:
-            dataset = AnnotatedFolderDataset(args.data, transform=transform)
-        results = evaluate(loaded.model, dataset, methods=args.methods, layers=args.layers,
-                           batch_size=args.batch_size, num_workers=args.num_workers,
-                           cam_curve_interval=args.interval, fixed_threshold=args.fixed_threshold,
-                           progress=not args.no_progress, limit=args.limit)
-        rank, _ = world_info()
-        if rank == 0:
-            print(format_table(results))
-            if args.json:
-                with open(args.json, "w", encoding="utf-8") as f:
-                    json.dump([{"method": m, "layer": l, **row} for (m, l), row in results.items()], f, indent=2)
-    finally:
-        if started:
-            import torch.distributed as dist
-            dist.destroy_process_group()
-    return 0

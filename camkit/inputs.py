@@ -21,6 +21,30 @@ def _three(name: str, values) -> Tuple[float, float, float]:
     return tuple(float(v) for v in values) * (3 // len(values))
 
 
+def resize_image(rgb: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """Resize a ``(3, H, W)`` float image in ``[0, 1]`` to ``size`` = ``(H', W')`` (``None``: keep it).
+
+    The one image resize of camkit: bilinear with antialiasing (as torchvision's ``Resize`` on PIL
+    images, ``align_corners=False``), clamped to ``[0, 1]``. Returns ``(3, H', W')``.
+    """
+    if size is None or tuple(rgb.shape[-2:]) == tuple(size):
+        return rgb
+    return F.interpolate(rgb[None], size=tuple(size), mode="bilinear", align_corners=False,
+                         antialias=True)[0].clamp(0, 1)
+
+
+def resize_and_normalize(rgb: torch.Tensor, size: Optional[Tuple[int, int]], mean: Sequence[float],
+                         std: Sequence[float]) -> torch.Tensor:
+    """:func:`resize_image`, then ``(x - mean) / std`` per channel: ``(3, H, W)`` -> ``(3, H', W')``.
+
+    Used by explain's :class:`Preprocess`, the WSOL evaluation transform and the training transforms.
+    """
+    rgb = resize_image(rgb, size)
+    mean_t = torch.tensor(tuple(mean), dtype=rgb.dtype, device=rgb.device).view(-1, 1, 1)
+    std_t = torch.tensor(tuple(std), dtype=rgb.dtype, device=rgb.device).view(-1, 1, 1)
+    return (rgb - mean_t) / std_t
+
+
 class Preprocess:
     """Resize to ``size`` (no crop, so the map covers the whole picture) and normalise.
 
@@ -42,12 +66,7 @@ class Preprocess:
 
     def __call__(self, image) -> torch.Tensor:
         rgb = torch.from_numpy(load_rgb(image)).permute(2, 0, 1).float().div(255)
-        if self.size is not None and tuple(rgb.shape[1:]) != self.size:
-            rgb = F.interpolate(rgb[None], size=self.size, mode="bilinear", align_corners=False,
-                                antialias=True)[0].clamp(0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (rgb - mean) / std
+        return resize_and_normalize(rgb, self.size, self.mean, self.std)
 
     def to_display(self, batch: torch.Tensor) -> Optional[np.ndarray]:
         """``(B, 3, H, W)`` normalised tensor -> ``(B, H, W, 3)`` float array in ``[0, 1]``.

@@ -60,7 +60,6 @@ from pathlib import Path
 import torch
 
 import camkit
-import camkit.methods.combinational  # noqa: F401  (registers "causal")
 from camkit.causal import fit_context
 from camkit.data.synthetic import context_energy_share, habitat_accuracy, make_synthetic
 from camkit.train.loop import train

@@ -25,7 +25,7 @@ import ast
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
+from camkit.data.views import EvaluationView
 
 __all__ = ["open_dataset", "parse_options", "num_classes_of", "DATA_FORMS"]
 
@@ -131,28 +131,7 @@ def _open_synthetic(spec: str, split: str, normalize):
         dataset = make_synthetic(**options)
     except TypeError as error:  # an unknown key
         raise ValueError(f"--data {spec!r}: {error}; the keys are make_synthetic's arguments") from None
-    return dataset if normalize is None else NormalizedSynthetic(dataset, *normalize)
-
-
-class NormalizedSynthetic(torch.utils.data.Dataset):
-    """A synthetic split in the evaluation form: ``image`` ``(3, S, S)`` float, normalised with
-    ``mean``/``std``; ``boxes`` ``(1, 4)``; ``mask`` ``(S, S)`` uint8 (1 object, 0 background)."""
-
-    def __init__(self, dataset, mean: Sequence[float], std: Sequence[float]):
-        self.dataset = dataset
-        self.mean = torch.tensor(tuple(mean), dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(tuple(std), dtype=torch.float32).view(3, 1, 1)
-        self.class_names = dataset.class_names
-        self.num_classes = dataset.num_classes
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        item = self.dataset[index]
-        image = (item["image"].float() / 255 - self.mean) / self.std
-        return {"image": image, "label": item["label"], "boxes": item["box"].view(1, 4),
-                "mask": item["mask"].to(torch.uint8)}
+    return dataset if normalize is None else EvaluationView(dataset, None, *normalize)
 
 
 def num_classes_of(dataset) -> int:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from camkit.boxes import resize_boxes
+from camkit.inputs import resize_and_normalize
 
 __all__ = ["WSOLDataset", "CUBDataset", "ILSVRCDataset", "OpenImagesDataset", "AnnotatedFolderDataset",
            "WSOLEvalTransform", "read_wsol_metadata", "collate_wsol", "MetadataError"]
@@ -133,12 +134,7 @@ class WSOLEvalTransform:
 
     def image(self, image: Image.Image) -> torch.Tensor:
         rgb = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float().div(255)
-        if tuple(rgb.shape[1:]) != (self.size, self.size):
-            rgb = F.interpolate(rgb[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                antialias=True)[0].clamp(0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (rgb - mean) / std
+        return resize_and_normalize(rgb, (self.size, self.size), self.mean, self.std)
 
     def boxes(self, boxes, original_size) -> torch.Tensor:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -266,10 +262,20 @@ class AnnotatedFolderDataset(torch.utils.data.Dataset):
 
 
 def collate_wsol(items):
-    """Batch WSOL items: images (B, 3, S, S), labels (B,), boxes list of (g_i, 4), masks (B, S, S) or None."""
-    batch = {"image": torch.stack([i["image"] for i in items]),
-             "label": torch.tensor([i["label"] for i in items], dtype=torch.long),
-             "boxes": [i["boxes"] for i in items], "image_id": [i["image_id"] for i in items],
-             "size": [i["size"] for i in items]}
-    batch["mask"] = torch.stack([i["mask"] for i in items]) if all("mask" in i for i in items) else None
+    """Batch WSOL items (dicts): the one collate of camkit's evaluation.
+
+    Returns a dict: ``"image"`` ``(B, 3, S, S)``, ``"label"`` ``(B,)`` long, ``"boxes"`` a list of ``B``
+    ``(g_i, 4)`` int64 tensors (from ``"boxes"`` or a single ``"box"``), ``"mask"`` ``(B, S, S)`` uint8 when
+    every item has one (else ``None``), and ``"image_id"`` / ``"size"`` lists when every item has them.
+    """
+    batch = {"image": torch.stack([torch.as_tensor(i["image"]) for i in items]),
+             "label": torch.tensor([int(i["label"]) for i in items], dtype=torch.long),
+             "boxes": [torch.as_tensor(i["boxes"] if "boxes" in i else i["box"]).reshape(-1, 4).long()
+                       for i in items]}
+    masks = [i.get("mask") for i in items]
+    batch["mask"] = None if any(m is None for m in masks) else torch.stack(
+        [torch.as_tensor(m).to(torch.uint8) for m in masks])
+    for key in ("image_id", "size"):
+        if all(key in i for i in items):
+            batch[key] = [i[key] for i in items]
     return batch

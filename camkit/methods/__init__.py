@@ -14,117 +14,16 @@ live elsewhere. Adding a method is one function::
 ``needs`` tells the engine what to compute: ``"gradients"`` (one backward), ``"guided_gradients"``
 (a second, guided backward of log-scores) and ``"head"`` (the classifier weights).
 """
-from __future__ import annotations
-
-import difflib
-from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional
-
-import torch
-from torch import nn
-
-NEEDS = frozenset({"gradients", "guided_gradients", "head"})
-
-
-#: The five classic methods, in the papers' order: what the CLI, evaluate and benchmark run by default.
-STANDARD_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
-
-
-@dataclass
-class LayerInputs:
-    """Everything a method may use for one layer.
-
-    Attributes:
-        activations: ``(B, C, h, w)`` layer output ``A``.
-        gradients: ``(B, T, C, h, w)`` ``dS_t/dA`` for each target score, or ``None``.
-        guided_gradients: ``(B, T, C, h, w)`` guided ``d log(S_t)/dA``, or ``None``.
-        head_weight: ``(K, C)`` classifier weight, or ``None``.
-        class_weights: ``(B, T, C)`` classifier rows of the targets, or ``None``.
-        logits: ``(B, K)`` model outputs.
-        targets: ``(B, T)`` class indices, or ``None`` for a callable target.
-        model: the explained model.
-        layer: the layer key (``"name"`` or ``"name@k"``).
-        options: this method's options (``explain(..., method_options={name: {...}})``), plus
-            ``"context"`` when ``explain(..., context=...)`` is given.
-    """
-
-    activations: torch.Tensor
-    logits: torch.Tensor
-    targets: Optional[torch.Tensor]
-    model: nn.Module
-    gradients: Optional[torch.Tensor] = None
-    guided_gradients: Optional[torch.Tensor] = None
-    head_weight: Optional[torch.Tensor] = None
-    class_weights: Optional[torch.Tensor] = None
-    options: dict = field(default_factory=dict)
-    layer: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class Method:
-    """A registered method: ``fn(LayerInputs) -> (B, T, h, w)`` raw maps."""
-
-    name: str
-    fn: Callable[[LayerInputs], torch.Tensor]
-    needs: FrozenSet[str]
-    description: str = ""
-    reference: str = ""
-
-
-_REGISTRY: Dict[str, Method] = {}
-_ALIASES: Dict[str, str] = {}
-
-
-def register(name: str, needs: Iterable[str] = (), description: str = "", reference: str = "",
-             aliases: Iterable[str] = ()):
-    """Decorator that registers a method function under ``name`` (and ``aliases``)."""
-    needs = frozenset(needs)
-    unknown = needs - NEEDS
-    if unknown:
-        raise ValueError(f"unknown needs {sorted(unknown)}; choose from {sorted(NEEDS)}")
-
-    def decorator(fn):
-        if name in _REGISTRY or name in _ALIASES:
-            raise ValueError(f"a method named {name!r} is already registered")
-        _REGISTRY[name] = Method(name, fn, needs, description, reference)
-        for alias in aliases:
-            _ALIASES[alias] = name
-        return fn
-
-    return decorator
-
-
-def get_method(name: str) -> Method:
-    """The registered method ``name`` (case-insensitive; aliases accepted)."""
-    if not isinstance(name, str):
-        raise TypeError(f"a method is named by a string, got {type(name).__name__}")
-    key = name.lower()
-    key = _ALIASES.get(key, key)
-    if key in _REGISTRY:
-        return _REGISTRY[key]
-    choices = sorted(_REGISTRY) + sorted(_ALIASES)
-    close = difflib.get_close_matches(key, choices, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown method {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}")
-
-
-def list_methods() -> List[str]:
-    """Names of all registered methods."""
-    return sorted(_REGISTRY)
-
-
-def describe_methods() -> List[Method]:
-    """All registered methods, with their descriptions and references."""
-    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
-
-
-def channel_weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """``sum_k weights[b, t, k] * activations[b, k]``: ``(B, T, C) x (B, C, h, w) -> (B, T, h, w)``."""
-    return torch.einsum("btc,bchw->bthw", weights, activations)
-
+from camkit.methods.registry import (  # noqa: F401
+    NEEDS, STANDARD_METHODS, LayerInputs, Method, channel_weighted_sum, describe_methods, get_method, list_methods,
+    register,
+)
 
 # Importing the method modules registers them.
 from camkit.methods import cam as _cam  # noqa: E402,F401
 from camkit.methods import gradient as _gradient  # noqa: E402,F401
 from camkit.methods import bagcams as _bagcams  # noqa: E402,F401
-from camkit.methods import combinational as _combinational  # noqa: E402,F401
+from camkit.methods import causal as _causal  # noqa: E402,F401
+
+__all__ = ["register", "get_method", "list_methods", "describe_methods", "LayerInputs", "Method",
+           "channel_weighted_sum", "STANDARD_METHODS", "NEEDS"]

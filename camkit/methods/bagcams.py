@@ -1,7 +1,7 @@
 """BagCAMs (Zhu et al., ECCV 2022), as the authors' released code computes it."""
 import torch
 
-from camkit.methods import LayerInputs, register
+from camkit.methods.registry import LayerInputs, register
 
 
 @register("bagcams", needs=("guided_gradients",),

@@ -1,7 +1,7 @@
 """CAM (Zhou et al., CVPR 2016): the classifier row of the target applied to the feature map."""
 import torch
 
-from camkit.methods import LayerInputs, channel_weighted_sum, register
+from camkit.methods.registry import LayerInputs, channel_weighted_sum, register
 
 
 @register("cam", needs=("head",),

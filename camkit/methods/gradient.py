@@ -4,7 +4,7 @@ Notation: ``A`` is the layer output ``(B, C, h, w)``, ``g = dS_c/dA`` is ``(B, T
 """
 import torch
 
-from camkit.methods import LayerInputs, channel_weighted_sum, register
+from camkit.methods.registry import LayerInputs, channel_weighted_sum, register
 
 
 @register("gradcam", needs=("gradients",), aliases=("grad-cam",),

@@ -13,4 +13,4 @@ from camkit.train.checkpoint import (  # noqa: F401
 )
 from camkit.train.loop import TrainResult, evaluate_top1, train  # noqa: F401
 from camkit.train.transforms import EvalTransform, TrainTransform  # noqa: F401
-from camkit.train.evaluation import localization_evaluator  # noqa: F401
+from camkit.evaluation import localization_evaluator  # noqa: F401  (the training loop's evaluate_fn)

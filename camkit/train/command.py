@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     evaluate_fn = None
     if eval_set is not None and (hasattr(eval_set, "masks") or hasattr(eval_set, "gt_boxes")):
         # boxes/masks available (synthetic or wsolevaluation data): CAM localisation in the evaluation
-        from camkit.train.evaluation import localization_evaluator
+        from camkit.evaluation import localization_evaluator
         from camkit.train.transforms import EvalTransform
         evaluate_fn = localization_evaluator(("cam",), transform=EvalTransform(config.crop_size, config.mean,
                                                                                 config.std),

@@ -9,7 +9,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD, resize_and_normalize, resize_image
 
 __all__ = ["to_float_image", "TrainTransform", "EvalTransform", "TransformedDataset", "sample_fields"]
 
@@ -33,19 +34,6 @@ def to_float_image(image: Any) -> torch.Tensor:
     return tensor.float()
 
 
-def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    if image.shape[-2:] == (size, size):
-        return image
-    return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)[0]
-
-
-def _normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
-    s = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
-    return (image - m) / s
-
-
 class TrainTransform:
     """Resize to ``resize x resize``, random ``crop x crop`` crop, random horizontal flip, normalise.
 
@@ -54,31 +42,31 @@ class TrainTransform:
     """
 
     def __init__(self, resize: int = 256, crop: int = 224, flip: bool = True,
-                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         if crop > resize:
             raise ValueError(f"crop size {crop} is larger than the resize size {resize}")
         self.resize, self.crop, self.flip, self.mean, self.std = resize, crop, flip, tuple(mean), tuple(std)
 
     def __call__(self, image: Any, generator: torch.Generator) -> torch.Tensor:
-        x = _resize(to_float_image(image), self.resize)
+        x = resize_image(to_float_image(image), (self.resize, self.resize))
         span = self.resize - self.crop
         offsets = torch.randint(span + 1, (2,), generator=generator)
         top, left = int(offsets[0]), int(offsets[1])
         x = x[:, top: top + self.crop, left: left + self.crop]
         if self.flip and bool(torch.rand((), generator=generator) < 0.5):
             x = x.flip(-1)
-        return _normalize(x, self.mean, self.std)
+        return resize_and_normalize(x, None, self.mean, self.std)
 
 
 class EvalTransform:
     """Resize to ``size x size`` and normalise (wsolevaluation's test transform). ``transform(image)``."""
 
-    def __init__(self, size: int = 224, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 std: Sequence[float] = (0.229, 0.224, 0.225)):
+    def __init__(self, size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD):
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
 
     def __call__(self, image: Any, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return _normalize(_resize(to_float_image(image), self.size), self.mean, self.std)
+        return resize_and_normalize(to_float_image(image), (self.size, self.size), self.mean, self.std)
 
 
 def sample_fields(item: Any) -> Tuple[Any, int]:
