@@ -768,3 +768,13 @@ def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=T
 def iou_curves(score_map, gt_boxes, thresholds=None):
     """``(v1, v2)``: the best IoU per threshold of the largest-contour box (V1) and of every contour's box (V2)."""
     return best_iou_per_threshold(score_map, gt_boxes, thresholds, "both")
+
+
+BOX_RULES = {"fixed": boxes_fixed_threshold, "percentile": boxes_percentile_threshold, "cicam": boxes_cicam}
+
+
+def get_box_rule(name):
+    """The box rule ``name`` of :data:`BOX_RULES`."""
+    if name not in BOX_RULES:
+        raise ValueError(f"unknown box rule {name!r}; choose one of {', '.join(BOX_RULES)}")
+    return BOX_RULES[name]

@@ -22,8 +22,7 @@ __all__ = ["DistributedContext", "setup_distributed", "teardown_distributed", "i
 class DistributedContext:
     """Where this process stands: its ``rank`` of ``world_size``, its ``local_rank`` and ``device``.
 
-    ``initialized_here`` is true when :func:`setup_distributed` created the process group, so that the
-    same caller destroys it (:func:`teardown_distributed`).
+    ``initialized_here`` is true when :func:`setup_distributed` created the process group.
     """
 
     rank: int
@@ -71,9 +70,9 @@ def setup_distributed(device: Optional[torch.device] = None) -> DistributedConte
     return DistributedContext(0, 1, 0, device, False)
 
 
-def teardown_distributed(ctx: DistributedContext) -> None:
-    """Destroy the process group if ``ctx`` created it (after a final barrier)."""
-    if ctx.initialized_here and is_distributed():
+def teardown_distributed() -> None:
+    """Wait for every rank, then destroy the process group (no-op without one): the end of a command."""
+    if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
 

@@ -85,6 +85,39 @@ class Explanation:
             return str(self.class_names[index])
         return f"class {index}"
 
+    def boxes(self, method: str, layer: Optional[str] = None, rule: str = "fixed",
+              sizes: Optional[Sequence[Tuple[int, int]]] = None, **options) -> List[np.ndarray]:
+        """Boxes of one map per image, from a named box rule (:data:`camkit.boxes.BOX_RULES`).
+
+        Args:
+            method, layer: which maps (``layer`` may be omitted when one layer was explained).
+            rule: ``"fixed"`` (``u > int(fraction * max)``, option ``fraction=0.2``, the largest
+                contour's box), ``"percentile"`` (``tau``, ``q``) or ``"cicam"`` (``seg_thr``).
+            sizes: ``(H, W)`` of each original picture; boxes are mapped from the maps' pixels onto
+                them (an inclusive pixel edge ``x1`` becomes ``int((x1 + 1) * W / w) - 1``). Default:
+                the maps' own pixels.
+            options: the rule's options.
+
+        Returns:
+            ``B`` int64 arrays ``(n, 4)`` of inclusive ``x0, y0, x1, y1`` boxes (``(B, T)`` targets: the
+            first target's).
+        """
+        from camkit.boxes import get_box_rule
+
+        box_rule = get_box_rule(rule)
+        maps = self[(method, layer) if layer is not None else method].detach()
+        if maps.dim() == 4:
+            maps = maps[:, 0]
+        if sizes is not None and len(sizes) != len(maps):
+            raise ValueError(f"sizes has {len(sizes)} entries for a batch of {len(maps)} maps")
+        out = []
+        for index, saliency in enumerate(maps.float().cpu().numpy()):
+            boxes = np.asarray(box_rule(saliency, **options), np.int64).reshape(-1, 4)
+            if sizes is not None:
+                boxes = _rescale_inclusive(boxes, saliency.shape, sizes[index])
+            out.append(boxes)
+        return out
+
     def figure(self, index: int = 0, **kwargs):
         """A matplotlib figure: the image, each map and each overlay (see :mod:`camkit.viz`)."""
         from camkit.viz import explanation_figure
@@ -314,6 +347,15 @@ def explain(model: nn.Module, images, methods: Union[str, Sequence[str]] = "grad
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+def _rescale_inclusive(boxes: np.ndarray, frame: Tuple[int, int], size: Tuple[int, int]) -> np.ndarray:
+    """Inclusive ``(n, 4)`` boxes on an ``(h, w)`` frame -> the same pixels' boxes on an ``(H, W)`` picture."""
+    (h, w), (height, width) = frame, size
+    sx, sy = width / w, height / h
+    return np.stack([(boxes[:, 0] * sx).astype(np.int64), (boxes[:, 1] * sy).astype(np.int64),
+                     np.minimum(((boxes[:, 2] + 1) * sx).astype(np.int64) - 1, width - 1),
+                     np.minimum(((boxes[:, 3] + 1) * sy).astype(np.int64) - 1, height - 1)], axis=1)
+
 
 def _shape_key(batch: torch.Tensor) -> tuple:
     """What per-input-shape caches are keyed by: the image shape, dtype and device."""

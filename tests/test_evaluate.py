@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from camkit.evaluation import add_arguments, evaluate, format_table
+from camkit.cli.evaluate import add_arguments
+from camkit.evaluation import evaluate, format_table
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PxAP
 
 # CAM has no head at the shallow layer: the engine says so with a warning and skips it, as intended
@@ -96,7 +97,7 @@ def test_evaluate_without_masks_and_limit():
 def test_cli_arguments():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--data", "d", "--layers", "a", "b", "--interval", "0.01"])
+    args = parser.parse_args(["--model", "m", "--data", "d", "--layers", "a", "b", "--interval", "0.01"])
     assert args.layers == ["a", "b"] and args.interval == 0.01 and args.methods[0] == "cam"
 
 

@@ -246,7 +246,7 @@ def test_custom_recipe_dict_loss_and_groups_must_cover_all_params():
 
 
 def test_command_trains_synthetic(tmp_path, capsys):
-    from camkit.train.command import add_arguments, run
+    from camkit.cli.train import add_arguments, run
     parser = add_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["cam", "--data", "synthetic:num_images=32,image_size=32,num_classes=3",
                               "--backbone", "tiny", "--out", str(tmp_path), "--preset", "synthetic-cpu",
@@ -265,7 +265,7 @@ def test_command_trains_synthetic(tmp_path, capsys):
 def test_command_trains_on_exported_wsol_data(tmp_path, capsys):
     """The synthetic benchmark written in wsolevaluation layout trains and evaluates end to end."""
     from camkit.data.synthetic import export_wsol
-    from camkit.train.command import add_arguments, run
+    from camkit.cli.train import add_arguments, run
     export_wsol(make_synthetic(32, num_classes=3, image_size=32, seed=11), tmp_path / "data", split="train")
     export_wsol(make_synthetic(16, num_classes=3, image_size=32, seed=12), tmp_path / "data", split="test")
     args = add_arguments(argparse.ArgumentParser()).parse_args(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
 __all__ = ["UsageError", "Formatter", "add_model_arguments", "load_model_from_args", "add_data_arguments",
-           "split_names", "output_folder", "model_epilog"]
+           "split_names", "output_folder", "model_epilog", "resolve_device", "add_device_argument"]
 
 
 class UsageError(Exception):
@@ -89,12 +89,12 @@ def _three(values, flag: str):
     return list(values) * (3 // len(values))
 
 
-def load_model_from_args(args):
-    """:func:`camkit.load_model` from the flags of :func:`add_model_arguments`."""
+def load_model_from_args(args, device=None):
+    """:func:`camkit.load_model` from the flags of :func:`add_model_arguments` (``device`` overrides ``--device``)."""
     from camkit.model_spec import load_model
 
     return load_model(args.model, weights=args.weights, num_classes=args.num_classes,
-                      device=resolve_device(args.device), mean=_three(args.mean, "--mean"),
+                      device=device if device is not None else resolve_device(args.device), mean=_three(args.mean, "--mean"),
                       std=_three(args.std, "--std"), image_size=args.image_size)
 
 

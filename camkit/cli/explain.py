@@ -1,0 +1,197 @@
+"""``camkit explain IMAGE ... --model SPEC``: maps, overlays, a methods x layers grid and boxes per image."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+from camkit.cli.common import (UsageError, add_model_arguments, load_model_from_args, model_epilog, output_folder,
+                               split_names)
+
+HELP = "write maps, overlays, a methods x layers grid and boxes for images"
+DESCRIPTION = "Explain images with one or more CAM methods at one or more layers."
+EPILOG = model_epilog("""\
+examples:
+  # every standard method at the last spatial layer, top-5 classes printed
+  camkit explain cat.jpg owl.jpg --model efficientnet-lite0 --out out/
+
+  # the real MobileNetV2 asset, two layers, Grad-CAM and BagCAMs, explaining class 281
+  camkit explain cat.jpg --model mobilenet_v2:../shared/assets/weights/mobilenet_v2_imagenet.pth \\
+      --methods gradcam bagcams --layers features.13 features.18 --target 281 --out out/
+
+  # your own model from a factory function, with your weights
+  camkit explain img.png --model mypackage.models:build --weights model.pth --num-classes 10 --out out/
+
+outputs in --out, per image STEM:
+  STEM_grid.png                      the image and every method x layer map and overlay
+  STEM_METHOD_LAYER_overlay.png      the map over the original picture
+  STEM_METHOD_LAYER.npy              the map, float32 (H, W) in [0, 1] at the model input size
+  STEM.json                          top-k classes, the explained class and boxes per method/layer
+                                     (xyxy inclusive pixels, in model-input and original coordinates)
+""")
+
+
+class _ListMethods(argparse.Action):
+    """``--list-methods``: print the registered methods and exit, before the required flags are checked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from camkit.methods import describe_methods
+
+        for method in describe_methods():
+            print(f"{method.name:<10} {method.description}")
+        parser.exit()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``camkit explain``."""
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    add_model_arguments(parser)
+    parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                        help="CAM methods, space or comma separated (default: the standard five, CAM "
+                             "skipped with a note where the model has no linear head); "
+                             "'camkit explain --list-methods' lists them")
+    parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                        help="module names, 'name@k' for the k-th call of a reused module "
+                             "(default: the last layer with spatial output)")
+    parser.add_argument("--target", default="top1", metavar="T",
+                        help="class to explain: 'top1' (default), a class index, or a class name")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to print (default 5)")
+    parser.add_argument("--out", default="camkit-out", metavar="DIR", help="output folder (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per forward (default 8)")
+    parser.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map (default 0.5)")
+    parser.add_argument("--box-threshold", type=float, default=0.2, metavar="TAU",
+                        help="boxes keep pixels above TAU x max of the map (default 0.2)")
+    parser.add_argument("--no-figures", action="store_true", help="write only .npy maps and the .json")
+    parser.add_argument("--list-methods", action=_ListMethods, help="print the available methods and exit")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.@+-]+", "_", name)
+
+
+def parse_target(text: str, class_names: Optional[Sequence[str]]):
+    """``'top1'`` -> ``None``; ``'281'`` -> 281; a class name -> its index."""
+    if text is None or text.lower() in ("top1", "top-1", "none", ""):
+        return None
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if class_names is not None:
+        lowered = [n.lower() for n in class_names]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+        import difflib
+
+        close = difflib.get_close_matches(text.lower(), lowered, n=5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise UsageError(f"unknown class name {text!r}.{hint}")
+    raise UsageError(f"--target must be 'top1' or a class index (this model's class names are unknown), "
+                     f"got {text!r}")
+
+
+def _check_arguments(args) -> None:
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"image file(s) not found: {', '.join(missing)}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    if not 0 <= args.box_threshold < 1:
+        raise UsageError(f"--box-threshold must be in [0, 1), got {args.box_threshold}")
+    if not 0 <= args.alpha <= 1:
+        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+
+
+def run(args) -> int:
+    """Explain every image, write the files of the epilog, print the top-k classes."""
+    import camkit
+    from camkit.inputs import load_rgb
+
+    _check_arguments(args)
+    originals = {path: load_rgb(path) for path in args.images}    # a corrupt image fails before any output
+    loaded = load_model_from_args(args)
+    methods = split_names(args.methods) or list(camkit.methods.STANDARD_METHODS)  # TODO(merge): None
+    target = parse_target(args.target, loaded.class_names)
+    explainer = camkit.Explainer(loaded.model, methods=methods, layers=split_names(args.layers),
+                                 preprocess=loaded.preprocess, class_names=loaded.class_names)
+    used_stems: set = set()
+    with output_folder(args.out) as out:
+        for start in range(0, len(args.images), args.batch_size):
+            paths = args.images[start:start + args.batch_size]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                exp = explainer(list(paths), target=target)
+            for note in dict.fromkeys(str(w.message).split(": CAM needs")[0] for w in caught
+                                      if not issubclass(w.category, UserWarning) or "CAM" in str(w.message)):
+                print(f"note: {note}", file=sys.stderr)
+            _write_batch(exp, paths, [originals[p] for p in paths], loaded.spec, target, args, out, used_stems)
+    print(f"wrote {out}/")
+    return 0
+
+
+def _write_batch(exp, paths, originals, spec, target, args, out: Path, used_stems: set) -> None:
+    import numpy as np
+
+    from camkit import viz
+
+    probabilities, classes = exp.top_k(args.top_k)
+    sizes = [original.shape[:2] for original in originals]
+    boxes_input = {key: exp.boxes(*key, rule="fixed", fraction=args.box_threshold) for key in exp.maps}
+    boxes_image = {key: exp.boxes(*key, rule="fixed", fraction=args.box_threshold, sizes=sizes)
+                   for key in exp.maps}
+    for index, (path, original) in enumerate(zip(paths, originals)):
+        stem = _unique(_safe(Path(path).stem), used_stems)
+        explained = int(exp.targets[index]) if exp.targets is not None else None
+        record = {"image": str(path), "model": spec, "top_k": [
+            {"class": int(c), "name": exp.class_name(int(c)), "probability": round(float(p), 6)}
+            for p, c in zip(probabilities[index], classes[index])],
+            "target": explained, "target_name": exp.class_name(explained) if explained is not None else None,
+            "input_size": list(exp.images.shape[-2:]), "image_size": [original.shape[0], original.shape[1]],
+            "layers": list(exp.layers), "methods": list(exp.methods), "maps": {}}
+        print(f"{path}:")
+        for rank, entry in enumerate(record["top_k"], 1):
+            print(f"  {rank}. {entry['name']} ({entry['class']})  p={entry['probability']:.3f}")
+        for (method, layer), maps in exp.maps.items():
+            saliency = maps[index].detach().float().cpu().numpy()
+            base = f"{stem}_{_safe(method)}_{_safe(layer)}"
+            np.save(out / f"{base}.npy", saliency.astype(np.float32))
+            entry = {"npy": f"{base}.npy", "boxes_input": boxes_input[method, layer][index].tolist(),
+                     "boxes_image": boxes_image[method, layer][index].tolist()}
+            if not args.no_figures:
+                picture = viz.overlay(original, saliency, cmap=args.cmap, alpha=args.alpha)
+                thickness = max(1, round(min(original.shape[:2]) / 150))
+                picture = viz.draw_boxes(picture, entry["boxes_image"], (0.0, 1.0, 0.0), thickness)
+                _save_png(out / f"{base}_overlay.png", viz.to_uint8(picture))
+                entry["overlay"] = f"{base}_overlay.png"
+            record["maps"][f"{method}|{layer}"] = entry
+        if not args.no_figures:
+            figure = viz.explanation_figure(exp, index=index, cmap=args.cmap, alpha=args.alpha,
+                                            boxes={key: boxes_input[key][index] for key in exp.maps})
+            viz.save_figure(figure, out / f"{stem}_grid.png", dpi=100)
+            record["grid"] = f"{stem}_grid.png"
+        (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+        if explained is not None and target is not None:
+            print(f"  explained: {record['target_name']} ({record['target']})")
+
+
+def _unique(stem: str, used: set) -> str:
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _save_png(path: Path, rgb8) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgb8).save(path)
