@@ -112,15 +112,16 @@ def _check_arguments(args) -> None:
 
 def run(args) -> int:
     """Explain every image, write the files of the epilog, print the top-k classes."""
-    import camkit
+    from camkit.explain import Explainer
     from camkit.inputs import load_rgb
+    from camkit.methods import STANDARD_METHODS
 
     _check_arguments(args)
     originals = {path: load_rgb(path) for path in args.images}    # a corrupt image fails before any output
     loaded = load_model_from_args(args)
-    methods = split_names(args.methods) or list(camkit.methods.STANDARD_METHODS)  # TODO(merge): None
+    methods = split_names(args.methods) or list(STANDARD_METHODS)  # TODO(merge): None
     target = parse_target(args.target, loaded.class_names)
-    explainer = camkit.Explainer(loaded.model, methods=methods, layers=split_names(args.layers),
+    explainer = Explainer(loaded.model, methods=methods, layers=split_names(args.layers),
                                  preprocess=loaded.preprocess, class_names=loaded.class_names)
     used_stems: set = set()
     with output_folder(args.out) as out:
