@@ -295,11 +295,8 @@ def _checkpoint(path) -> LoadedModel:
     path = Path(path)
     if not path.exists():
         raise _error(f"checkpoint file not found: {path}")
-    try:
-        from camkit.train.checkpoint import load_checkpoint, load_checkpoint_model
-    except ImportError:
-        raise _error("loading camkit training checkpoints needs camkit.train.load_checkpoint_model, "
-                     "which this installation does not have yet") from None
+    from camkit.train.checkpoint import load_checkpoint, load_checkpoint_model
+
     try:
         model = load_checkpoint_model(path)
         payload = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path)

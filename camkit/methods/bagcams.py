@@ -23,6 +23,12 @@ def bagcams(inputs: LayerInputs) -> torch.Tensor:
 
     Returns:
         ``(B, T, h, w)`` raw maps.
+
+    Example::
+
+        model = torchvision.models.resnet18().eval()
+        exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="bagcams", layers="layer3")
+        exp["bagcams"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
     terms = inputs.guided_gradients * inputs.activations.unsqueeze(1)  # (B, T, C, h, w)
     bag_weights = 1 + terms.mean(dim=(-2, -1), keepdim=True)

@@ -16,6 +16,12 @@ def cam(inputs: LayerInputs) -> torch.Tensor:
 
     Returns:
         ``(B, T, h, w)`` raw maps.
+
+    Example::
+
+        model = torchvision.models.resnet18().eval()
+        exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="cam", layers="layer4")
+        exp["cam"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
     weights = inputs.class_weights
     if inputs.options.get("clamp_negative_weights", False):

@@ -36,6 +36,15 @@ def causal(inputs: LayerInputs) -> torch.Tensor:
     the model's or context's ``combination``, else ``"cicam-quadratic"``), ``threshold``, ``num_bottom``
     and ``ranking`` (``"target"``, default: the explained class is rank 0; ``"predicted"``: the
     released code's label-free ranking).
+
+    Returns:
+        ``(B, T, h, w)`` raw maps: ``sum_r h_r M_(r)`` minus its per-image minimum.
+
+    Example::
+
+        context = camkit.causal.fit_context(model, "layer4", train_loader)   # any GAP classifier
+        exp = camkit.explain(model, images, methods="causal", layers="layer4", context=context)
+        exp["causal"].shape   # (B, H, W), min-max normalised to [0, 1]
     """
     options = dict(inputs.options or {})
     context = options.get("context")

@@ -11,7 +11,17 @@ from camkit.methods.registry import LayerInputs, channel_weighted_sum, register
           description="ReLU(sum_k mean_m(g_k) A_k): channels weighted by their average gradient",
           reference="Selvaraju et al., Grad-CAM, ICCV 2017")
 def gradcam(inputs: LayerInputs) -> torch.Tensor:
-    """``ReLU(sum_k mean_m(g_k) * A_k)``. Returns ``(B, T, h, w)``."""
+    """Grad-CAM: ``ReLU(sum_k mean_m(g_k) * A_k)``, channels weighted by their mean gradient.
+
+    Returns:
+        ``(B, T, h, w)`` raw maps.
+
+    Example::
+
+        model = torchvision.models.resnet18().eval()
+        exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="gradcam", layers="layer4")
+        exp["gradcam"].shape   # (2, 224, 224), min-max normalised to [0, 1]
+    """
     weights = inputs.gradients.mean(dim=(-2, -1))
     return channel_weighted_sum(weights, inputs.activations).relu()
 
@@ -25,7 +35,16 @@ def gradcam_plus_plus(inputs: LayerInputs) -> torch.Tensor:
 
     ``alpha = g^2 / (2 g^2 + (sum_m A_k(m)) g^3)``; ``alpha = 0`` where the denominator is 0 (always
     where ``g = 0``; no epsilon is added anywhere else). ``w_k = sum_m alpha * ReLU(g)`` and the map
-    is ``ReLU(sum_k w_k A_k)``. Returns ``(B, T, h, w)``.
+    is ``ReLU(sum_k w_k A_k)``.
+
+    Returns:
+        ``(B, T, h, w)`` raw maps.
+
+    Example::
+
+        model = torchvision.models.resnet18().eval()
+        exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="gradcam++", layers="layer4")
+        exp["gradcam++"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
     grads = inputs.gradients
     activation_sums = inputs.activations.sum(dim=(-2, -1))[:, None, :, None, None]  # (B, 1, C, 1, 1)
@@ -43,5 +62,15 @@ def gradcam_plus_plus(inputs: LayerInputs) -> torch.Tensor:
           reference="Tan et al., Increasing the Discriminative Power of Class Activation Maps "
                     "(pixel-level class selection), 2020; Draelos & Carin, HiResCAM, 2020")
 def pcs(inputs: LayerInputs) -> torch.Tensor:
-    """``ReLU(sum_k g_k(m) * A_k(m))``. Returns ``(B, T, h, w)``."""
+    """PCS / HiResCAM: ``ReLU(sum_k g_k(m) * A_k(m))``, the position-specific score contribution.
+
+    Returns:
+        ``(B, T, h, w)`` raw maps.
+
+    Example::
+
+        model = torchvision.models.resnet18().eval()
+        exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="pcs", layers="layer4")
+        exp["pcs"].shape   # (2, 224, 224), min-max normalised to [0, 1]
+    """
     return (inputs.gradients * inputs.activations.unsqueeze(1)).sum(dim=2).relu()
