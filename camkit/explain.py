@@ -93,9 +93,9 @@ class Explanation:
             method, layer: which maps (``layer`` may be omitted when one layer was explained).
             rule: ``"fixed"`` (``u > int(fraction * max)``, option ``fraction=0.2``, the largest
                 contour's box), ``"percentile"`` (``tau``, ``q``) or ``"cicam"`` (``seg_thr``).
-            sizes: ``(H, W)`` of each original picture; boxes are mapped from the maps' pixels onto
-                them (an inclusive pixel edge ``x1`` becomes ``int((x1 + 1) * W / w) - 1``). Default:
-                the maps' own pixels.
+            sizes: ``(H, W)`` of each original picture to map the boxes onto (an inclusive pixel edge
+                ``x1`` of a ``w`` wide map becomes ``int((x1 + 1) * W / w) - 1``). Default: the input's
+                pixels (``images.shape[-2:]``), also for maps kept at the layer's resolution.
             options: the rule's options.
 
         Returns:
@@ -108,13 +108,15 @@ class Explanation:
         maps = self[(method, layer) if layer is not None else method].detach()
         if maps.dim() == 4:
             maps = maps[:, 0]
-        if sizes is not None and len(sizes) != len(maps):
+        if sizes is None:
+            sizes = [tuple(self.images.shape[-2:])] * len(maps)
+        if len(sizes) != len(maps):
             raise ValueError(f"sizes has {len(sizes)} entries for a batch of {len(maps)} maps")
         out = []
-        for index, saliency in enumerate(maps.float().cpu().numpy()):
+        for size, saliency in zip(sizes, maps.float().cpu().numpy()):
             boxes = np.asarray(box_rule(saliency, **options), np.int64).reshape(-1, 4)
-            if sizes is not None:
-                boxes = _rescale_inclusive(boxes, saliency.shape, sizes[index])
+            if tuple(size) != saliency.shape:
+                boxes = _rescale_inclusive(boxes, saliency.shape, tuple(size))
             out.append(boxes)
         return out
 
