@@ -106,8 +106,13 @@ def _names_for(num_classes: Optional[int]) -> Optional[List[str]]:
     return imagenet_class_names() if num_classes == 1000 else None
 
 
+#: the specifier forms, for one-line error messages (SPEC_FORMS describes each)
+SPEC_NAMES = ("torchvision:NAME", "efficientnet-lite0", "mobilenet_v2:PATH", "mobilenet_v2-tf:PATH",
+              "module:function", "checkpoint:PATH")
+
+
 def _error(message: str) -> ModelSpecError:
-    return ModelSpecError(f"{message}\nAccepted model specifiers:\n{SPEC_FORMS}")
+    return ModelSpecError(message)
 
 
 def load_state_dict_file(path, what: str = "weights") -> dict:
@@ -352,7 +357,8 @@ def load_model(spec: str, weights=None, num_classes: Optional[int] = None, devic
     elif Path(spec).is_file():
         loaded = _from_bare_file(spec, weights, num_classes)
     else:
-        raise _error(f"cannot understand the model specifier {spec!r}.")
+        raise _error(f"cannot understand the model specifier {spec!r}; use one of {', '.join(SPEC_NAMES)} "
+                     f"('camkit explain --help' describes each)")
     loaded = _override_preprocess(loaded, mean, std, image_size)
     if device is not None:
         loaded = loaded._replace(model=loaded.model.to(device))
