@@ -7,7 +7,7 @@ datasets in :mod:`camkit.data`, backbones and CI-CAM in :mod:`camkit.models`, th
 correction in :mod:`camkit.causal` and training in :mod:`camkit.train`.
 """
 
-__version__ = "0.1.0"
+from camkit._version import __version__
 
 from camkit.boxes import best_iou_per_threshold, box_iou, boxes_from_map, resize_boxes
 from camkit.causal import CausalContext, fit_context
