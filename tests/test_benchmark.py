@@ -193,3 +193,35 @@ def test_bad_counts_are_refused_before_any_work(options, fragment):
     with pytest.raises(ValueError, match=fragment):
         _small_run(loaded, dataset, **options)
     assert loaded.model.training  # not even put in eval mode
+
+
+def _imports(path):
+    """``(module-level imports, all imports)`` of a source file, as module names."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+
+    def names(nodes):
+        found = set()
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                found.add(node.module or "")
+        return found
+    return names(tree.body), names(ast.walk(tree))
+
+
+def test_bench_is_below_the_package_face_and_free_of_argparse():
+    from pathlib import Path
+
+    import camkit.bench
+    import camkit.cli.benchmark
+
+    for path in sorted(Path(camkit.bench.__file__).parent.glob("*.py")):
+        _, every = _imports(path)
+        assert "argparse" not in every, path
+        assert "camkit" not in every, f"{path} imports the package face; import camkit.<module> instead"
+    top, _ = _imports(Path(camkit.cli.benchmark.__file__))
+    # the command module imports torch and the library only inside run() (and add_arguments' defaults)
+    assert {name for name in top if name.split(".")[0] in ("torch", "camkit")} <= {"camkit.cli.common"}
