@@ -550,6 +550,7 @@ def metric_by_layer_figure(values: Mapping[str, Mapping[str, float]], metric: st
                 label=method)
     ax.set_xticks(x)
     ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, max(len(layers), 1) - 0.5)  # half a layer either side, so the offsets stay small
     ax.set_xlabel("layer")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} by layer")

@@ -205,5 +205,6 @@ def test_metric_by_layer_keeps_coinciding_points_apart():
     assert len({line.get_marker() for line in lines}) == 3
     assert all(line.get_markerfacecolor() == "none" for line in lines)
     np.testing.assert_allclose(figure.axes[0].get_xticks(), [0, 1])
+    assert figure.axes[0].get_xlim() == (-0.5, 1.5)  # one layer's width per layer, whatever the offsets
     single = viz.metric_by_layer_figure({"cam": same}).axes[0].get_lines()[0]
     np.testing.assert_allclose(single.get_xdata(), [0, 1])  # one line: on the ticks
