@@ -225,3 +225,30 @@ def test_bench_is_below_the_package_face_and_free_of_argparse():
     top, _ = _imports(Path(camkit.cli.benchmark.__file__))
     # the command module imports torch and the library only inside run() (and add_arguments' defaults)
     assert {name for name in top if name.split(".")[0] in ("torch", "camkit")} <= {"camkit.cli.common"}
+
+
+def test_peer_rows_compare_after_the_same_postprocessing(monkeypatch):
+    # a fake peer "importable" as math: Grad-CAM by hand at layer resolution, times 3 (min-max removes
+    # the scale), and a second peer whose runner raises: a row with the error, not a crash
+    model = load_model(TINY).model.eval()
+
+    def hand_gradcam(model, module, batch, classes):
+        captured = {}
+        handle = module.register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+        with torch.enable_grad():
+            logits = model(batch)
+            grads = torch.autograd.grad(logits.gather(1, classes.view(-1, 1)).sum(), captured["a"])[0]
+        handle.remove()
+        return 3 * torch.relu((grads.mean((2, 3), keepdim=True) * captured["a"]).sum(1)).detach()
+
+    def broken(model, module, batch, classes):
+        raise RuntimeError("peer broke")
+
+    monkeypatch.setattr(peers, "PEERS", {"hand": ("math", lambda m: hand_gradcam if m == "gradcam" else None),
+                                         "broken": ("math", lambda m: broken)})
+    rows, skipped = bench.compare_peers(model, torch.randn(3, 3, 32, 32), ["gradcam"], ["layer2", "layer2@0"],
+                                        repeats=1)
+    assert skipped == {}
+    assert [(r["peer"], r["layer"]) for r in rows] == [("hand", "layer2"), ("broken", "layer2")]  # no @k
+    assert rows[0]["max_abs_difference"] < 1e-5 and rows[0]["speed_ratio"] > 0
+    assert rows[1]["error"] == "RuntimeError: peer broke" and "speed_ratio" not in rows[1]
