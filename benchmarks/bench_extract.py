@@ -3,7 +3,7 @@
 Setup (issue 2): ResNet-50, random init, eval mode, batch 8 at 224x224, on the default device.
 
 * **floor(L)**: a bare forward plus ``torch.autograd.grad`` of the top-1 logits to layer ``L``'s
-  output (:func:`camkit.benchmark.floor_pass`; no graph upstream of ``L``, as in the engine).
+  output (:func:`camkit.bench.floor_pass`; no graph upstream of ``L``, as in the engine).
 * **camkit, all five at layer4**: one ``camkit.explain`` call with CAM, Grad-CAM, Grad-CAM++, PCS
   and BagCAMs at ``layer4``; its ratio is to floor(layer4). Goal: <= 1.3.
 * **camkit, all five at layer1-4**: one call at four layers; its ratio is to floor(layer1). BagCAMs
@@ -25,7 +25,7 @@ import torch
 import torchvision
 
 import camkit
-from camkit.benchmark import PeakMemory, _sync, environment, floor_pass
+from camkit.bench import PeakMemory, environment, floor_pass, synchronize
 
 METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 FOUR = ("layer1", "layer2", "layer3", "layer4")
@@ -74,10 +74,10 @@ def main(argv=None):
     times = {name: [] for name in jobs}
     for _ in range(args.rounds):
         for name, (run, _) in jobs.items():
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             run()
-            _sync(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
 
     env = environment(device)

@@ -514,9 +514,23 @@ def precision_recall_figure(curves, ax=None, title: str = "Pixel precision-recal
     return figure
 
 
+#: Marker shapes of :func:`metric_by_layer_figure`, one per line, so that coinciding points stay apart.
+LINE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _dodge_offsets(count: int, spread: float = 0.2) -> np.ndarray:
+    """``count`` sideways offsets centred on 0, ``spread`` apart end to end (none for one line)."""
+    if count < 2:
+        return np.zeros(max(count, 1))
+    return np.linspace(-spread / 2, spread / 2, count)
+
+
 def metric_by_layer_figure(values: Mapping[str, Mapping[str, float]], metric: str = "MaxBoxAccV2",
                            layers: Optional[Sequence[str]] = None, ax=None):
     """One line per method: ``metric`` against layer (layers in the given order, shallow to deep).
+
+    Methods that score the same stay visible: each has its own hollow marker and is shifted
+    sideways by a small offset (at most ``0.2`` of the spacing between layers, centred on the tick).
 
     Args:
         values: ``{method: {layer: value}}``; missing entries are left as gaps.
@@ -528,12 +542,15 @@ def metric_by_layer_figure(values: Mapping[str, Mapping[str, float]], metric: st
         for per_layer in values.values():
             layers += [l for l in per_layer if l not in layers]
     x = np.arange(len(layers))
-    for method, per_layer in values.items():
+    offsets = _dodge_offsets(len(values))
+    for index, (method, per_layer) in enumerate(values.items()):
         y = [per_layer.get(l, math.nan) for l in layers]
         y = [math.nan if v is None else float(v) for v in y]
-        ax.plot(x, y, marker="o", label=method)
+        ax.plot(x + offsets[index], y, marker=LINE_MARKERS[index % len(LINE_MARKERS)], markerfacecolor="none",
+                label=method)
     ax.set_xticks(x)
     ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, max(len(layers), 1) - 0.5)  # half a layer either side, so the offsets stay small
     ax.set_xlabel("layer")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} by layer")

@@ -53,18 +53,21 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(args.threads)
 
-    from camkit import benchmark, viz
+    from camkit import bench, viz
+    from camkit.data.open import open_dataset
     from camkit.model_spec import load_model
 
     kind = "mobilenet_v2" if args.symmetric_padding else "mobilenet_v2-tf"
     spec = f"{kind}:{args.weights}"
     loaded = load_model(spec)
-    dataset = benchmark.load_dataset(args.data, preprocess=loaded.preprocess)
-    result = benchmark.run_benchmark(loaded, dataset, methods=args.methods, layers=args.layers,
-                                     batch_size=10, cost_batch=8, repeats=3, progress=True,
-                                     settings={"model": f"{kind}:mobilenet_v2_imagenet.pth",
-                                               "data": "imagenet-val-dev50"})
-    paths = benchmark.write_outputs(result, args.out)
+    preprocess = loaded.preprocess
+    dataset = open_dataset(args.data, split="test", image_size=preprocess.size[0],
+                           normalize=(preprocess.mean, preprocess.std))
+    result = bench.run_benchmark(loaded, dataset, methods=args.methods, layers=args.layers,
+                                 batch_size=10, cost_batch=8, repeats=3, progress=True,
+                                 settings={"model": f"{kind}:mobilenet_v2_imagenet.pth",
+                                           "data": "imagenet-val-dev50"})
+    paths = bench.write_outputs(result, args.out)
 
     figures = Path(args.figures)
     values = {m: {l: v.get("MaxBoxAccV2") for l, v in per.items()} for m, per in result.quality.items()}
@@ -76,10 +79,10 @@ def main(argv=None) -> int:
 
     print(f"model {spec}\nclassification top-1 {result.classification['top1']:.1f}% "
           f"on {result.classification['images']} images\n")
-    print("MaxBoxAccV2 (methods x layers)\n" + benchmark.quality_markdown(result, "MaxBoxAccV2") + "\n")
+    print("MaxBoxAccV2 (methods x layers)\n" + bench.quality_markdown(result, "MaxBoxAccV2") + "\n")
     print("GT-known Loc (largest contour, IoU 0.5, best threshold; methods x layers)\n"
-          + benchmark.quality_markdown(result, "GT-known") + "\n")
-    print("cost\n" + benchmark.cost_markdown(result) + "\n")
+          + bench.quality_markdown(result, "GT-known") + "\n")
+    print("cost\n" + bench.cost_markdown(result) + "\n")
     print(f"wrote {paths['report']}, {figures / 'methods_layers_maxboxaccv2.png'} and "
           f"{figures / 'methods_layers_example.png'}")
     return 0

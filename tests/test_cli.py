@@ -163,9 +163,9 @@ def test_help_of_every_subcommand_has_examples(capsys):
 
 def test_benchmark_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
-    status = cli.main(["benchmark", "--model", TINY, "--data", "synthetic:6:32", "--methods", "gradcam",
-                       "cam", "--layers", "layer1", "layer2", "--out", str(out), "--repeats", "1",
-                       "--cost-batch", "3", "--batch-size", "4", "--no-peers"])
+    status = cli.main(["benchmark", "--model", TINY, "--data", "synthetic:num_images=6,image_size=32",
+                       "--methods", "gradcam", "cam", "--layers", "layer1", "layer2", "--out", str(out),
+                       "--repeats", "1", "--cost-batch", "3", "--batch-size", "4", "--no-peers"])
     assert status == 0
     result = json.loads((out / "results.json").read_text())
     assert result["settings"]["layers"] == ["layer1", "layer2"]

@@ -190,3 +190,21 @@ def test_box_patch_renders_on_the_pixel_edges():
     assert cols.min() in (19, 20) and cols.max() in (59, 60) and set(cols) <= {19, 20, 59, 60}
     assert rows.min() in (29, 30) and rows.max() in (69, 70) and set(rows) <= {29, 30, 69, 70}
     assert not green[45, 35]  # the inside stays the image's colour
+
+
+def test_metric_by_layer_keeps_coinciding_points_apart():
+    # three methods with the same value at every layer: hollow, distinct markers, dodged sideways
+    same = {"l1": 0.5, "l2": 0.7}
+    figure = viz.metric_by_layer_figure({"cam": same, "gradcam": same, "pcs": same}, layers=["l1", "l2"])
+    lines = figure.axes[0].get_lines()
+    xs = [tuple(line.get_xdata()) for line in lines]
+    assert len(set(xs)) == 3  # no two lines on the same x positions
+    for x in xs:  # each offset stays near its tick (within 0.1 of the layer spacing)
+        np.testing.assert_allclose(x, [0, 1], atol=0.1 + 1e-9)
+    np.testing.assert_allclose(np.mean(xs, axis=0), [0, 1])  # centred on the ticks
+    assert len({line.get_marker() for line in lines}) == 3
+    assert all(line.get_markerfacecolor() == "none" for line in lines)
+    np.testing.assert_allclose(figure.axes[0].get_xticks(), [0, 1])
+    assert figure.axes[0].get_xlim() == (-0.5, 1.5)  # one layer's width per layer, whatever the offsets
+    single = viz.metric_by_layer_figure({"cam": same}).axes[0].get_lines()[0]
+    np.testing.assert_allclose(single.get_xdata(), [0, 1])  # one line: on the ticks
