@@ -43,7 +43,7 @@ from torch import nn
 from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 __all__ = ["LoadedModel", "ModelSpecError", "SPEC_FORMS", "load_model", "imagenet_class_names",
-           "use_tf_same_padding", "add_model_arguments", "load_model_from_args", "default_device"]
+           "use_tf_same_padding"]
 
 SPEC_FORMS = """\
   torchvision:NAME --weights PATH   a torchvision architecture with your state_dict file
@@ -390,58 +390,3 @@ def _override_preprocess(loaded: LoadedModel, mean, std, image_size) -> LoadedMo
     return loaded._replace(preprocess=Preprocess(
         size, mean if mean is not None else getattr(current, "mean", IMAGENET_MEAN),
         std if std is not None else getattr(current, "std", IMAGENET_STD)))
-
-
-# ------------------------------------------------------------------------------ command-line flags
-def add_model_arguments(parser, required: bool = True) -> None:
-    """Add the shared model flags (``--model --weights --num-classes --mean --std --image-size
-    --device``) to an ``argparse`` parser; flags the parser already has are left alone."""
-    existing = set(getattr(parser, "_option_string_actions", {}))
-
-    def add(flag, **kwargs):
-        if flag not in existing:
-            parser.add_argument(flag, **kwargs)
-
-    add("--model", required=required, metavar="SPEC",
-        help="the model: torchvision:NAME, efficientnet-lite0, mobilenet_v2[-tf]:PATH, "
-             "module:function or checkpoint:PATH (see 'model specifiers' below)")
-    add("--weights", metavar="PATH", default=None,
-        help="state_dict file for torchvision:NAME or module:function ('random' = untrained); "
-             "never downloaded")
-    add("--num-classes", type=int, default=None, metavar="K",
-        help="class count when the weights do not tell it")
-    add("--mean", type=float, nargs="+", default=None, metavar="M",
-        help="override the input normalisation mean (1 or 3 values)")
-    add("--std", type=float, nargs="+", default=None, metavar="S",
-        help="override the input normalisation std (1 or 3 values)")
-    add("--image-size", type=int, default=None, metavar="N",
-        help="override the square model input size (default: the model's, usually 224)")
-    add("--device", default=None, metavar="DEV",
-        help="torch device, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
-
-
-def _three(values):
-    if values is None:
-        return None
-    values = list(values)
-    if len(values) == 1:
-        return values * 3
-    if len(values) != 3:
-        raise ModelSpecError(f"--mean/--std take 1 or 3 values, got {len(values)}")
-    return values
-
-
-def default_device(device=None) -> torch.device:
-    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_model_from_args(args) -> LoadedModel:
-    """:func:`load_model` from the flags of :func:`add_model_arguments`."""
-    return load_model(args.model, weights=getattr(args, "weights", None),
-                      num_classes=getattr(args, "num_classes", None),
-                      device=default_device(getattr(args, "device", None)),
-                      mean=_three(getattr(args, "mean", None)), std=_three(getattr(args, "std", None)),
-                      image_size=getattr(args, "image_size", None))
