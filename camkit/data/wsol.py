@@ -21,8 +21,8 @@ bilinear rounding can differ on the outermost ring of a mask.
 What the loaders accept (anything else raises :class:`MetadataError` naming the file, the line or record,
 what was found and what was expected; nothing is skipped or guessed):
 
-* Text is UTF-8; a leading byte-order mark, CRLF line endings, blank lines and spaces around fields
-  are accepted. Other encodings (Latin-1, UTF-16), a byte-order mark or a control character inside
+* Text is UTF-8; a leading byte-order mark, LF, CRLF or CR line endings, blank lines and spaces
+  around fields are accepted. Other encodings (Latin-1, UTF-16), a byte-order mark or a control character inside
   the text are refused.
 * ``image_ids.txt`` defines the split: each id once. Lines of the other files whose id is not in it are
   checked for syntax and then dropped (so a shortened ``image_ids.txt`` evaluates a subset).
@@ -66,6 +66,7 @@ class MetadataError(ValueError):
 
 _UNSIGNED = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _ODD_CHARACTER = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufeff]")
 
 BOX_LINE = "'image_id,x0,y0,x1,y1' (5 fields)"
@@ -95,15 +96,14 @@ def _bad(path, number, line, expected):
 def _fields(path: Path) -> Iterator[Tuple[int, str, List[str]]]:
     """``(line number, line, comma-separated fields)`` of the non-blank lines of a metadata file."""
     text = _read_text(path, "wsolevaluation metadata file")
-    for number, raw in enumerate(text.split("\n"), start=1):
+    for number, raw in enumerate(_LINE_BREAK.split(text), start=1):
         line = raw.strip()
         if not line:
             continue
         odd = _ODD_CHARACTER.search(line)
         if odd:
             raise _bad(path, number, line, f"plain text, found the character U+{ord(odd.group()):04X} (a "
-                                           f"byte-order mark or control character: were files concatenated, "
-                                           f"or saved with old Mac line endings?)")
+                                           f"byte-order mark or control character: were files concatenated?)")
         yield number, line, [field.strip() for field in line.split(",")]
 
 
@@ -171,9 +171,9 @@ def _localization(path: Path, sizes: Dict[str, Tuple[int, int]]):
         if not image_id:
             raise _bad(path, number, line, f"an image id first: a box line {BOX_LINE} or a mask line {MASK_LINE}")
         if len(parts) == 5:
-            if not all(_DECIMAL.fullmatch(v) for v in parts[1:]):
+            box = [float(v) if _DECIMAL.fullmatch(v) else math.nan for v in parts[1:]]
+            if not all(math.isfinite(v) for v in box):
                 raise _bad(path, number, line, f"a box line {BOX_LINE} with finite decimal coordinates")
-            box = [float(v) for v in parts[1:]]
             problem = _box_problem(box, sizes.get(image_id))
             if problem:
                 raise _bad(path, number, line, problem)
