@@ -255,7 +255,8 @@ def test_a_16_bit_png_dataset_item_equals_the_8_bit_picture(tmp_path):
 def test_dataset_images_stay_in_the_stored_frame_despite_exif(tmp_path):
     """Boxes and image_sizes.txt refer to the stored pixels (as wsolevaluation): no EXIF rotation."""
     meta = write_files(tmp_path / "meta", {"image_ids.txt": b"p.jpg\n", "class_labels.txt": b"p.jpg,0\n",
-                                           "image_sizes.txt": b"p.jpg,32,16\n", "localization.txt": b"p.jpg,0,0,15,15\n"})
+                                           "image_sizes.txt": b"p.jpg,32,16\n",
+                                           "localization.txt": b"p.jpg,0,0,15,15\n"})
     _exif_jpeg(tmp_path / "p.jpg", orientation=6)
     item = WSOLDataset(tmp_path, meta, transform=WSOLEvalTransform(16, mean=0.0, std=1.0))[0]
     left, right = item["image"][:, :, :6].mean((1, 2)), item["image"][:, :, 10:].mean((1, 2))
@@ -283,7 +284,8 @@ ANNOTATION_CASES = [
     ("record-not-object", b"[3]", ": record 0 ", ["is a JSON int"]),
     ("missing-key", _json([_record(), {"file": "b.png", "label": 1}]), ": record 1 (b.png) ",
      ["lacks ['width', 'height', 'boxes_xyxy']"]),
-    ("duplicate-file", _json([_record(), _record(label=2)]), ": record 1 (a.png) ", ["repeats file 'a.png' of record 0"]),
+    ("duplicate-file", _json([_record(), _record(label=2)]), ": record 1 (a.png) ",
+     ["repeats file 'a.png' of record 0"]),
     ("empty-file-name", _json([_record(file="")]), ": record 0 () ", ["has file ''"]),
     ("negative-label", _json([_record(label=-1)]), ": record 0 (a.png) ", ["has label -1"]),
     ("float-label", _json([_record(label=1.5)]), ": record 0 (a.png) ", ["has label 1.5"]),
@@ -294,10 +296,12 @@ ANNOTATION_CASES = [
     ("nan-box", b'[{"file": "a.png", "label": 1, "width": 4, "height": 4, "boxes_xyxy": [[0, NaN, 3, 3]]}]',
      ": record 0 (a.png) ", ["has malformed boxes_xyxy"]),
     ("no-boxes", _json([_record(boxes_xyxy=[])]), ": record 0 (a.png) ", ["has malformed boxes_xyxy []"]),
-    ("short-box", _json([_record(boxes_xyxy=[[0, 0, 3]])]), ": record 0 (a.png) ", ["malformed boxes_xyxy [[0, 0, 3]]"]),
+    ("short-box", _json([_record(boxes_xyxy=[[0, 0, 3]])]), ": record 0 (a.png) ",
+     ["malformed boxes_xyxy [[0, 0, 3]]"]),
     ("inverted-box", _json([_record(boxes_xyxy=[[3, 0, 1, 2]])]), ": record 0 (a.png) ", ["x0 <= x1 and y0 <= y1"]),
     ("box-outside", _json([_record(boxes_xyxy=[[0, 0, 3, 5]])]), ": record 0 (a.png) ", ["a box inside the 4x4 image"]),
-    ("negative-box", _json([_record(boxes_xyxy=[[-1, 0, 3, 3]])]), ": record 0 (a.png) ", ["a box inside the 4x4 image"]),
+    ("negative-box", _json([_record(boxes_xyxy=[[-1, 0, 3, 3]])]), ": record 0 (a.png) ",
+     ["a box inside the 4x4 image"]),
 ]
 
 

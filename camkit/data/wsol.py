@@ -57,7 +57,7 @@ from camkit.boxes import resize_boxes
 from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD, _three, load_rgb, read_image
 
 __all__ = ["WSOLDataset", "CUBDataset", "ILSVRCDataset", "OpenImagesDataset", "AnnotatedFolderDataset",
-           "WSOLEvalTransform", "read_wsol_metadata", "collate_wsol", "MetadataError"]
+           "WSOLEvalTransform", "read_wsol_metadata", "read_annotations", "collate_wsol", "MetadataError"]
 
 
 class MetadataError(ValueError):
@@ -95,16 +95,17 @@ def _bad(path, number, line, expected):
 
 def _fields(path: Path) -> Iterator[Tuple[int, str, List[str]]]:
     """``(line number, line, comma-separated fields)`` of the non-blank lines of a metadata file."""
-    text = _read_text(path, "wsolevaluation metadata file")
-    for number, raw in enumerate(_LINE_BREAK.split(text), start=1):
+    lines = _LINE_BREAK.split(_read_text(path, "wsolevaluation metadata file"))
+    odd = _ODD_CHARACTER.search("\n".join(lines))
+    if odd:
+        number = next(n for n, line in enumerate(lines, start=1) if _ODD_CHARACTER.search(line))
+        raise _bad(path, number, lines[number - 1].strip(),
+                   f"plain text, found the character U+{ord(odd.group()):04X} (a byte-order mark or control "
+                   f"character: were files concatenated?)")
+    for number, raw in enumerate(lines, start=1):
         line = raw.strip()
-        if not line:
-            continue
-        odd = _ODD_CHARACTER.search(line)
-        if odd:
-            raise _bad(path, number, line, f"plain text, found the character U+{ord(odd.group()):04X} (a "
-                                           f"byte-order mark or control character: were files concatenated?)")
-        yield number, line, [field.strip() for field in line.split(",")]
+        if line:
+            yield number, line, [field.strip() for field in line.split(",")]
 
 
 def _image_ids(path: Path) -> Dict[str, int]:
@@ -215,15 +216,16 @@ def read_wsol_metadata(metadata_dir) -> Dict[str, object]:
                        "'image_id,width,height' with positive integer sizes")
     boxes, masks = _localization(root / "localization.txt", sizes)
     for image_id, number in ids.items():
+        if image_id in labels and image_id in sizes and (image_id in boxes or image_id in masks):
+            continue
         where = f"(listed on line {number} of {root / 'image_ids.txt'})"
         for name, table, form in (("class_labels.txt", labels, "image_id,label"),
                                   ("image_sizes.txt", sizes, "image_id,width,height")):
             if image_id not in table:
                 raise MetadataError(f"{root / name}: no line for image id {image_id!r} {where}; add a line "
                                     f"'{form}'")
-        if image_id not in boxes and image_id not in masks:
-            raise MetadataError(f"{root / 'localization.txt'}: no box or mask line for image id {image_id!r} "
-                                f"{where}; add a box line {BOX_LINE} or a mask line {MASK_LINE}")
+        raise MetadataError(f"{root / 'localization.txt'}: no box or mask line for image id {image_id!r} "
+                            f"{where}; add a box line {BOX_LINE} or a mask line {MASK_LINE}")
     return {"image_ids": list(ids), "labels": {i: labels[i] for i in ids}, "sizes": {i: sizes[i] for i in ids},
             "boxes": {i: np.asarray(boxes[i], np.float64) for i in ids if i in boxes},
             "masks": {i: masks[i] for i in ids if i in masks}}
