@@ -263,6 +263,25 @@ def test_dataset_images_stay_in_the_stored_frame_despite_exif(tmp_path):
     assert left[0] > 0.8 and left[2] < 0.2 and right[2] > 0.8 and right[0] < 0.2   # red left, blue right, as stored
 
 
+TRANSFORM_CASES = [
+    ({"size": 0}, "size must be a positive integer"),
+    ({"size": 2.5}, "size must be a positive integer"),
+    ({"size": True}, "size must be a positive integer"),
+    ({"mean": (0.5, 0.5)}, "mean needs 1 or 3 values"),
+    ({"std": (0.5, 0.0, 0.5)}, "std must be positive"),
+]
+
+
+@pytest.mark.parametrize("arguments, fragment", TRANSFORM_CASES, ids=[str(c[0]) for c in TRANSFORM_CASES])
+def test_the_eval_transform_refuses_bad_arguments(arguments, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
+        WSOLEvalTransform(**arguments)
+
+
+def test_the_eval_transform_takes_a_numpy_integer_size():
+    assert WSOLEvalTransform(np.int64(16)).size == 16
+
+
 # ------------------------------------------------------------------- annotations.json
 def _record(file="a.png", **changes):
     record = {"file": file, "label": 1, "width": 4, "height": 4, "boxes_xyxy": [[0, 0, 3, 3]]}

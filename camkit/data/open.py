@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -111,7 +112,7 @@ def open_dataset(spec: str, *, split: str = "test", metadata=None, image_size: i
         raise TypeError(f"spec must be a string or a path ({DATA_FORMS_SHORT}), got {type(spec).__name__}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     normalize = _checked_normalize(normalize)
     if spec == "synthetic" or spec.startswith("synthetic:"):

@@ -45,6 +45,7 @@ from __future__ import annotations
 import codecs
 import json
 import math
+import numbers
 import re
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -251,9 +252,9 @@ class WSOLEvalTransform:
     """
 
     def __init__(self, size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise ValueError(f"size must be a positive integer (the side of the square input), got {size!r}")
-        self.size = size
+        self.size = int(size)
         self.mean = _three("mean", mean)
         self.std = _three("std", std)
         if min(self.std) <= 0:
