@@ -65,8 +65,9 @@ class MetadataError(ValueError):
     """A malformed metadata file; the message names the file and the line number (or JSON record)."""
 
 
-_UNSIGNED = re.compile(r"[0-9]+")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_DECIMAL = re.compile(_NUMBER)
+_FOUR_DECIMALS = re.compile(",".join([_NUMBER] * 4))
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _ODD_CHARACTER = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufeff]")
 
@@ -106,7 +107,8 @@ def _fields(path: Path) -> Iterator[Tuple[int, str, List[str]]]:
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if line:
-            yield number, line, [field.strip() for field in line.split(",")]
+            fields = line.split(",")
+            yield number, line, [f.strip() for f in fields] if " " in line or "\t" in line else fields
 
 
 def _image_ids(path: Path) -> Dict[str, int]:
@@ -138,12 +140,16 @@ def _per_image(path: Path, names: Sequence[str], parse, expected: str) -> Dict[s
     return table
 
 
+def _is_unsigned(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _label(values):
-    return int(values[0]) if _UNSIGNED.fullmatch(values[0]) else None
+    return int(values[0]) if _is_unsigned(values[0]) else None
 
 
 def _size(values):
-    if not all(_UNSIGNED.fullmatch(v) for v in values):
+    if not (_is_unsigned(values[0]) and _is_unsigned(values[1])):
         return None
     width, height = int(values[0]), int(values[1])
     return (width, height) if width > 0 and height > 0 else None
@@ -173,7 +179,7 @@ def _localization(path: Path, sizes: Dict[str, Tuple[int, int]]):
         if not image_id:
             raise _bad(path, number, line, f"an image id first: a box line {BOX_LINE} or a mask line {MASK_LINE}")
         if len(parts) == 5:
-            box = [float(v) if _DECIMAL.fullmatch(v) else math.nan for v in parts[1:]]
+            box = [float(v) for v in parts[1:]] if _FOUR_DECIMALS.fullmatch(",".join(parts[1:])) else [math.nan]
             if not all(math.isfinite(v) for v in box):
                 raise _bad(path, number, line, f"a box line {BOX_LINE} with finite decimal coordinates")
             problem = _box_problem(box, sizes.get(image_id))
