@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,19 +84,85 @@ class Preprocess:
         return f"Preprocess(size={self.size}, mean={self.mean}, std={self.std})"
 
 
-def load_rgb(image) -> np.ndarray:
-    """A PIL image, ``(H, W, 3)`` / ``(H, W)`` uint8 array or file path -> ``(H, W, 3)`` uint8 RGB."""
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded, or whose pixels have no unambiguous 8-bit RGB meaning."""
+
+
+#: Pillow modes that convert to 8-bit RGB / L without a choice to make (alpha is dropped, as
+#: wsolevaluation's ``convert("RGB")``).
+_PLAIN_MODES = frozenset({"1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def pil_to_array(image: Image.Image, mode: str = "RGB", source: str = "image") -> np.ndarray:
+    """The pixels of a PIL image as 8-bit ``mode`` (``"RGB"``: ``(H, W, 3)``, ``"L"``: ``(H, W)``) uint8.
+
+    16-bit grey images (Pillow modes ``I;16*``) are scaled to 8 bits with ``round(v * 255 / 65535)``;
+    32-bit float images (mode ``F``) must hold values in ``[0, 1]`` and become ``round(v * 255)``.
+    Pillow itself decodes 16-bit RGB(A) PNGs to 8 bits (the high byte). Other modes (``I``: 32-bit
+    integers, ``LAB``, ``HSV``, ...) have no fixed range or RGB meaning and raise
+    :class:`ImageReadError` naming ``source`` and the mode; nothing is guessed.
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.round(values * (255.0 / 65535.0)).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size < values.size or finite.min() < 0 or finite.max() > 1:
+            found = f"[{finite.min():g}, {finite.max():g}]" if finite.size else "no finite value"
+            extra = " and NaN/inf" if finite.size < values.size and finite.size else ""
+            raise ImageReadError(f"{source}: float pixels (mode 'F') must lie in [0, 1], found {found}{extra}; "
+                                 f"rescale it to [0, 1] or save it as an 8-bit image")
+        image = Image.fromarray(np.round(values * 255.0).astype(np.uint8), mode="L")
+    elif image.mode not in _PLAIN_MODES:
+        raise ImageReadError(f"{source}: Pillow mode {image.mode!r} has no fixed 8-bit RGB meaning; "
+                             f"convert it to an 8-bit RGB or greyscale image (PNG, JPEG)")
+    return np.array(image.convert(mode))
+
+
+def read_image(path, mode: str = "RGB", exif_transpose: bool = False) -> np.ndarray:
+    """Read an image file: the one place camkit opens image files.
+
+    Args:
+        path: the file.
+        mode: ``"RGB"`` -> ``(H, W, 3)`` uint8, ``"L"`` -> ``(H, W)`` uint8 (see :func:`pil_to_array`
+            for 16-bit and float files).
+        exif_transpose: turn the picture upright by its EXIF orientation (photos); ``False`` keeps the
+            stored pixel frame, the frame that dataset boxes and sizes refer to.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ImageReadError: the file is not an image, is corrupt or truncated, or has an unsupported mode;
+            the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()   # decode now, so that a truncated or corrupt file fails here, by name
+            image = ImageOps.exif_transpose(opened) if exif_transpose else opened
+            return pil_to_array(image, mode, source=str(path))
+    except UnidentifiedImageError as error:
+        raise ImageReadError(f"{path} is not an image file Pillow can read") from error
+    except (ImageReadError, PermissionError):
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageReadError(f"{path}: the image is corrupt or truncated ({error})") from error
+
+
+def load_rgb(image, exif_transpose: bool = True) -> np.ndarray:
+    """A PIL image, ``(H, W, 3)`` / ``(H, W)`` uint8 array or file path -> ``(H, W, 3)`` uint8 RGB.
+
+    Files are read with :func:`read_image`. With ``exif_transpose`` (the default, for photos) files and
+    PIL images are turned upright by their EXIF orientation; datasets pass ``False`` to keep the stored
+    pixel frame their boxes refer to.
+    """
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                return np.array(opened.convert("RGB"))
-        except UnidentifiedImageError as error:
-            raise ValueError(f"{path} is not an image file PIL can read") from error
+        return read_image(image, "RGB", exif_transpose=exif_transpose)
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
+        return pil_to_array(ImageOps.exif_transpose(image) if exif_transpose else image, "RGB")
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(f"image arrays must be uint8 (H, W, 3) RGB, got dtype {image.dtype}; "

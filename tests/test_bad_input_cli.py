@@ -59,7 +59,7 @@ CASES = [
     (EVALUATE + ["--methods", "gradcamm"], "unknown method 'gradcamm'"),
     (EVALUATE + ["--layers", "layer9"], "layer9"),
     (EVALUATE + ["--batch-size", "0"], "--batch-size must be at least 1"),
-    (EVALUATE[:3] + ["--data", "synthetic:num_imagez=4"], "make_synthetic's arguments"),
+    (EVALUATE[:3] + ["--data", "synthetic:num_imagez=4"], "unknown key(s) ['num_imagez']"),
     # train
     (["train", "camm"] + TRAIN[2:], "camm"),
     (TRAIN[:4] + ["--backbone", "tiny2"] + TRAIN[6:], "tiny2"),

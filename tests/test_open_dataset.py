@@ -57,14 +57,15 @@ def test_annotated_folder(assets_dir):
 
 @pytest.mark.parametrize("spec, kwargs, error, fragment", [
     ("nowhere/at/all", {}, FileNotFoundError, "is not an existing folder nor 'synthetic"),
-    ("synthetic:num_imagez=3", {}, ValueError, "the keys are make_synthetic's arguments"),
+    ("synthetic:num_imagez=3", {}, ValueError, "unknown key(s) ['num_imagez']"),
     ("synthetic:3", {}, ValueError, "expected KEY=VALUE"),
     ("synthetic", {"metadata": "m"}, ValueError, "--metadata applies to a wsolevaluation dataset root"),
     ("synthetic", {"split": "val"}, ValueError, "split must be 'train' or 'test'"),
 ])
 def test_bad_specs(spec, kwargs, error, fragment):
-    with pytest.raises(error, match=fragment.replace("(", r"\(")):
+    with pytest.raises(error) as info:
         open_dataset(spec, **kwargs)
+    assert fragment in str(info.value)
 
 
 def test_a_folder_that_is_neither_form_names_the_metadata_it_looked_for(tmp_path):

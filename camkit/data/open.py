@@ -6,7 +6,9 @@
   (:func:`camkit.data.synthetic.make_synthetic`; keys are its arguments, e.g.
   ``synthetic:num_images=2000,habitat_p=0.8,image_size=64``). The ``"test"`` split uses the next seed
   (``seed + 1``), uniform context unless ``context`` is given, and at most 1000 images, so that it
-  measures localisation without the habitat shortcut and never overlaps the training split.
+  measures localisation without the habitat shortcut and never overlaps the training split. A key
+  given twice or not an argument of ``make_synthetic`` is refused (a folder named ``synthetic`` is
+  given as ``./synthetic``).
 * ``DIR`` holding ``annotations.json``: an annotated image folder (the ``imagenet-val-dev50`` format,
   :class:`camkit.data.wsol.AnnotatedFolderDataset`).
 * ``DIR``, a wsolevaluation dataset root: images under ``DIR``, the four metadata files in
@@ -22,6 +24,9 @@ in ``[0, 1]``.
 from __future__ import annotations
 
 import ast
+import inspect
+import numbers
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -38,6 +43,7 @@ DATA_FORMS = """\
                              image_sizes.txt and localization.txt (default DIR/metadata/<split>)"""
 
 MAX_SYNTHETIC_TEST_IMAGES = 1000
+DATA_FORMS_SHORT = "synthetic[:KEY=VALUE,...], an annotated folder or a wsolevaluation root"
 
 
 def parse_options(items: Optional[Sequence[str]]) -> Dict[str, Any]:
@@ -50,7 +56,10 @@ def parse_options(items: Optional[Sequence[str]]) -> Dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = _literal(value.strip())
+        key = key.strip().replace("-", "_")
+        if key in out:
+            raise ValueError(f"{key} is given twice ({item!r}); give each KEY once")
+        out[key] = _literal(value.strip())
     return out
 
 
@@ -91,11 +100,21 @@ def open_dataset(spec: str, *, split: str = "test", metadata=None, image_size: i
         A map-style dataset (``len`` and integer indexing) of item dicts; ``class_names`` where known.
 
     Raises:
-        ValueError: a spec that names none of the forms, or ``metadata`` with a synthetic spec.
-        FileNotFoundError: a folder that does not exist or holds neither form.
+        ValueError: a spec that names none of the forms, a synthetic key that is unknown or given twice,
+            a bad synthetic value (the message starts with the spec), ``metadata`` with a synthetic
+            spec, or a bad ``split``, ``image_size`` or ``normalize``.
+        FileNotFoundError: a folder (or ``metadata`` folder) that does not exist or holds neither form.
+        MetadataError: malformed metadata or annotations (the message names the file and line).
     """
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a string or a path ({DATA_FORMS_SHORT}), got {type(spec).__name__}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    normalize = _checked_normalize(normalize)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         if metadata is not None:
             raise ValueError("--metadata applies to a wsolevaluation dataset root, not to 'synthetic'")
@@ -109,6 +128,9 @@ def open_dataset(spec: str, *, split: str = "test", metadata=None, image_size: i
     transform = WSOLEvalTransform(size=image_size, mean=mean, std=std)
     if metadata is None and (root / "annotations.json").is_file():
         return AnnotatedFolderDataset(root, transform=transform)
+    if metadata is not None and not Path(metadata).is_dir():
+        raise FileNotFoundError(f"--metadata {str(metadata)!r} is not an existing folder; give the folder with "
+                                f"image_ids.txt, class_labels.txt, image_sizes.txt and localization.txt")
     meta = Path(metadata) if metadata is not None else root / "metadata" / split
     if not meta.is_dir():
         raise FileNotFoundError(
@@ -118,19 +140,46 @@ def open_dataset(spec: str, *, split: str = "test", metadata=None, image_size: i
     return WSOLDataset(root, meta, transform=transform)
 
 
+def _checked_normalize(normalize):
+    """``None`` or ``(mean, std)`` with 3 values each (1 value means all channels) and std > 0."""
+    if normalize is None:
+        return None
+    from camkit.inputs import _three
+
+    if not isinstance(normalize, (list, tuple)) or len(normalize) != 2:
+        raise ValueError(f"normalize must be None or (mean, std), got {normalize!r}")
+    mean, std = _three("mean", normalize[0]), _three("std", normalize[1])
+    if min(std) <= 0:
+        raise ValueError(f"normalize std must be positive, got {std}")
+    return mean, std
+
+
+#: make_synthetic arguments that do not name a split (and so are not --data keys).
+_NOT_SYNTHETIC_KEYS = ("return_layers", "chunk_size")
+
+
 def _open_synthetic(spec: str, split: str, normalize):
     from camkit.data.synthetic import make_synthetic
 
-    options = _synthetic_options(spec)
+    try:
+        options = _synthetic_options(spec)
+    except ValueError as error:
+        raise ValueError(f"--data {spec!r}: {error}; the form is synthetic:KEY=VALUE,...") from None
+    keys = [k for k in inspect.signature(make_synthetic).parameters if k not in _NOT_SYNTHETIC_KEYS]
+    unknown = [k for k in options if k not in keys]
+    if unknown:
+        raise ValueError(f"--data {spec!r}: unknown key(s) {unknown}; the keys are {', '.join(keys)}")
     if split == "test":
         options.setdefault("context", "uniform")
-        options["seed"] = int(options.get("seed", 0)) + 1
-        options["num_images"] = min(int(options.get("num_images", MAX_SYNTHETIC_TEST_IMAGES)),
-                                    MAX_SYNTHETIC_TEST_IMAGES)
+        seed, count = options.get("seed", 0), options.get("num_images", MAX_SYNTHETIC_TEST_IMAGES)
+        if isinstance(seed, int) and not isinstance(seed, bool):   # else make_synthetic refuses it
+            options["seed"] = seed + 1
+        if isinstance(count, int) and not isinstance(count, bool):
+            options["num_images"] = min(count, MAX_SYNTHETIC_TEST_IMAGES)
     try:
         dataset = make_synthetic(**options)
-    except TypeError as error:  # an unknown key
-        raise ValueError(f"--data {spec!r}: {error}; the keys are make_synthetic's arguments") from None
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"--data {spec!r}: {error}") from None
     return dataset if normalize is None else EvaluationView(dataset, None, *normalize)
 
 

@@ -152,12 +152,7 @@ def _draw_backgrounds(labels: torch.Tensor, num_classes: int, num_textures: int,
     coin = torch.rand(n, generator=g)
     if context == "uniform":
         return torch.randint(num_textures, (n,), generator=g)
-    if context == "habitat":
-        favoured = labels
-    elif context == "swapped":
-        favoured = (labels + 1) % num_classes
-    else:
-        raise ValueError(f"context must be 'habitat', 'uniform' or 'swapped', got {context!r}")
+    favoured = labels if context == "habitat" else (labels + 1) % num_classes   # "swapped"
     # otherwise: uniform over textures other than the favoured one (and, when swapped, the own habitat)
     excluded = 1 if context == "habitat" else 2
     pick = torch.randint(num_textures - excluded, (n,), generator=g)
@@ -235,15 +230,10 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
     Returns:
         A :class:`SyntheticWSOL` (and the layers when ``return_layers``).
     """
-    if not 2 <= num_classes <= len(SHAPES):
-        raise ValueError(f"num_classes must be in [2, {len(SHAPES)}], got {num_classes}")
-    if not 0.0 <= habitat_p <= 1.0:
-        raise ValueError(f"habitat_p is a probability, got {habitat_p}")
-    if num_images < 1 or image_size < 16:
-        raise ValueError(f"need num_images >= 1 and image_size >= 16, got {num_images}, {image_size}")
+    _check_arguments(num_images=num_images, num_classes=num_classes, image_size=image_size, context=context,
+                     habitat_p=habitat_p, num_neutral=num_neutral, seed=seed, world_seed=world_seed,
+                     scale_range=scale_range, part_radius=part_radius, chunk_size=chunk_size)
     num_textures = num_classes + num_neutral
-    if context == "swapped" and num_textures < 3:
-        raise ValueError("context='swapped' needs at least 3 textures (num_classes + num_neutral >= 3)")
     bank = _texture_bank(num_textures, world_seed)
     g = torch.Generator().manual_seed(int(seed))
     n, s = num_images, image_size
@@ -278,6 +268,10 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
         masks[sl] = m
         if layers is not None:
             layers[0][sl], layers[1][sl] = bg, fg
+    empty = int((~masks.flatten(1).any(1)).sum())
+    if empty:
+        raise ValueError(f"{empty} of {n} images have no object pixel (scale_range {tuple(scale_range)} is too "
+                         f"small for image_size {s}); raise scale_range[0]")
     boxes = _mask_boxes(masks)
     dataset = SyntheticWSOL(
         images=images, masks=masks, parts=parts, boxes=boxes, labels=labels, backgrounds=backgrounds,
@@ -289,6 +283,44 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
                       scale_range=tuple(scale_range), part_radius=part_radius),
     )
     return (dataset, layers) if return_layers else dataset
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_arguments(*, num_images, num_classes, image_size, context, habitat_p, num_neutral, seed,
+                     world_seed, scale_range, part_radius, chunk_size) -> None:
+    """Refuse arguments of :func:`make_synthetic` that would fail late or draw wrong images."""
+    for name, value, low in (("num_images", num_images, 1), ("image_size", image_size, 16),
+                             ("num_neutral", num_neutral, 0), ("chunk_size", chunk_size, 1)):
+        if not _is_integer(value) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("seed", seed), ("world_seed", world_seed)):
+        if not _is_integer(value):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not _is_integer(num_classes) or not 2 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be an integer in [2, {len(SHAPES)}], got {num_classes!r}")
+    if context not in ("habitat", "uniform", "swapped"):
+        raise ValueError(f"context must be 'habitat', 'uniform' or 'swapped', got {context!r}")
+    if not _is_real(habitat_p) or not 0.0 <= habitat_p <= 1.0:
+        raise ValueError(f"habitat_p is a probability in [0, 1], got {habitat_p!r}")
+    if context == "swapped" and num_classes + num_neutral < 3:
+        raise ValueError("context='swapped' needs at least 3 textures (num_classes + num_neutral >= 3)")
+    if not _is_real(part_radius) or not 0.0 <= part_radius <= 1.0:
+        raise ValueError(f"part_radius is in object units (the object fits the unit disk): a number in "
+                         f"[0, 1], got {part_radius!r}")
+    pair = tuple(scale_range) if isinstance(scale_range, (list, tuple)) else None
+    largest = (image_size - 3) / (2 * image_size)   # radius + 1 px margin fits on both sides
+    if (pair is None or len(pair) != 2 or not all(_is_real(v) and math.isfinite(v) for v in pair)
+            or not 0 < pair[0] <= pair[1] <= largest):
+        raise ValueError(f"scale_range is (low, high), object radii as fractions of image_size with "
+                         f"0 < low <= high <= {largest:.4f} (the object must fit the {image_size}x{image_size} "
+                         f"image), got {scale_range!r}")
 
 
 def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
