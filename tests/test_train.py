@@ -13,6 +13,7 @@ from camkit.train import (
     register_recipe, save_checkpoint, train,
 )
 from camkit.train.loop import build_optimizer, lr_factor
+from camkit.train.losses import classification_loss
 from camkit.train.recipes import TrainConfig
 
 FAST = dict(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), progress=False,
@@ -133,6 +134,114 @@ def test_resume_refuses_other_recipe_or_backbone(tmp_path):
           model_options={"widths": (4, 8, 8, 8)})
     with pytest.raises(CheckpointError, match="backbone"):
         train("cam", data, backbone="mobilenet_v2", num_classes=3, out_dir=tmp_path, config=config)
+
+
+def test_resume_field_lists_classify_every_config_field():
+    """Every TrainConfig field is either required to match on resume or allowed to change, never both."""
+    import dataclasses
+    from camkit.train.checkpoint import RESUME_MAY_CHANGE, RESUME_MUST_MATCH
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert sorted(RESUME_MUST_MATCH + RESUME_MAY_CHANGE) == sorted(names)
+
+
+def test_resume_may_extend_epochs_and_change_bookkeeping(tmp_path):
+    """The fields a resume may change are honoured, not refused: 1 epoch, then resumed to 2 epochs with
+    other logging/eval/checkpoint settings, equals a straight 2-epoch run bit for bit."""
+    data = make_synthetic(24, num_classes=3, image_size=32, seed=7)
+    options = {"widths": (4, 8, 8, 8)}
+    base = _config(epochs=2, batch_size=8, lr=0.05, lr_schedule="constant")
+    straight = train("cam", data, backbone="tiny", num_classes=3, config=base, model_options=options)
+    train("cam", data, backbone="tiny", num_classes=3, config=base.replace(epochs=1), model_options=options,
+          out_dir=tmp_path)
+    resumed = train("cam", data, backbone="tiny", num_classes=3, model_options=options, out_dir=tmp_path,
+                    config=base.replace(log_every=2, eval_every=1, checkpoint_every_steps=1, max_steps=100,
+                                        amp=False, num_workers=0), eval_set=data)
+    a, b = _params(straight.model), _params(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["global_step"] == 6
+
+
+class _CrashingLoss:
+    """The ``cam`` loss that raises once at ``global_step == at`` (a crash between two checkpoints)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def __call__(self, output, batch, state):
+        if state.global_step == self.at:
+            self.at = None
+            raise KeyboardInterrupt("killed")
+        return classification_loss(output, batch, state)
+
+
+def _log_events(out):
+    return [(r["event"], r["global_step"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_metrics_log_has_each_step_once_after_a_crash_and_resume(tmp_path):
+    """Steps logged after the last checkpoint are replayed by the resumed run: the log drops them first."""
+    data = make_synthetic(32, num_classes=3, image_size=32, seed=8)
+    crash = _CrashingLoss(at=5)   # the 6th step, epoch 1 (4 steps an epoch): step 5 logged, checkpoints at 2, 4
+    recipe = Recipe(name="test-crashing-cam", build_model=get_recipe("cam").build_model, loss=crash)
+    config = _config(epochs=2, batch_size=8, checkpoint_every_steps=2, log_every=1)
+    options = {"widths": (4, 8, 8, 8)}
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, data, backbone="tiny", num_classes=3, config=config, model_options=options,
+              out_dir=tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["global_step"] == 4
+    assert _log_events(tmp_path)[-2:] == [("epoch", 4), ("train", 5)]     # logged after the checkpoint
+    # a half-written last line (killed while logging) is dropped too
+    with open(tmp_path / "metrics.jsonl", "a") as log:
+        log.write('{"event": "train", "glo')
+    train(recipe, data, backbone="tiny", num_classes=3, config=config, model_options=options, out_dir=tmp_path)
+    events = _log_events(tmp_path)
+    assert [g for e, g in events if e == "train"] == list(range(1, 9))
+    assert [g for e, g in events if e == "epoch"] == [4, 8]
+    # resume=False starts a new run and a new log
+    train(recipe, data, backbone="tiny", num_classes=3, config=config.replace(epochs=1), model_options=options,
+          out_dir=tmp_path, resume=False)
+    assert _log_events(tmp_path) == [("train", 1), ("train", 2), ("train", 3), ("train", 4), ("epoch", 4)]
+
+
+_KILLED_SAVE = """
+import os, signal, sys, torch
+from camkit.train.checkpoint import save_checkpoint
+def killed(obj, handle, *args, **kwargs):
+    handle.write(b"PK partial")
+    handle.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = killed
+save_checkpoint({"model": {}, "model_spec": {}}, sys.argv[1])
+"""
+
+
+def test_save_removes_temporaries_of_a_killed_save(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"model": {"w": torch.ones(1)}, "model_spec": {}, "epoch": 1}, path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    killed = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(path)], env=dict(os.environ, PYTHONPATH=root))
+    assert killed.returncode == -9
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".checkpoint.pt.") and leftovers[0].endswith(".tmp")
+    unrelated = [".checkpoint.pt.keep", "notes.tmp", ".other.pt.abcd1234.tmp", ".checkpoint.pt.abc.tmp"]
+    for name in unrelated:
+        (tmp_path / name).write_text("not camkit's")
+    assert load_checkpoint(path)["epoch"] == 1                      # the previous checkpoint survived
+    save_checkpoint({"model": {"w": torch.ones(1)}, "model_spec": {}, "epoch": 2}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint.pt"] + unrelated)
+
+
+def test_resume_removes_temporaries_of_a_killed_save(tmp_path):
+    data = make_synthetic(16, num_classes=3, image_size=32, seed=9)
+    config = _config(epochs=1, batch_size=8)
+    train("cam", data, backbone="tiny", num_classes=3, config=config, model_options={"widths": (4, 8, 8, 8)},
+          out_dir=tmp_path)
+    (tmp_path / ".checkpoint.pt.k1ll3d_x.tmp").write_bytes(b"PK partial")
+    train("cam", data, backbone="tiny", num_classes=3, config=config, model_options={"widths": (4, 8, 8, 8)},
+          out_dir=tmp_path)                                          # already complete: resumes, saves nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
 
 
 # ---------------------------------------------------------------- distributed
