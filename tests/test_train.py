@@ -14,7 +14,7 @@ from camkit.train import (
 )
 from camkit.train.loop import build_optimizer, lr_factor
 from camkit.train.losses import classification_loss
-from camkit.train.recipes import TrainConfig
+from camkit.train.recipes import TrainConfig, pretrained_and_new_groups
 
 FAST = dict(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), progress=False,
             num_workers=0, eval_every=0, log_every=1)
@@ -434,6 +434,74 @@ def test_custom_recipe_dict_loss_and_groups_must_cover_all_params():
                      param_groups=lambda m, c: [{"params": list(m.fc.parameters()), "lr_scale": 1.0}])
     with pytest.raises(ValueError, match="no parameter group"):
         train(partial, data, backbone="tiny", num_classes=3, config=_config(epochs=1, batch_size=16))
+
+
+def test_losses_module_imports_nothing_from_camkit_and_owns_every_recipe_loss():
+    """No import circle: losses.py is pure (torch only); the recipes take their losses from it."""
+    import ast
+    from pathlib import Path
+    import camkit.train.losses as losses
+    tree = ast.parse(Path(losses.__file__).read_text())
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not [m for m in modules if m and m.startswith("camkit")], modules
+    assert get_recipe("cam").loss is losses.classification_loss
+    assert get_recipe("cicam").loss is losses.cicam_loss
+
+
+@pytest.mark.parametrize("loss_name", ["classification_loss", "cicam_loss"])
+def test_losses_split_over_processes_average_to_the_global_mean(loss_name):
+    """Shares of 3, 2 and 0 samples with normalizer 5 / 3, averaged as DDP averages gradients, give the
+    mean over all 5 samples; the empty share is an exact 0 with a zero gradient."""
+    from types import SimpleNamespace
+    import torch.nn.functional as F
+    import camkit.train.losses as losses
+    loss_fn = getattr(losses, loss_name)
+    torch.manual_seed(0)
+    up, down = torch.randn(5, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    expected = F.cross_entropy(down, labels)
+    if loss_name == "cicam_loss":
+        expected = expected + F.cross_entropy(up, labels)
+
+    def loss(rows, state=None):
+        output = {"up": up[rows], "down": down[rows]} if loss_name == "cicam_loss" else down[rows]
+        result = loss_fn(output, {"label": labels[rows]}, state)
+        return result["loss"] if isinstance(result, dict) else result
+
+    state = SimpleNamespace(normalizer=5 / 3)
+    shares = [loss(slice(0, 3), state), loss(slice(3, 5), state), loss(slice(5, 5), state)]
+    torch.testing.assert_close(sum(shares) / 3, expected)
+    torch.testing.assert_close(loss(slice(0, 5)), expected)          # no state: the plain mean
+    assert shares[2].item() == 0.0 and shares[2].requires_grad
+    shares[2].backward()
+    assert float(down.grad.abs().sum()) == 0.0
+
+
+def test_cicam_param_groups_reuse_the_shared_split(monkeypatch):
+    import camkit.train.cicam_recipe as cicam_recipe
+    from camkit.train.recipes import pretrained_and_new_groups
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return pretrained_and_new_groups(*args, **kwargs)
+
+    monkeypatch.setattr(cicam_recipe, "pretrained_and_new_groups", spy)
+    model = get_recipe("cicam").build_model("tiny", 3, widths=(4, 8, 8, 8), input_size=32)
+    groups = cicam_recipe.cicam_param_groups(model, TrainConfig(lr_classifier_ratio=4.0))
+    assert calls == [{"new_prefixes": ("context", "classifier"), "pretrained_name": "backbone"}]
+    assert {g["name"]: g["lr_scale"] for g in groups} == {"backbone": 0.25, "new": 1.0}
+
+
+def test_pretrained_and_new_groups_with_explicit_prefixes():
+    model = get_recipe("cam").build_model("tiny", 3, widths=(4, 8, 8, 8))
+    groups = pretrained_and_new_groups(model, TrainConfig(lr_classifier_ratio=3.0), new_prefixes=("fc",),
+                                       pretrained_name="trunk")
+    assert [(g["name"], g["lr_scale"]) for g in groups] == [("trunk", 1.0), ("new", 3.0)]
+    assert [id(p) for p in groups[1]["params"]] == [id(model.fc.weight), id(model.fc.bias)]
+    default = pretrained_and_new_groups(model, TrainConfig(lr_classifier_ratio=3.0))   # every tiny layer is new
+    assert [g["name"] for g in default] == ["new"]
 
 
 def test_command_trains_synthetic(tmp_path, capsys):

@@ -163,6 +163,13 @@ def check_resumable(payload: Dict[str, Any], run: Dict[str, Any], path: Union[st
                               f"the same {values} or {START_FRESH}")
 
 
+def _first_sentence(error: BaseException) -> str:
+    """The first sentence of ``error``'s message (torch's load errors go on with advice that does not
+    apply to a damaged file, such as retrying with ``weights_only=False``)."""
+    text = " ".join(str(error).split())
+    return text.split(". ")[0][:200]
+
+
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Load and validate a checkpoint written by :func:`save_checkpoint`.
 
@@ -174,7 +181,8 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, bad pickle, ...
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted?): {error}") from error
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted?): "
+                              f"{_first_sentence(error)}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a camkit checkpoint (no format={FORMAT!r} marker)")
     if payload.get("complete") is not True or "model" not in payload or "model_spec" not in payload:
