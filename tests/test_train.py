@@ -330,6 +330,11 @@ def _uneven_ddp_worker(rank, world, port, out):
         for case in UNEVEN_DDP_CASES:
             result = _uneven_run(case)
             results[case] = (_params(result.model), [h for h in result.history if h["event"] == "train"])
+        # BatchNorm (per-process batch statistics: not equal to one process) through an empty share
+        data = make_synthetic(7, num_classes=3, image_size=32, seed=5)
+        batchnorm = train("cam", data, backbone="tiny", num_classes=3, config=_uneven_config(2),
+                          model_options={"widths": (4, 8, 8, 8)})
+        results["batchnorm"] = ({k: v.detach().clone() for k, v in batchnorm.model.named_parameters()}, [])
         # a single-process checkpoint taken mid-epoch, resumed by `world` processes
         resumed = _uneven_run("7 samples, batch 2", out_dir=os.path.join(out, "resumed"))
         results["resumed"] = (_params(resumed.model), [])
@@ -378,6 +383,9 @@ def test_two_processes_equal_one_on_uneven_batches(tmp_path):
             assert moved > 1e-2, f"{case}: training changed nothing, the comparison would be vacuous"
     for results in ranks:
         _assert_params_close(results["resumed"][0], _params(straight.model), "resumed by 2 processes")
+    bn0, bn1 = ranks[0]["batchnorm"][0], ranks[1]["batchnorm"][0]
+    assert all(torch.equal(bn0[k], bn1[k]) and bool(torch.isfinite(bn0[k]).all()) for k in bn0), \
+        "BatchNorm replicas diverged or went non-finite through an empty share"
 
 
 # ---------------------------------------------------------------- recipes, schedules, command
