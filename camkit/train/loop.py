@@ -318,7 +318,8 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
         raise TypeError(f"config must be a camkit.train.TrainConfig (e.g. recipe.make_config(preset, **changes)), "
                         f"got {type(config).__name__}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1 (the number of classes of the data), got {num_classes!r}")
+        raise ValueError(f"num_classes must be an integer >= 1 (the number of classes of the data), "
+                         f"got {num_classes!r}")
     num_samples = len(train_set)
     if num_samples == 0:
         raise ValueError("the training set is empty; give train() a dataset with at least one sample")
