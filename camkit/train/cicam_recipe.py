@@ -24,20 +24,20 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from camkit.train.losses import cicam_loss
 from camkit.train.recipes import (
-    CAM_CONFIG, SYNTHETIC_CPU_PRESET, Recipe, StepState, TrainConfig, register_recipe,
+    CAM_CONFIG, SYNTHETIC_CPU_PRESET, Recipe, TrainConfig, pretrained_and_new_groups, register_recipe,
 )
 
 __all__ = ["cicam_loss", "cicam_forward", "cicam_logits", "cicam_param_groups", "build_cicam_model",
-           "CICAM_RELEASED", "CICAM_CONFIG"]
+           "CICAM_CONFIG", "CICAM_FULL_LR_PREFIXES"]
 
-#: What the released CI-CAM code used for VGG16 on CUB-200-2011.
-CICAM_RELEASED: Dict[str, Any] = dict(optimizer="adam", lr=5e-4, batch_size=6, epochs=100, lr_schedule="poly",
-                                      lr_power=0.9, backbone_lr_scale=0.1, update_rate=0.01,
-                                      combination="cicam-quadratic")
+#: The layers CI-CAM trains at the full lr; everything in ``model.features`` (the backbone, its
+#: non-local blocks and extra convs included, as in the released code) is at the reduced lr.
+CICAM_FULL_LR_PREFIXES = ("context", "classifier")
+
 
 def build_cicam_model(backbone: str = "vgg16", num_classes: int = 200, pretrained=None, **options: Any) -> nn.Module:
     """:func:`camkit.models.cicam.build_cicam` (``options``: ``input_size``, ``update_rate``,
@@ -56,33 +56,15 @@ def cicam_logits(output: Dict[str, torch.Tensor]) -> torch.Tensor:
     return output["down"]
 
 
-def cicam_loss(output: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor], state: StepState = None):
-    """``CE(up) + CE(down)`` in float32; returns the sum under ``"loss"`` and both terms."""
-    labels = batch["label"]
-    up = F.cross_entropy(output["up"].float(), labels)
-    down = F.cross_entropy(output["down"].float(), labels)
-    return {"loss": up + down, "ce_up": up.detach(), "ce_down": down.detach()}
-
-
 def cicam_param_groups(model: nn.Module, config: TrainConfig) -> List[Dict[str, Any]]:
-    """The context projection and the classifier at lr x1; everything in ``model.features`` (the backbone,
-    its non-local blocks and extra convs included, as in the released code) at x``1 / lr_classifier_ratio``
-    (the released 0.1 is ``lr_classifier_ratio = 10``; the synthetic preset uses 1)."""
-    prefixes = ("context", "classifier")
-    ratio = float(getattr(config, "lr_classifier_ratio", 10.0)) or 1.0
-    backbone_scale = 1.0 / ratio
-    new, backbone = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        is_new = any(name == p or name.startswith(p + ".") for p in prefixes)
-        (new if is_new else backbone).append(parameter)
-    groups = []
-    if backbone:
-        groups.append({"params": backbone, "lr_scale": backbone_scale, "name": "backbone"})
-    if new:
-        groups.append({"params": new, "lr_scale": 1.0, "name": "new"})
-    return groups
+    """:func:`~camkit.train.recipes.pretrained_and_new_groups` split at :data:`CICAM_FULL_LR_PREFIXES`,
+    with ``lr`` meaning the new layers' lr: the context projection and the classifier at x1 (group
+    ``"new"``), everything in ``model.features`` at x``1 / lr_classifier_ratio`` (group ``"backbone"``;
+    the released 0.1 is ``lr_classifier_ratio = 10``, the synthetic preset uses 1)."""
+    groups = pretrained_and_new_groups(model, config, new_prefixes=CICAM_FULL_LR_PREFIXES,
+                                       pretrained_name="backbone")
+    ratio = float(config.lr_classifier_ratio)
+    return [dict(group, lr_scale=group["lr_scale"] / ratio) for group in groups]
 
 
 #: Defaults: the released VGG16/CUB settings (backbone at x0.1 via ``lr_classifier_ratio=10``).

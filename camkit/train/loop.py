@@ -4,11 +4,23 @@
 ``output = recipe.forward(model, batch)``, ``loss = recipe.loss(output, batch, state)``,
 ``backward``, ``step``. Features:
 
+- **Epochs**: every epoch is a permutation of the training set (seeded ``seed + epoch``) cut into
+  global batches of ``config.batch_size`` samples; the last one is shorter when the batch size does
+  not divide the set. Every sample is trained once per epoch, none is repeated or dropped.
 - **Distributed**: under ``torchrun --nproc_per_node=N`` it joins the process group (``gloo`` on CPU,
-  ``nccl`` on GPU), wraps the model in ``DistributedDataParallel`` and shards each epoch's permutation
-  with ``DistributedSampler``. ``config.batch_size`` is the global batch, so N processes take the same
-  optimizer steps as 1 process (exactly, for models without BatchNorm; BatchNorm statistics are per
-  process). Only rank 0 writes files.
+  ``nccl`` on GPU), wraps the model in ``DistributedDataParallel`` and splits every global batch into
+  N contiguous shares (sizes differ by at most one; in a short last batch a process may get none, and
+  still runs its forward and backward on an empty batch, so it takes part in every all-reduce with a
+  zero gradient). Losses divide their sum over the local batch by the global batch size / N
+  (:mod:`camkit.train.losses`), so DDP's gradient average is the single-process gradient. Hence N
+  processes take the optimizer steps of 1 process, on the same samples, for any batch size and data
+  set size; the logged losses are global-batch means, the same on every process. Equal up to
+  floating-point summation order (the distributed test holds parameters to ``1e-6`` relative):
+  models without BatchNorm, and CI-CAM's context pool (its update sums over the processes).
+  NOT equal: BatchNorm (batch statistics are per process; DDP re-broadcasts rank 0's running
+  statistics before every forward), dropout and other randomness in the model (the torch RNG is
+  seeded per process), and custom losses that take the plain mean of their local batch. Only rank 0
+  writes files.
 - **Determinism**: the model is initialised from ``config.seed``; every sample's augmentation comes
   from a generator seeded with ``(seed, epoch, index)``; the global torch RNG (dropout, ...) is
   reseeded before every step from ``(seed, rank, global_step)``. Hence a run resumed from any
@@ -17,9 +29,16 @@
 - **Checkpoints**: ``OUT/checkpoint.pt``, written atomically (:mod:`camkit.train.checkpoint`) at the
   end of every epoch, every ``checkpoint_every_steps`` steps, and when ``max_steps`` stops training.
   ``resume=True`` continues from it, mid-epoch included (the epoch's permutation is replayed from the
-  saved position).
+  saved position). Resuming continues the SAME run or refuses with :class:`CheckpointError` naming the
+  differing field: recipe, backbone, ``num_classes``, ``model_options``, the training set's length and
+  the config fields of :data:`~camkit.train.checkpoint.RESUME_MUST_MATCH` (batch size, seed,
+  augmentation, optimizer and schedule) must match; ``epochs``, ``max_steps``, ``amp`` and the
+  bookkeeping fields (:data:`~camkit.train.checkpoint.RESUME_MAY_CHANGE`) and the number of
+  processes may change.
 - **Logs**: JSON lines in ``OUT/metrics.jsonl`` (``{"event": "train" | "eval" | "epoch", ...}``) and a
-  tqdm progress bar on rank 0.
+  tqdm progress bar on rank 0. A resumed run first drops the records written after its checkpoint
+  (a crash between a log line and the next checkpoint), so every step and epoch appears once; a fresh
+  run (no checkpoint, or ``resume=False``) starts an empty log.
 - **Evaluation**: classification top-1 on ``eval_set`` every ``eval_every`` epochs (sharded over
   processes, counts summed with ``all_reduce``), plus an optional ``evaluate_fn(model, eval_set) ->
   dict`` for localisation metrics.
@@ -28,6 +47,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +56,17 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 import torch
 from torch import nn
 
-from camkit.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from camkit.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed, world
-from camkit.train.recipes import Recipe, StepState, TrainConfig, get_recipe
+from camkit.distributed import all_reduce_sum, barrier, setup_distributed, world
+from camkit.train.checkpoint import (
+    CHECKPOINT_NAME, RESUME_MUST_MATCH, START_FRESH, CheckpointError, check_resumable, load_checkpoint,
+    remove_stale_temporaries, save_checkpoint,
+)
+from camkit.train.recipes import Recipe, StepState, TrainConfig, default_forward, default_logits, get_recipe
 from camkit.train.transforms import EvalTransform, TrainTransform, TransformedDataset
 
-__all__ = ["train", "TrainResult", "evaluate_top1", "build_optimizer", "lr_factor"]
+__all__ = ["train", "TrainResult", "evaluate_top1", "build_optimizer", "lr_factor", "METRICS_NAME"]
+
+METRICS_NAME = "metrics.jsonl"
 
 
 @dataclass
@@ -97,23 +122,48 @@ def build_optimizer(recipe: Recipe, model: nn.Module, config: TrainConfig) -> to
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
 
 
-class _EpochSampler(torch.utils.data.Sampler):
-    """This process's share of the epoch's permutation, optionally skipping the first samples."""
+class _GlobalBatchSampler(torch.utils.data.Sampler):
+    """This process's share of every global batch of an epoch, as lists of dataset indices.
 
-    def __init__(self, length: int, ctx: DistributedContext, seed: int):
-        self.inner = torch.utils.data.DistributedSampler(range(length), num_replicas=ctx.world_size,
-                                                         rank=ctx.rank, shuffle=True, seed=seed)
-        self.skip = 0
+    An epoch is ``torch.randperm(num_samples)`` (generator seeded ``seed + epoch``) cut into global
+    batches of ``batch_size`` samples, the last one shorter when ``batch_size`` does not divide
+    ``num_samples``; no sample is repeated or dropped. Each global batch is split into ``world_size``
+    contiguous shares (``torch.tensor_split``: sizes differ by at most one, a share may be empty). The
+    permutation and the cut do not depend on ``world_size``, so N processes take the steps of one.
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.inner.set_epoch(epoch)
-        self.skip = skip
+    A ``DataLoader`` cannot load zero samples: an empty share loads the global batch's first sample,
+    which the loop cuts away (``batch[:0]``) using :attr:`share_sizes`.
+    """
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.inner)[self.skip:])
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int):
+        self.num_samples, self.batch_size = int(num_samples), int(batch_size)
+        self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
+        self.steps_per_epoch = -(-self.num_samples // self.batch_size)
+        self.global_batches: List[torch.Tensor] = []
+        self.shares: List[torch.Tensor] = []
+
+    def set_epoch(self, epoch: int, skip_steps: int = 0) -> None:
+        """Plan ``epoch``, leaving out its first ``skip_steps`` global batches (a resumed epoch)."""
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + int(epoch)))
+        self.global_batches = list(order.split(self.batch_size))[skip_steps:]
+        self.shares = [torch.tensor_split(batch, self.world_size)[self.rank] for batch in self.global_batches]
+
+    @property
+    def share_sizes(self) -> List[int]:
+        """Samples this process really trains on in each remaining step of the epoch."""
+        return [len(share) for share in self.shares]
+
+    @property
+    def global_sizes(self) -> List[int]:
+        """Samples of each remaining global batch (all processes together)."""
+        return [len(batch) for batch in self.global_batches]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for share, batch in zip(self.shares, self.global_batches):
+            yield (share if len(share) else batch[:1]).tolist()
 
     def __len__(self) -> int:
-        return len(self.inner) - self.skip
+        return len(self.shares)
 
 
 def _to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
@@ -133,8 +183,6 @@ def evaluate_top1(model: nn.Module, dataset, logits_fn: Callable[[Any], torch.Te
     ``transform`` defaults to :class:`EvalTransform` at 224; ``forward(model, batch)`` and
     ``logits_fn(output)`` default to the CAM recipe's.
     """
-    from camkit.train.recipes import default_forward, default_logits
-
     forward = forward or default_forward
     logits_fn = logits_fn or default_logits
     device = device or next(model.parameters()).device
@@ -157,6 +205,84 @@ def evaluate_top1(model: nn.Module, dataset, logits_fn: Callable[[Any], torch.Te
     return {"top1": correct / max(total, 1), "correct": correct, "total": total}
 
 
+def _run_identity(recipe: Recipe, backbone: str, num_classes: int, model_options: Dict[str, Any],
+                  num_samples: int, config: TrainConfig) -> Dict[str, Any]:
+    """What a checkpoint must share with this run to be resumed (see :func:`check_resumable`)."""
+    return {"recipe": recipe.name, "backbone": backbone, "num_classes": int(num_classes),
+            "model_options": model_options, "num_samples": int(num_samples),
+            **{name: getattr(config, name) for name in RESUME_MUST_MATCH}}
+
+
+def _load_for_resume(path: Path, run: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    """The checkpoint at ``path``, checked to belong to ``run``; every failure names the way out."""
+    try:
+        payload = load_checkpoint(path, map_location=device)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot resume: {error}; {START_FRESH}") from error
+    check_resumable(payload, run, path)
+    return payload
+
+
+def _restore(payload: Dict[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: Optional[torch.amp.GradScaler]) -> None:
+    """Load the model, optimizer and scaler states of a checked checkpoint (``CheckpointError`` if they
+    do not fit, e.g. a custom recipe whose model changed since the checkpoint was written)."""
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        detail = " ".join(str(error).split())[:400]
+        raise CheckpointError(f"checkpoint {path} does not fit this run's model or optimizer ({detail}); "
+                              f"{START_FRESH}") from error
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+
+
+def _truncate_log(path: Path, last_global_step: int) -> None:
+    """Drop the records of ``path`` after ``last_global_step`` (and a half-written last line).
+
+    Records are appended in step order, so the file is cut at the first record past the checkpoint:
+    the resumed run logs those steps again, once.
+    """
+    if not path.exists():
+        return
+    keep = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            try:
+                if json.loads(line)["global_step"] > last_global_step:
+                    break
+            except (ValueError, KeyError, TypeError):
+                break
+            keep += len(line)
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+
+
+def _open_log(out: Path, resumed_global_step: Optional[int]):
+    """``OUT/metrics.jsonl`` for appending: cut after the resumed step, or emptied for a fresh run."""
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out / CHECKPOINT_NAME)
+    path = out / METRICS_NAME
+    if resumed_global_step is None:
+        return open(path, "w")
+    _truncate_log(path, resumed_global_step)
+    return open(path, "a")
+
+
+def _global_terms(terms: Dict[str, Any], device: torch.device, world_size: int) -> Dict[str, float]:
+    """Each loss term over the global batch: the sum over processes of the local terms / world_size.
+
+    Every local term is a sum over the local batch divided by ``state.normalizer`` (global batch
+    size / world size), so this is the global batch mean, the same on every process and equal to
+    the single-process value.
+    """
+    local = torch.stack([torch.as_tensor(v).detach().to(device=device, dtype=torch.float64).reshape(())
+                         for v in terms.values()])
+    total = all_reduce_sum(local) / world_size
+    return dict(zip(terms, total.tolist()))
+
+
 def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: int,
           out_dir: Optional[Union[str, Path]] = None, config: Optional[TrainConfig] = None,
           eval_set=None, pretrained=None, model_options: Optional[Dict[str, Any]] = None,
@@ -166,29 +292,45 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
 
     Args:
         recipe: a registered recipe name or a :class:`Recipe`.
-        train_set: a dataset whose items are dicts with ``image`` (PIL, array or ``(3, H, W)`` tensor)
-            and ``label``, or tuples ``(image, label, ...)``.
+        train_set: a non-empty dataset whose items are dicts with ``image`` (PIL, array or
+            ``(3, H, W)`` tensor) and ``label``, or tuples ``(image, label, ...)``.
         backbone, num_classes, pretrained, model_options: passed to ``recipe.build_model``.
         out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go (rank 0 only); ``None`` writes nothing
             and cannot resume.
         config: defaults to ``recipe.config``.
         eval_set: evaluated every ``config.eval_every`` epochs and at the end (top-1, plus
             ``evaluate_fn(model, eval_set)`` when given).
-        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists; it must come from the same run
+            (:func:`camkit.train.checkpoint.check_resumable`). ``False`` starts fresh: the next
+            checkpoint replaces the old one and ``metrics.jsonl`` starts empty.
         device: defaults to ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
 
     Returns:
         :class:`TrainResult` with the trained model in eval mode.
+
+    Bad arguments, and a checkpoint that cannot be resumed, raise before any file is written.
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    config = config or recipe.config
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a registered name or a camkit.train.Recipe, got {type(recipe).__name__}")
+    config = recipe.config if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a camkit.train.TrainConfig (e.g. recipe.make_config(preset, **changes)), "
+                        f"got {type(config).__name__}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1 (the number of classes of the data), "
+                         f"got {num_classes!r}")
+    num_samples = len(train_set)
+    if num_samples == 0:
+        raise ValueError("the training set is empty; give train() a dataset with at least one sample")
     model_options = dict(model_options or {})
     ctx = setup_distributed(torch.device(device) if device is not None else None)
     out = Path(out_dir) if out_dir is not None else None
-    if config.batch_size % ctx.world_size:
-        raise ValueError(f"batch_size {config.batch_size} (global) is not divisible by the number of "
-                         f"processes {ctx.world_size}; choose a multiple of {ctx.world_size}")
-    local_batch = config.batch_size // ctx.world_size
+    checkpoint_path = out / CHECKPOINT_NAME if out is not None else None
+    saved = None
+    if resume and checkpoint_path is not None and checkpoint_path.exists():
+        run = _run_identity(recipe, backbone, num_classes, model_options, num_samples, config)
+        saved = _load_for_resume(checkpoint_path, run, ctx.device)
 
     torch.manual_seed(config.seed)
     model = recipe.build_model(backbone, num_classes=num_classes, pretrained=pretrained, **model_options)
@@ -196,20 +338,10 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
     optimizer = build_optimizer(recipe, model, config)
     use_amp = bool(config.amp and ctx.device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-
     epoch, start_step, global_step = 0, 0, 0
-    checkpoint_path = out / CHECKPOINT_NAME if out is not None else None
-    if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, map_location=ctx.device)
-        if state["model_spec"].get("recipe") != recipe.name or state["model_spec"].get("backbone") != backbone:
-            raise CheckpointError(f"{checkpoint_path} was written by recipe {state['model_spec'].get('recipe')!r} "
-                                  f"with backbone {state['model_spec'].get('backbone')!r}, not {recipe.name!r}/"
-                                  f"{backbone!r}; use another --out directory or resume=False")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        epoch, start_step, global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
+    if saved is not None:
+        _restore(saved, checkpoint_path, model, optimizer, scaler)
+        epoch, start_step, global_step = int(saved["epoch"]), int(saved["step_in_epoch"]), int(saved["global_step"])
 
     train_model: nn.Module = model
     if ctx.world_size > 1:
@@ -218,20 +350,16 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
 
     view = TransformedDataset(train_set, TrainTransform(config.resize_size, config.crop_size, config.flip,
                                                         config.mean, config.std), seed=config.seed)
-    sampler = _EpochSampler(len(view), ctx, config.seed)
-    loader = torch.utils.data.DataLoader(view, batch_size=local_batch, sampler=sampler, drop_last=True,
-                                         num_workers=config.num_workers,
+    sampler = _GlobalBatchSampler(num_samples, config.batch_size, ctx.rank, ctx.world_size, config.seed)
+    loader = torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=config.num_workers,
                                          pin_memory=ctx.device.type == "cuda")
-    steps_per_epoch = len(sampler.inner) // local_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"the training set ({len(view)} samples) is smaller than one batch of "
-                         f"{config.batch_size}; lower batch_size")
+    steps_per_epoch = sampler.steps_per_epoch
     eval_transform = EvalTransform(config.crop_size, config.mean, config.std)
+    eval_batch = max(1, -(-config.batch_size // ctx.world_size))
     history: List[Dict[str, Any]] = []
     log_file = None
     if ctx.is_main and out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        log_file = open(out / "metrics.jsonl", "a")
+        log_file = _open_log(out, global_step if saved is not None else None)
 
     def log(record: Dict[str, Any]) -> None:
         record = dict(record, time=round(time.time(), 3))
@@ -250,13 +378,13 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
                            "backbone": backbone, "num_classes": int(num_classes),
                            "model_options": model_options},
             "epoch": next_epoch, "step_in_epoch": next_step, "global_step": global_step,
-            "config": config.to_dict(), "world_size": ctx.world_size,
+            "config": config.to_dict(), "world_size": ctx.world_size, "num_samples": num_samples,
         }, checkpoint_path)
 
     def evaluate(at_epoch: int) -> None:
         if eval_set is None:
             return
-        result = evaluate_top1(model, eval_set, recipe.logits, eval_transform, batch_size=max(local_batch, 1),
+        result = evaluate_top1(model, eval_set, recipe.logits, eval_transform, batch_size=eval_batch,
                                device=ctx.device, forward=recipe.forward, num_workers=config.num_workers)
         record = {"event": "eval", "epoch": at_epoch, "global_step": global_step, "top1": result["top1"]}
         if evaluate_fn is not None:
@@ -270,7 +398,7 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
             view.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip=start_step * local_batch)
+            sampler.set_epoch(epoch, skip_steps=start_step)
             model.train()
             window: Dict[str, List[float]] = {}
             bar = None
@@ -279,21 +407,21 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
                 bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"{recipe.name} epoch {epoch + 1}/"
                            f"{config.epochs}", leave=False, dynamic_ncols=True)
             step = start_step
-            for batch in loader:
-                if step >= steps_per_epoch:
-                    break
+            for batch, share, global_size in zip(loader, sampler.share_sizes, sampler.global_sizes):
                 torch.manual_seed((config.seed * 1_000_003 + ctx.rank) * 1_000_000_007 % (2 ** 62)
                                   + global_step)
-                batch = _to_device(batch, ctx.device)
-                state = StepState(epoch=epoch, step=step, global_step=global_step, model=model, config=config)
+                batch = _to_device({k: v[:share] for k, v in batch.items()}, ctx.device)
+                state = StepState(epoch=epoch, step=step, global_step=global_step, model=model, config=config,
+                                  normalizer=global_size / ctx.world_size)
                 with torch.autocast(device_type=ctx.device.type, dtype=torch.float16, enabled=use_amp):
                     output = recipe.forward(train_model, batch)
                     result = recipe.loss(output, batch, state)
                 terms = result if isinstance(result, dict) else {"loss": result}
+                values = _global_terms(terms, ctx.device, ctx.world_size)
+                if not math.isfinite(values["loss"]):
+                    raise FloatingPointError(_non_finite_message(values["loss"], epoch, step,
+                                                                 global_size < ctx.world_size))
                 loss = terms["loss"]
-                if not torch.isfinite(loss.detach()).all():
-                    raise FloatingPointError(f"non-finite loss {float(loss)} at epoch {epoch}, step {step}; "
-                                             "lower the learning rate or check the data")
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -304,17 +432,17 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
                     optimizer.step()
                 global_step += 1
                 step += 1
-                for name, value in terms.items():
-                    window.setdefault(name, []).append(_scalar(value))
+                for name, value in values.items():
+                    window.setdefault(name, []).append(value)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{window['loss'][-1]:.4f}")
-                if config.log_every and (step % config.log_every == 0 or step == steps_per_epoch):
+                stopped = config.max_steps is not None and global_step >= config.max_steps
+                if config.log_every and (step % config.log_every == 0 or step == steps_per_epoch or stopped):
                     log({"event": "train", "epoch": epoch, "step": step, "global_step": global_step,
                          "lr": optimizer.param_groups[0]["lr"],
                          **{k: sum(v) / len(v) for k, v in window.items()}})
                     window = {}
-                stopped = config.max_steps is not None and global_step >= config.max_steps
                 if stopped:
                     break
                 if config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0 \
@@ -336,3 +464,13 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
             log_file.close()
     model.eval()
     return TrainResult(model=model, history=history, checkpoint=checkpoint_path)
+
+
+def _non_finite_message(value: float, epoch: int, step: int, a_process_is_empty: bool) -> str:
+    message = (f"non-finite loss {value} at epoch {epoch}, step {step}; lower the learning rate or check "
+               "the data")
+    if a_process_is_empty:
+        message += ("; a process has no sample in this step: a custom recipe loss must divide "
+                    "its sum over the batch by state.normalizer (camkit.train.losses.batch_mean), not take "
+                    "the plain mean, which is NaN on an empty batch")
+    return message

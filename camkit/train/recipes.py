@@ -8,19 +8,28 @@ A recipe is not a copy of the training loop. It is a :class:`Recipe` record that
    ``"resnet50"``); ``pretrained`` is ``None`` (random init), a file path, or ``True`` (torchvision's
    local cache; never downloads). The returned module must be rebuildable from these arguments alone:
    the checkpoint stores them (see :func:`camkit.train.checkpoint.load_checkpoint_model`).
-2. **the loss** -- a pure function ``loss(output, batch, state) -> Tensor | dict``:
+2. **the loss** -- a pure function ``loss(output, batch, state) -> Tensor | dict`` (camkit's own are in
+   :mod:`camkit.train.losses`):
 
    - ``output``: whatever ``recipe.forward(model, batch)`` returned; by default ``model(batch["image"])``,
-     e.g. logits ``(B, K)`` or a dict such as ``{"logits": (B, K), "logits_causal": (B, K)}``.
+     e.g. logits ``(B, K)`` or a dict such as CI-CAM's ``{"logits": (B, K), "up": (B, K), ...}``.
      ``model`` here is the DDP-wrapped module during distributed training, so call it, don't reach into it.
    - ``batch``: a dict with at least ``"image"`` ``(B, 3, H, W)`` float (normalised) and ``"label"``
      ``(B,)`` long, both on the training device, plus ``"index"`` ``(B,)`` (dataset indices).
-   - ``state``: a :class:`StepState` (epoch, step, global_step, the unwrapped ``model``, ``config``).
+     ``B`` may be 0 (see below).
+   - ``state``: a :class:`StepState` (epoch, step, global_step, the unwrapped ``model``, ``config``,
+     ``normalizer``).
 
    It returns a scalar tensor, or a dict with the scalar tensor under ``"loss"`` and any other scalar
-   terms to log (tensors or floats), e.g. ``{"loss": l1 + l2, "ce": l1, "ce_causal": l2}``.
-   The loop averages the loss over the local batch only; DDP averages gradients across ranks, so with a
-   mean-reduced loss N processes with global batch B equal one process with batch B.
+   terms to log (tensors or floats), e.g. ``{"loss": l1 + l2, "ce_up": l1, "ce_down": l2}``.
+   **Normalisation**: the loss is the SUM of per-sample terms over the local batch divided by
+   ``state.normalizer`` (:func:`camkit.train.losses.batch_mean` does it). The loop cuts every epoch
+   into global batches of ``config.batch_size`` samples and splits each over the processes, so in the
+   last batch of an epoch a process may hold fewer samples than another, or none; DDP averages the
+   gradients over the processes, and with this normalisation N processes take exactly the step of one.
+   A loss that takes the plain mean of its local batch is exact only while every process holds as many
+   samples as the others, and is NaN on an empty batch (the loop then stops with a
+   ``FloatingPointError`` that says so).
 3. **the parameter groups** -- ``param_groups(model, config) -> list[dict]``: each dict holds
    ``"params"`` and ``"lr_scale"`` (multiplier of ``config.lr``), plus any other per-group optimizer
    options (e.g. ``"weight_decay"``). The default, :func:`pretrained_and_new_groups`, puts the
@@ -36,24 +45,7 @@ the model needs the labels, e.g. ACoL-style erasing), ``logits(output) -> (B, K)
 and CAM explanation (default: the output itself, ``output["logits"]`` for dicts, ``output[0]`` for
 tuples).
 
-Registering a recipe (e.g. in ``camkit/train/cicam_recipe.py``)::
-
-    from camkit.train.recipes import Recipe, TrainConfig, register_recipe, CAM_CONFIG
-
-    def cicam_loss(output, batch, state):
-        ce = torch.nn.functional.cross_entropy
-        l1 = ce(output["logits"], batch["label"])
-        l2 = ce(output["logits_causal"], batch["label"])
-        return {"loss": l1 + l2, "ce": l1, "ce_causal": l2}
-
-    register_recipe(Recipe(
-        name="cicam",
-        build_model=build_cicam_model,          # (backbone, num_classes, pretrained, **options)
-        loss=cicam_loss,
-        config=CAM_CONFIG.replace(epochs=50),
-        logits=lambda out: out["logits_causal"],
-        presets={"synthetic-cpu": SYNTHETIC_CPU_PRESET},
-    ))
+A complete recipe: ``camkit/train/cicam_recipe.py`` (model, forward, loss, logits, groups, presets).
 
 The module that defines a recipe must be importable: the checkpoint records the module of
 ``build_model`` and :func:`get_recipe` imports it when loading. Built-in recipes (``"cam"``) are
@@ -64,11 +56,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from camkit.train.losses import classification_loss, default_logits
 
 __all__ = [
     "TrainConfig", "StepState", "Recipe", "register_recipe", "get_recipe", "list_recipes",
@@ -89,12 +84,17 @@ RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe"]
 class TrainConfig:
     """Optimisation, schedule, data and bookkeeping settings for one training run.
 
-    ``batch_size`` is the GLOBAL batch: under ``torchrun`` with N processes each process takes
-    ``batch_size // N`` samples per step (it must divide evenly), so results do not depend on N.
+    ``batch_size`` is the GLOBAL batch: under ``torchrun`` with N processes every step's batch is split
+    over them (shares differ by at most one sample), so results do not depend on N (see
+    :mod:`camkit.train.loop`). The last batch of an epoch is shorter when ``batch_size`` does not
+    divide the training set.
     The learning rate is set per epoch from ``lr_schedule``: ``"step"`` multiplies it by ``lr_gamma``
     every ``lr_step_epochs`` epochs (or at the epochs in ``lr_milestones`` when given), ``"poly"`` by
     ``(1 - epoch / epochs) ** lr_power``. Optimizer: ``"sgd"`` with ``momentum``, ``weight_decay`` and
     ``nesterov``, or ``"adam"`` with ``weight_decay``.
+
+    Every value is checked on construction (and by :meth:`replace`): a ``ValueError`` names the field,
+    the value and the accepted range.
     """
 
     epochs: int = 10
@@ -127,6 +127,11 @@ class TrainConfig:
     max_steps: Optional[int] = None   # stop after this many optimizer steps in total (None = all epochs)
     progress: bool = True             # tqdm progress bar on rank 0
 
+    def __post_init__(self) -> None:
+        for name, requirement, check in _CONFIG_RULES:
+            if not check(self):
+                raise ValueError(f"TrainConfig.{name} must be {requirement}, got {getattr(self, name)!r}")
+
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed; unknown names raise a ``TypeError`` naming the valid ones."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -145,12 +150,65 @@ class TrainConfig:
         return cls(**kept)
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any, minimum: float, strictly_above: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > minimum if strictly_above else value >= minimum
+
+
+def _are_numbers(values: Any, minimum: float, strictly_above: bool = False) -> bool:
+    return isinstance(values, (tuple, list)) and len(values) == 3 and all(
+        _is_number(v, minimum, strictly_above) for v in values)
+
+
+#: ``(field, requirement, check)`` for every :class:`TrainConfig` field; ``check(config) -> bool``.
+_CONFIG_RULES: Tuple[Tuple[str, str, Callable[[Any], bool]], ...] = (
+    ("epochs", "an integer >= 1", lambda c: _is_int(c.epochs, 1)),
+    ("batch_size", "an integer >= 1 (the global batch)", lambda c: _is_int(c.batch_size, 1)),
+    ("lr", "a finite number >= 0", lambda c: _is_number(c.lr, 0)),
+    ("lr_classifier_ratio", "a finite number > 0", lambda c: _is_number(c.lr_classifier_ratio, 0, True)),
+    ("momentum", "a number in [0, 1)", lambda c: _is_number(c.momentum, 0) and c.momentum < 1),
+    ("weight_decay", "a finite number >= 0", lambda c: _is_number(c.weight_decay, 0)),
+    ("nesterov", "True or False, and False when momentum is 0 (Nesterov needs momentum)",
+     lambda c: isinstance(c.nesterov, bool) and (not c.nesterov or c.momentum > 0)),
+    ("lr_step_epochs", "an integer >= 1", lambda c: _is_int(c.lr_step_epochs, 1)),
+    ("lr_gamma", "a finite number > 0", lambda c: _is_number(c.lr_gamma, 0, True)),
+    ("lr_milestones", "a tuple of integers >= 0 (epochs)",
+     lambda c: isinstance(c.lr_milestones, (tuple, list)) and all(_is_int(m, 0) for m in c.lr_milestones)),
+    ("optimizer", "'sgd' or 'adam'", lambda c: c.optimizer in ("sgd", "adam")),
+    ("lr_schedule", "'step', 'poly' or 'constant'", lambda c: c.lr_schedule in ("step", "poly", "constant")),
+    ("lr_power", "a finite number >= 0", lambda c: _is_number(c.lr_power, 0)),
+    ("resize_size", "an integer >= 1", lambda c: _is_int(c.resize_size, 1)),
+    ("crop_size", "an integer >= 1 and <= resize_size",
+     lambda c: _is_int(c.crop_size, 1) and _is_int(c.resize_size, c.crop_size)),
+    ("flip", "True or False", lambda c: isinstance(c.flip, bool)),
+    ("mean", "3 finite numbers", lambda c: _are_numbers(c.mean, -math.inf)),
+    ("std", "3 finite numbers > 0", lambda c: _are_numbers(c.std, 0, True)),
+    ("num_workers", "an integer >= 0", lambda c: _is_int(c.num_workers, 0)),
+    ("seed", "an integer", lambda c: _is_int(c.seed, -2 ** 63)),
+    ("amp", "True or False", lambda c: isinstance(c.amp, bool)),
+    ("eval_every", "an integer >= 0 (epochs; 0 disables periodic evaluation)", lambda c: _is_int(c.eval_every, 0)),
+    ("checkpoint_every_steps", "an integer >= 0 (0: only at the end of each epoch)",
+     lambda c: _is_int(c.checkpoint_every_steps, 0)),
+    ("log_every", "an integer >= 0 (0: no step records)", lambda c: _is_int(c.log_every, 0)),
+    ("max_steps", "None or an integer >= 1", lambda c: c.max_steps is None or _is_int(c.max_steps, 1)),
+    ("progress", "True or False", lambda c: isinstance(c.progress, bool)),
+)
+
+
 @dataclass
 class StepState:
     """What a loss function may need besides the output and the batch.
 
     ``model`` is the unwrapped module (not the DDP wrapper); ``step`` counts steps within the epoch,
     ``global_step`` optimizer steps since the start of training (both before this step's update).
+    ``normalizer`` is what a loss divides its sum over the local batch by: the number of samples in
+    this step's global batch divided by the number of processes (the local batch size in one process;
+    ``None`` means the local batch size). See :mod:`camkit.train.losses`.
     """
 
     epoch: int
@@ -158,6 +216,7 @@ class StepState:
     global_step: int
     model: nn.Module
     config: TrainConfig
+    normalizer: Optional[float] = None
 
 
 def default_forward(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Any:
@@ -165,29 +224,17 @@ def default_forward(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Any:
     return model(batch["image"])
 
 
-def default_logits(output: Any) -> torch.Tensor:
-    """Logits ``(B, K)`` from a model output: the tensor itself, ``out["logits"]`` or ``out[0]``."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        if "logits" not in output:
-            raise KeyError(f"model output dict has no 'logits' key (keys: {sorted(output)}); give the "
-                           "recipe a logits=callable that picks the classification logits")
-        return output["logits"]
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    raise TypeError(f"cannot take logits from a model output of type {type(output).__name__}; "
-                    "give the recipe a logits=callable")
+def pretrained_and_new_groups(model: nn.Module, config: TrainConfig, *,
+                              new_prefixes: Optional[Sequence[str]] = None,
+                              pretrained_name: str = "pretrained") -> List[Dict[str, Any]]:
+    """Two groups: pretrained layers at ``lr``, new layers at ``lr * lr_classifier_ratio``.
 
-
-def pretrained_and_new_groups(model: nn.Module, config: TrainConfig) -> List[Dict[str, Any]]:
-    """Two SGD groups: pretrained layers at ``lr``, new layers at ``lr * lr_classifier_ratio``.
-
-    New layers are the parameters whose qualified names start with one of ``model.new_layer_prefixes``
-    (a tuple of strings every camkit backbone defines; a model without it is one group at ``lr``).
-    Empty groups are dropped.
+    New layers are the parameters whose qualified names are, or start with ``PREFIX.``, one of
+    ``new_prefixes`` (default ``model.new_layer_prefixes``, a tuple every camkit backbone defines; a
+    model without it is one group at ``lr``). Frozen parameters and empty groups are dropped. Returns
+    ``[{"params", "lr_scale", "name"}, ...]`` with the names ``pretrained_name`` and ``"new"``.
     """
-    prefixes = tuple(getattr(model, "new_layer_prefixes", ()))
+    prefixes = tuple(getattr(model, "new_layer_prefixes", ()) if new_prefixes is None else new_prefixes)
     pretrained, new = [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -196,7 +243,7 @@ def pretrained_and_new_groups(model: nn.Module, config: TrainConfig) -> List[Dic
         (new if is_new else pretrained).append(parameter)
     groups = []
     if pretrained:
-        groups.append({"params": pretrained, "lr_scale": 1.0, "name": "pretrained"})
+        groups.append({"params": pretrained, "lr_scale": 1.0, "name": pretrained_name})
     if new:
         groups.append({"params": new, "lr_scale": float(config.lr_classifier_ratio), "name": "new"})
     return groups
@@ -207,11 +254,6 @@ def _build_backbone_model(backbone: str, num_classes: int, pretrained: Union[Non
     """``camkit.models.build_backbone``: a CAM-ready GAP + linear classifier."""
     from camkit.models import build_backbone
     return build_backbone(backbone, num_classes=num_classes, pretrained=pretrained, **options)
-
-
-def _cross_entropy_loss(output: Any, batch: Dict[str, torch.Tensor], state: StepState) -> torch.Tensor:
-    from camkit.train.losses import classification_loss
-    return classification_loss(output, batch, state)
 
 
 @dataclass
@@ -297,7 +339,7 @@ SYNTHETIC_CPU_PRESET: Dict[str, Any] = dict(
 register_recipe(Recipe(
     name="cam",
     build_model=_build_backbone_model,
-    loss=_cross_entropy_loss,
+    loss=classification_loss,
     config=CAM_CONFIG,
     presets={"synthetic-cpu": SYNTHETIC_CPU_PRESET},
     description="Vanilla CAM (Zhou et al. 2016): GAP + linear classifier trained with cross-entropy.",
