@@ -9,6 +9,7 @@ and the periodic evaluation then adds CAM localisation (MaxBoxAccV2, PxAP throug
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from camkit.cli.common import UsageError, add_data_arguments, add_device_argument
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from camkit.distributed import teardown_distributed, world
     from camkit.evaluation import localization_evaluator
     from camkit.train.loop import train
-    from camkit.train.recipes import get_recipe
+    from camkit.train.recipes import TrainConfig, get_recipe
     from camkit.train.transforms import EvalTransform
 
     recipe = get_recipe(args.recipe)
@@ -77,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
             overrides[name] = value
     if args.no_progress:
         overrides["progress"] = False
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise UsageError(f"--set: unknown TrainConfig field(s) {unknown}; the fields are {', '.join(fields)}")
     config = recipe.make_config(args.preset, **overrides)
     device = resolve_device(args.device) if args.device else None
     train_set = open_dataset(args.data, split="train", metadata=args.metadata, image_size=config.resize_size)
