@@ -200,15 +200,12 @@ def parse_target(text: str, class_names: Optional[Sequence[str]]):
 def box_for_map(saliency, threshold: float):
     """The box of one ``(H, W)`` map in ``[0, 1]``: the largest contour above ``threshold x max``.
 
-    Uses :func:`camkit.boxes.boxes_from_map` (wsolevaluation conventions, V1: the largest contour).
-    Returns an ``(n, 4)`` int list, or ``None`` when :mod:`camkit.boxes` is not installed.
+    The ``"fixed"`` rule of :func:`camkit.boxes.get_box_rule` (wsolevaluation conventions, V1: the
+    largest contour). Returns an ``(n, 4)`` list of ints x0, y0, x1, y1.
     """
-    try:
-        from camkit.boxes import boxes_from_map
-    except ImportError:
-        return None
-    boxes = boxes_from_map(saliency, threshold, multi_contour=False)
-    return [[int(v) for v in box] for box in (boxes.tolist() if hasattr(boxes, "tolist") else boxes)]
+    from camkit.boxes import get_box_rule
+
+    return get_box_rule("fixed")(saliency, fraction=threshold).tolist()
 
 
 def run_explain(args) -> int:
@@ -263,18 +260,16 @@ def run_explain(args) -> int:
                 np.save(out / f"{base}.npy", saliency.astype(np.float32))
                 entry = {"npy": f"{base}.npy"}
                 boxes = box_for_map(saliency, args.box_threshold)
-                if boxes is not None:
-                    sy, sx = original.shape[0] / size[0], original.shape[1] / size[1]
-                    entry["boxes_input"] = boxes
-                    entry["boxes_image"] = [[int(b[0] * sx), int(b[1] * sy),
-                                             min(int((b[2] + 1) * sx) - 1, original.shape[1] - 1),
-                                             min(int((b[3] + 1) * sy) - 1, original.shape[0] - 1)]
-                                            for b in boxes]
+                sy, sx = original.shape[0] / size[0], original.shape[1] / size[1]
+                entry["boxes_input"] = boxes
+                entry["boxes_image"] = [[int(b[0] * sx), int(b[1] * sy),
+                                         min(int((b[2] + 1) * sx) - 1, original.shape[1] - 1),
+                                         min(int((b[3] + 1) * sy) - 1, original.shape[0] - 1)]
+                                        for b in boxes]
                 if not args.no_figures:
                     picture = viz.overlay(original, saliency, cmap=args.cmap, alpha=args.alpha)
-                    if boxes is not None:
-                        thickness = max(1, round(min(original.shape[:2]) / 150))
-                        picture = viz.draw_boxes(picture, entry["boxes_image"], (0.0, 1.0, 0.0), thickness)
+                    thickness = max(1, round(min(original.shape[:2]) / 150))
+                    picture = viz.draw_boxes(picture, entry["boxes_image"], (0.0, 1.0, 0.0), thickness)
                     _save_png(out / f"{base}_overlay.png", viz.to_uint8(picture))
                     entry["overlay"] = f"{base}_overlay.png"
                 record["maps"][f"{method}|{layer}"] = entry

@@ -2,7 +2,7 @@
 
 ``evaluate(model, dataset, methods, layers)`` computes the ground-truth-class maps of every method at
 every layer with one engine call per batch, turns them into boxes at all 1000 thresholds at once
-(:func:`camkit.boxes.best_iou_per_threshold`) and streams them into the metrics of :mod:`camkit.metrics`.
+(:func:`camkit.boxes.iou_curves`) and streams them into the metrics of :mod:`camkit.metrics`.
 Under ``torchrun`` each rank evaluates a shard (indices ``rank::world_size``) and the metric states
 (integer counts) are all-reduced, so the table equals a single process's exactly.
 
@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from camkit.boxes import best_iou_per_threshold, thresholds_for_interval
+from camkit.boxes import iou_curves, thresholds_for_interval
 from camkit.distributed import world as world_info
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
 from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
@@ -111,7 +111,7 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
             maps = exp.maps[key].detach()
             maps_np = maps.float().cpu().numpy()
             if "v2" in metrics[key]:
-                v1, v2 = zip(*[best_iou_per_threshold(m, b, thresholds, "both") for m, b in zip(maps_np, boxes)])
+                v1, v2 = zip(*[iou_curves(m, b, thresholds) for m, b in zip(maps_np, boxes)])
                 metrics[key]["v2"].update_from_curves(np.stack(v2))
             else:  # no boxes: localisation columns are meaningless, keep classification only
                 v1 = np.zeros((len(maps_np), len(thresholds)))
