@@ -45,6 +45,15 @@ def _collate(items):
     return images, labels, boxes, masks
 
 
+def _check_every_image_has_a_box(boxes, dataset_indices):
+    """The box metrics' policy (:mod:`camkit.metrics`): an image without a ground-truth box is refused."""
+    for b, index in zip(boxes, dataset_indices):
+        if len(b) == 0:
+            raise ValueError(f"dataset item {index} has no ground-truth box; box metrics need one per image (as "
+                             "in wsolevaluation): drop it (e.g. a torch.utils.data.Subset), or give a dataset "
+                             "where no image has boxes and masks for all, for the mask metrics only")
+
+
 def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=None, batch_size: int = 16,
              num_workers: int = 0, cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70),
              fixed_threshold: Optional[float] = None, mean=None, std=None, progress: bool = True,
@@ -86,8 +95,8 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
     norm = None
     if mean is not None and std is not None:
         norm = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
-    for images, labels, boxes, masks in tqdm(loader, disable=not progress or rank != 0, desc="evaluate",
-                                             unit="batch"):
+    batches = tqdm(loader, disable=not progress or rank != 0, desc="evaluate", unit="batch")
+    for batch_index, (images, labels, boxes, masks) in enumerate(batches):
         if images.dtype == torch.uint8:
             images = images.float() / 255
             if norm is not None:
@@ -107,6 +116,8 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
                 if masks is not None:
                     metrics[key]["pxap"] = PxAP(cam_curve_interval)
                     metrics[key]["peak"] = PeakIoU()
+        if with_boxes:
+            _check_every_image_has_a_box(boxes, indices[batch_index * batch_size:])
         for key in keys:
             maps = exp.maps[key].detach()
             maps_np = maps.float().cpu().numpy()
