@@ -58,11 +58,12 @@ def _checked_iou_percent(value, name):
 
 def _checked_iou_thresholds(iou_thresholds):
     """A non-empty tuple of distinct IoU percentages."""
-    if isinstance(iou_thresholds, (str, bytes)) or not hasattr(iou_thresholds, "__iter__") \
-            or len(iou_thresholds) == 0:
+    values = () if isinstance(iou_thresholds, (str, bytes)) or not hasattr(iou_thresholds, "__iter__") \
+        else tuple(iou_thresholds)
+    if not values:
         raise ValueError(f"iou_thresholds must be a non-empty sequence of IoU percentages, e.g. (30, 50, 70), "
                          f"got {iou_thresholds!r}")
-    deltas = tuple(_checked_iou_percent(d, "iou_thresholds") for d in iou_thresholds)
+    deltas = tuple(_checked_iou_percent(d, "iou_thresholds") for d in values)
     if len(set(deltas)) != len(deltas):
         raise ValueError(f"iou_thresholds must be distinct, got {iou_thresholds!r}")
     return deltas

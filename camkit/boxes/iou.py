@@ -25,7 +25,7 @@ def _box_array(boxes, name="boxes"):
     b = _to_numpy(boxes)
     if b.dtype.kind not in "biuf":
         raise ValueError(f"{name} must hold real numbers x0, y0, x1, y1, got dtype {b.dtype}")
-    if b.size == 0:
+    if b.shape in ((0,), (0, 4)):
         return np.zeros((0, 4), np.float64)
     if b.ndim == 1 and b.shape[0] == 4:
         b = b[None]
