@@ -161,7 +161,8 @@ def test_metric_refuses_bad_input_and_keeps_its_state(cls, call, error, fragment
 
 # (build call, error type, message fragment): options refused when the metric is built
 BUILD_CASES = {
-    "maxboxacc-interval-0": (lambda: MaxBoxAcc(cam_curve_interval=0), ValueError, "cam_curve_interval must be a number in (0, 1)"),
+    "maxboxacc-interval-0": (lambda: MaxBoxAcc(cam_curve_interval=0), ValueError,
+                             "cam_curve_interval must be a number in (0, 1)"),
     "maxboxacc-interval-1": (lambda: MaxBoxAcc(cam_curve_interval=1), ValueError, "cam_curve_interval must be"),
     "maxboxacc-interval-negative": (lambda: MaxBoxAcc(cam_curve_interval=-0.1), ValueError, "cam_curve_interval"),
     "maxboxacc-interval-above-1": (lambda: MaxBoxAcc(cam_curve_interval=1.5), ValueError, "cam_curve_interval"),
@@ -182,9 +183,11 @@ BUILD_CASES = {
     "loc-fixed-threshold-1.5": (lambda: LocalizationAccuracy(fixed_threshold=1.5), ValueError,
                                 "fixed_threshold must be None or a CAM threshold in [0, 1]"),
     "loc-multi-contour-str": (lambda: LocalizationAccuracy(multi_contour="v2"), ValueError, "multi_contour"),
-    "pxap-interval-0": (lambda: PxAP(cam_curve_interval=0), ValueError, "cam_curve_interval must be a number in (0, 1)"),
+    "pxap-interval-0": (lambda: PxAP(cam_curve_interval=0), ValueError,
+                        "cam_curve_interval must be a number in (0, 1)"),
     "pxap-interval-1": (lambda: PxAP(cam_curve_interval=1), ValueError, "cam_curve_interval"),
-    "pxap-ignore-index-1": (lambda: PxAP(ignore_index=1), ValueError, "ignore_index must be a whole number other than 0 and 1"),
+    "pxap-ignore-index-1": (lambda: PxAP(ignore_index=1), ValueError,
+                            "ignore_index must be a whole number other than 0 and 1"),
     "peakiou-ignore-index-0": (lambda: PeakIoU(ignore_index=0), ValueError, "ignore_index"),
     "peakiou-reduction": (lambda: PeakIoU(reduction="mean"), ValueError, "reduction must be 'per_image' or 'pooled'"),
     # one-shot functions
@@ -223,7 +226,8 @@ BOX_CASES = {
     "validate_boxes-fractional": (lambda: validate_boxes([[0.5, 0, 1, 1]]), ValueError, "whole pixel indices"),
     "validate_boxes-inf": (lambda: validate_boxes([[0, 0, math.inf, 1]]), ValueError, "NaN or infinite"),
     "validate_boxes-3": (lambda: validate_boxes([0, 0, 1]), ValueError, "shape (n, 4)"),
-    "boxes_from_map-threshold-1.5": (lambda: boxes_from_map(MAP, 1.5), ValueError, "threshold must be a number in [0, 1]"),
+    "boxes_from_map-threshold-1.5": (lambda: boxes_from_map(MAP, 1.5), ValueError,
+                                     "threshold must be a number in [0, 1]"),
     "boxes_from_map-threshold-negative": (lambda: boxes_from_map(MAP, -0.2), ValueError, "threshold must be"),
     "boxes_from_map-threshold-nan": (lambda: boxes_from_map(MAP, math.nan), ValueError, "threshold must be"),
     "boxes_from_map-multi-contour-both": (lambda: boxes_from_map(MAP, 0.5, "both"), ValueError,
@@ -234,7 +238,8 @@ BOX_CASES = {
     "get_box_rule-unknown": (lambda: get_box_rule("otsu"), ValueError,
                              "unknown box rule 'otsu'; known rules: cicam, fixed, percentile"),
     "get_box_rule-none": (lambda: get_box_rule(None), ValueError, "known rules: cicam, fixed, percentile"),
-    "fixed-fraction-2": (lambda: boxes_fixed_threshold(MAP, fraction=2), ValueError, "fraction must be a number in [0, 1]"),
+    "fixed-fraction-2": (lambda: boxes_fixed_threshold(MAP, fraction=2), ValueError,
+                         "fraction must be a number in [0, 1]"),
     "percentile-q-150": (lambda: boxes_percentile_threshold(MAP, q=150), ValueError, "q must be a number in [0, 100]"),
     "percentile-tau-negative": (lambda: boxes_percentile_threshold(MAP, tau=-1), ValueError, "tau must be"),
     "cicam-seg-thr-negative": (lambda: boxes_cicam(MAP, seg_thr=-0.5), ValueError, "seg_thr must be"),
@@ -301,7 +306,8 @@ def test_item6_pxap_and_peak_iou_share_one_mask_policy(cls):
 
 
 @pytest.mark.parametrize("build", [lambda: MaxBoxAcc(cam_curve_interval=0), lambda: MaxBoxAcc(iou_thresholds=()),
-                                   lambda: LocalizationAccuracy(cam_curve_interval=1), lambda: PxAP(cam_curve_interval=0)])
+                                   lambda: LocalizationAccuracy(cam_curve_interval=1),
+                                   lambda: PxAP(cam_curve_interval=0)])
 def test_item6_impossible_options_are_refused_when_the_metric_is_built(build):
     """These used to build (or raise ZeroDivisionError) and fail later with a reshape error or NaN."""
     with pytest.raises(ValueError, match="cam_curve_interval|iou_thresholds"):

@@ -47,8 +47,13 @@ def _hole_boxes(mask):
     components not touching the border, each box its bbox grown by one pixel."""
     h, w = mask.shape
     bg, _ = ndi.label(~mask, structure=_FOUR)
-    out = [(xs.start - 1, ys.start - 1, xs.stop, ys.stop) for sl in ndi.find_objects(bg) if sl is not None
-           for ys, xs in [sl] if ys.start > 0 and xs.start > 0 and ys.stop < h and xs.stop < w]
+    out = []
+    for sl in ndi.find_objects(bg):
+        if sl is None:
+            continue
+        ys, xs = sl
+        if ys.start > 0 and xs.start > 0 and ys.stop < h and xs.stop < w:
+            out.append((xs.start - 1, ys.start - 1, xs.stop, ys.stop))
     if not out:
         return np.zeros((0, 4), np.int64)
     b = np.asarray(out, np.int64)
