@@ -222,6 +222,9 @@ def run_explain(args) -> int:
     if missing:
         print(f"camkit explain: image file(s) not found: {', '.join(missing)}", file=sys.stderr)
         return 2
+    if not 0 <= args.box_threshold <= 1:  # checked before any file is written
+        raise SystemExit(f"camkit explain: --box-threshold must be in [0, 1] (a fraction of each map's "
+                         f"maximum), got {args.box_threshold}")
     loaded = load_model_from_args(args)
     methods = _split_names(args.methods)
     layers = _split_names(args.layers)  # None: the last layer with spatial output
