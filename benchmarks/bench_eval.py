@@ -5,7 +5,7 @@
 The same N CAM-like 224x224 maps (bilinear upsamplings of random 7x7 / 14x14 / 28x28 grids, some with
 ReLU'd offsets that give several components and holes) with random GT boxes go through
 
-* camkit: ``camkit.boxes.best_iou_per_threshold(..., "both")`` -> V1 and V2 curves over 1000 taus;
+* camkit: ``camkit.boxes.iou_curves`` -> V1 and V2 curves over 1000 taus;
 * the reference (``tests/wsol_reference.py``: labelling + Suzuki-Abe tracing + shoelace, per threshold,
   per contour). To keep the run under half an hour it evaluates each *distinct* integer threshold
   ``int(tau*max)`` once (identical thresholds give identical masks) and copies the result to the taus
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import wsol_reference as ref  # noqa: E402
 
-from camkit.boxes import best_iou_per_threshold, box_iou  # noqa: E402
+from camkit.boxes import box_iou, iou_curves  # noqa: E402
 
 TAUS = np.arange(0, 1, 0.001)
 DELTAS = (30, 50, 70)
@@ -102,7 +102,7 @@ def main():
     t_fast = t_ref = t_cv = 0.0
     for m, g in zip(maps, gts):
         t = time.perf_counter()
-        fast.append(best_iou_per_threshold(m, g, TAUS, "both"))
+        fast.append(iou_curves(m, g, TAUS))
         t_fast += time.perf_counter() - t
         t = time.perf_counter()
         slow.append(reference_distinct(m, g))

@@ -56,6 +56,7 @@ class LocalizationEvaluator:
         self.fixed_threshold = fixed_threshold
         self.thresholds = thresholds_for_interval(cam_curve_interval)
         self.metrics: Dict[MapKey, Dict[str, Any]] = {}
+        self.with_boxes = True
 
     def _new_metrics(self, with_boxes: bool, with_masks: bool) -> Dict[str, Any]:
         metrics: Dict[str, Any] = {}
@@ -75,16 +76,24 @@ class LocalizationEvaluator:
             explanation: a :class:`camkit.Explanation` of the batch's ground-truth classes, maps
                 ``(B, S, S)`` at the input resolution.
             batch: :func:`camkit.data.wsol.collate_wsol` output: ``"label"`` ``(B,)``, ``"boxes"`` a list
-                of ``B`` ``(g, 4)`` inclusive boxes in the maps' pixels, ``"mask"`` ``(B, S, S)`` or ``None``.
+                of ``B`` ``(g, 4)`` inclusive boxes in the maps' pixels, ``"mask"`` ``(B, S, S)`` or ``None``,
+                and optionally ``"index"``, the items' dataset indices (for error messages).
+
+        Raises:
+            ValueError: an image without a ground-truth box in a box dataset (the metrics' policy, as
+                wsolevaluation: drop it, or evaluate a mask-only dataset with the mask metrics).
         """
         labels = torch.as_tensor(batch["label"]).cpu()
         boxes = [np.asarray(torch.as_tensor(b).reshape(-1, 4).cpu(), np.int64) for b in batch["boxes"]]
         masks = batch.get("mask")
         logits = explanation.logits.detach().cpu()
+        if not self.metrics:
+            self.with_boxes = masks is None or any(len(b) for b in boxes)
+        if self.with_boxes:
+            _check_every_image_has_a_box(boxes, batch.get("index", range(len(boxes))))
         for key, maps in explanation.maps.items():
             if key not in self.metrics:
-                with_boxes = masks is None or any(len(b) for b in boxes)
-                self.metrics[key] = self._new_metrics(with_boxes, masks is not None)
+                self.metrics[key] = self._new_metrics(self.with_boxes, masks is not None)
             metrics = self.metrics[key]
             maps = maps.detach()
             if "v2" in metrics:
@@ -133,6 +142,14 @@ class LocalizationEvaluator:
         return row
 
 
+def _check_every_image_has_a_box(boxes, indices) -> None:
+    for b, index in zip(boxes, indices):
+        if len(b) == 0:
+            raise ValueError(f"dataset item {index} has no ground-truth box; box metrics need one per image (as "
+                             "in wsolevaluation): drop it (e.g. a torch.utils.data.Subset), or give a dataset "
+                             "where no image has boxes and masks for all, for the mask metrics only")
+
+
 def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=None, batch_size: int = 16,
              num_workers: int = 0, cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70),
              fixed_threshold: Optional[float] = None, mean=None, std=None, progress: bool = True,
@@ -162,7 +179,8 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total < world_size:  # every rank sees this, so all of them stop (none waits in all_reduce)
         raise ValueError(f"{total} image(s) for {world_size} processes: each rank needs at least one image")
-    shard = torch.utils.data.Subset(dataset, list(range(total))[rank::world_size])
+    indices = list(range(total))[rank::world_size]
+    shard = torch.utils.data.Subset(dataset, indices)
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_wsol)
     explainer = Explainer(model, methods=methods, layers=layers, **explainer_options)
@@ -170,7 +188,10 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
     norm = None
     if mean is not None and std is not None:
         norm = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
+    seen = 0
     for batch in tqdm(loader, disable=not progress or rank != 0, desc="evaluate", unit="batch"):
+        batch["index"] = indices[seen:seen + len(batch["label"])]
+        seen += len(batch["label"])
         images = batch["image"]
         if images.dtype == torch.uint8:
             images = images.float() / 255

@@ -8,8 +8,21 @@ Every metric keeps integer counts or histograms only, so
 
 Metrics: :class:`MaxBoxAcc` (V1 / V2), :class:`LocalizationAccuracy` (GT-known, Top-1 / Top-5 Loc;
 best-threshold and fixed-threshold protocols), :class:`PxAP` (with pIoU) and :class:`PeakIoU`.
+
+One input policy for all of them:
+
+* options are checked when a metric is built (``0 < cam_curve_interval < 1``, non-empty IoU thresholds
+  in (0, 100], ``multi_contour`` a bool, ...), so a metric that exists can always compute;
+* every update checks its inputs against the score maps -- one ground-truth box set per map with at
+  least one box (an image without a box is refused, not counted as a miss: drop it or use a mask
+  metric), one logits row and one label in [0, K) per map, masks of the maps' shape holding only 0, 1
+  and ``ignore_index`` -- and raises ``ValueError`` naming the problem, with the state unchanged;
+* an empty batch (B = 0) is a no-op.
 """
 from __future__ import annotations
+
+import math
+import numbers
 
 import numpy as np
 import torch
@@ -20,43 +33,185 @@ from camkit.boxes import best_iou_per_threshold, thresholds_for_interval, valida
 __all__ = ["MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "max_box_accuracy", "pixel_average_precision"]
 
 
-def _split_boxes(gt_boxes, batch):
-    """``gt_boxes``: a (B, g, 4) tensor/array or a length-B list of (g_i, 4). Returns a list of numpy arrays."""
-    if isinstance(gt_boxes, (list, tuple)):
-        out = [np.asarray(b.detach().cpu() if hasattr(b, "detach") else b, dtype=np.int64).reshape(-1, 4)
-               for b in gt_boxes]
-    else:
-        arr = np.asarray(gt_boxes.detach().cpu() if hasattr(gt_boxes, "detach") else gt_boxes, dtype=np.int64)
-        out = [a.reshape(-1, 4) for a in arr]
-    if len(out) != batch:
-        raise ValueError(f"got {len(out)} ground-truth box sets for {batch} score maps; give one (g_i, 4) per map")
-    return [validate_boxes(b) for b in out]
+# ------------------------------------------------------------------------------- configuration checks
+def _scalar(value):
+    """A 0-d numpy array or torch tensor as its Python number; anything else unchanged."""
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
 
 
-def _dense_maps_and_masks(score_maps, masks):
-    """Score maps ``(B, H, W)`` or ``(H, W)`` in [0, 1] and masks of the same shape, as tensors on the
-    maps' device; raises ``ValueError`` for NaN/inf, values outside [0, 1] or mismatched shapes."""
-    maps = torch.as_tensor(score_maps).detach()
-    masks = torch.as_tensor(masks, device=maps.device).detach()
-    if maps.shape != masks.shape:
-        raise ValueError(f"score maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must have the same shape")
-    if not torch.isfinite(maps).all():
-        raise ValueError("score maps contain NaN or infinite values")
-    if maps.numel() and (maps.min() < 0 or maps.max() > 1):
-        raise ValueError(f"score map values must lie in [0, 1], got range [{float(maps.min())}, "
-                         f"{float(maps.max())}]; normalise them first (e.g. per-image min-max)")
-    return maps, masks
+def _is_real_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_integral_number(value):
+    return _is_real_number(value) and float(value) == int(value)
+
+
+def _checked_iou_percent(value, name):
+    """An IoU threshold in percent: a whole number in (0, 100]."""
+    value = _scalar(value)
+    if not _is_integral_number(value) or not 0 < value <= 100:
+        raise ValueError(f"{name} must be whole IoU percentages in (0, 100] (e.g. 50 for IoU >= 0.5), "
+                         f"got {value!r}")
+    return int(value)
+
+
+def _checked_iou_thresholds(iou_thresholds):
+    """A non-empty tuple of distinct IoU percentages."""
+    values = () if isinstance(iou_thresholds, (str, bytes)) or not hasattr(iou_thresholds, "__iter__") \
+        else tuple(iou_thresholds)
+    if not values:
+        raise ValueError(f"iou_thresholds must be a non-empty sequence of IoU percentages, e.g. (30, 50, 70), "
+                         f"got {iou_thresholds!r}")
+    deltas = tuple(_checked_iou_percent(d, "iou_thresholds") for d in values)
+    if len(set(deltas)) != len(deltas):
+        raise ValueError(f"iou_thresholds must be distinct, got {iou_thresholds!r}")
+    return deltas
+
+
+def _checked_multi_contour(multi_contour):
+    if multi_contour not in (True, False):
+        raise ValueError(f"multi_contour must be True (V2: every contour's box) or False (V1: the largest "
+                         f"contour's box), got {multi_contour!r}")
+    return bool(multi_contour)
+
+
+def _checked_ignore_index(ignore_index):
+    ignore_index = _scalar(ignore_index)
+    if not _is_integral_number(ignore_index) or ignore_index in (0, 1):
+        raise ValueError(f"ignore_index must be a whole number other than 0 and 1 (the mask value of ignored "
+                         f"pixels, 255 in wsolevaluation), got {ignore_index!r}")
+    return int(ignore_index)
+
+
+def _checked_fixed_threshold(fixed_threshold):
+    fixed_threshold = _scalar(fixed_threshold)
+    if fixed_threshold is not None and (not _is_real_number(fixed_threshold) or not 0 <= fixed_threshold <= 1):
+        raise ValueError(f"fixed_threshold must be None or a CAM threshold in [0, 1], got {fixed_threshold!r}")
+    return fixed_threshold
+
+
+# ------------------------------------------------------------------------------------ input checks
+def _to_numpy(x):
+    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
 
 
 def _maps_numpy(score_maps):
-    if hasattr(score_maps, "detach"):
-        score_maps = score_maps.detach().cpu().numpy()
-    maps = np.asarray(score_maps)
+    """Score maps ``(B, H, W)`` or ``(H, W)`` as a numpy (B, H, W) array (values are checked per map)."""
+    maps = _to_numpy(score_maps)
     if maps.ndim == 2:
         maps = maps[None]
     if maps.ndim != 3:
         raise ValueError(f"score maps must be (B, H, W) or (H, W), got shape {maps.shape}")
     return maps
+
+
+def _split_boxes(gt_boxes, batch):
+    """``gt_boxes``: a length-B list of (g_i, 4) (or (4,)) box sets, a (B, g, 4) array/tensor, or a (B, 4)
+    one with one box per image. Returns B int64 (g_i, 4) arrays; every image needs at least one box."""
+    if isinstance(gt_boxes, (list, tuple)):
+        sets = list(gt_boxes)
+    else:
+        arr = _to_numpy(gt_boxes)
+        if arr.ndim == 2 and arr.shape[-1] == 4:
+            arr = arr[:, None]
+        if arr.ndim != 3 or arr.shape[-1] != 4:
+            raise ValueError(f"gt_boxes must be a list of (g_i, 4) box sets, a (B, g, 4) or a (B, 4) array, "
+                             f"got shape {arr.shape}")
+        sets = list(arr)
+    if len(sets) != batch:
+        raise ValueError(f"got {len(sets)} ground-truth box sets for {batch} score maps; give one (g_i, 4) per map")
+    out = []
+    for i, boxes in enumerate(sets):
+        try:
+            b = validate_boxes(boxes)
+        except ValueError as err:
+            raise ValueError(f"image {i}: {err}") from None
+        if len(b) == 0:
+            raise ValueError(f"image {i} has no ground-truth box; box metrics need at least one per image (as in "
+                             "wsolevaluation): drop the image from the box metrics or evaluate it with a mask "
+                             "metric (PxAP, PeakIoU)")
+        out.append(b)
+    return out
+
+
+def _curves_of_batch(maps, boxes, curve):
+    """``curve(map, boxes)`` for every image, stacked (B, T); a bad map's error names its image."""
+    rows = []
+    for i, (m, b) in enumerate(zip(maps, boxes)):
+        try:
+            rows.append(curve(m, b))
+        except ValueError as err:
+            raise ValueError(f"image {i}: {err}") from None
+    return np.stack(rows)
+
+
+def _checked_curves(iou_curves, n_thresholds):
+    """Best-IoU curves ``(N, T)`` (or ``(T,)`` for one image) as a float64 (N, T) tensor in [0, 1]."""
+    curves = np.asarray(_to_numpy(iou_curves), dtype=np.float64)
+    if curves.ndim == 1 and curves.size == n_thresholds:
+        curves = curves[None]
+    if curves.size == 0 and curves.ndim <= 2 and (curves.ndim < 2 or curves.shape[1] in (0, n_thresholds)):
+        curves = curves.reshape(0, n_thresholds)
+    if curves.ndim != 2 or curves.shape[1] != n_thresholds:
+        raise ValueError(f"iou_curves must have shape (N, {n_thresholds}) (one IoU per image and threshold of "
+                         f"this metric's grid), got {curves.shape}")
+    if not ((curves >= 0) & (curves <= 1)).all():
+        raise ValueError("iou_curves must hold IoUs in [0, 1] (no NaN); see camkit.boxes.iou_curves")
+    return torch.as_tensor(curves)
+
+
+def _checked_logits_labels(logits, labels, batch):
+    """``logits`` (B, K) and integer ``labels`` (B,) in [0, K), checked against ``batch`` images; for an
+    empty batch both must be empty. Returns CPU tensors (logits, int64 labels)."""
+    logits = torch.as_tensor(logits).detach().cpu()
+    labels = torch.as_tensor(labels).detach().cpu()
+    if batch == 0 and logits.numel() == 0 and labels.numel() == 0:
+        return logits, labels.reshape(0).long()
+    if logits.dim() != 2 or logits.shape[0] != batch or logits.shape[1] == 0:
+        raise ValueError(f"logits must be (B, K) with B = {batch} (one row per score map), got shape "
+                         f"{tuple(logits.shape)}")
+    if logits.is_floating_point() and torch.isnan(logits).any():
+        raise ValueError("logits contain NaN; fix the model output before scoring it")
+    if labels.dim() > 1 or labels.numel() != batch:
+        raise ValueError(f"labels must be (B,) with B = {batch} (one class index per score map), got shape "
+                         f"{tuple(labels.shape)}")
+    labels = labels.reshape(-1)
+    if labels.dtype == torch.bool or labels.is_complex() or (labels.is_floating_point() and
+                                                             not (labels == labels.round()).all()):
+        raise ValueError(f"labels must be whole class indices, got {labels.tolist()[:10]}")
+    labels = labels.long()
+    bad = (labels < 0) | (labels >= logits.shape[1])
+    if bad.any():
+        raise ValueError(f"labels must be class indices in [0, {logits.shape[1]}) (the logits' columns), got "
+                         f"{labels[bad].tolist()[:10]}")
+    return logits, labels
+
+
+def _dense_maps_and_masks(score_maps, masks, ignore_index):
+    """Score maps ``(B, H, W)`` or ``(H, W)`` in [0, 1] and masks of the same shape with values 0
+    (background), 1 (foreground) and ``ignore_index``, as tensors on the maps' device; raises
+    ``ValueError`` for NaN/inf, values outside [0, 1], other mask values, or mismatched shapes."""
+    maps = torch.as_tensor(score_maps).detach()
+    masks = torch.as_tensor(masks, device=maps.device).detach()
+    if maps.dim() not in (2, 3):
+        raise ValueError(f"score maps must be (B, H, W) or (H, W), got shape {tuple(maps.shape)}")
+    if maps.shape != masks.shape:
+        raise ValueError(f"score maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must have the same shape")
+    if maps.numel() == 0 and not (maps.dim() == 3 and maps.shape[0] == 0):
+        raise ValueError(f"score maps of shape {tuple(maps.shape)} are empty; give (B, H, W) maps with H, W >= 1 "
+                         "(an empty batch is (0, H, W))")
+    if not torch.isfinite(maps).all():
+        raise ValueError("score maps contain NaN or infinite values")
+    if maps.numel() and (maps.min() < 0 or maps.max() > 1):
+        raise ValueError(f"score map values must lie in [0, 1], got range [{float(maps.min())}, "
+                         f"{float(maps.max())}]; normalise them first (e.g. per-image min-max)")
+    other = (masks != 0) & (masks != 1) & (masks != ignore_index)
+    if other.any():
+        values = torch.unique(masks[other]).cpu().tolist()
+        raise ValueError(f"mask values must be 0 (background), 1 (foreground) or {ignore_index} (ignored), got "
+                         f"other values {values[:10]}; binarise the masks first (e.g. (mask > 0).to(torch.uint8))")
+    return maps, masks
 
 
 class _Mergeable:
@@ -96,19 +251,24 @@ class MaxBoxAcc(_Mergeable):
     """MaxBoxAcc (Choe et al. 2020). V2: ``multi_contour=True``, deltas (30, 50, 70); V1: single contour, 50.
 
     ``update(score_maps (B, H, W) in [0, 1], gt_boxes)``; gt boxes (g_i, 4) x0,y0,x1,y1 per map, in the
-    maps' pixel frame (224x224 under the standard protocol). An image is correct at delta and tau when the
-    best IoU over its boxes x GT boxes is >= delta/100. ``compute()`` returns ``"MaxBoxAcc@{delta}"``
-    (max over tau of the percent correct), ``"best_threshold@{delta}"`` (first tau attaining it),
-    ``"MaxBoxAccV2"`` (mean over the deltas) and ``"curve"`` ((D, T) percent correct).
+    maps' pixel frame (224x224 under the standard protocol), at least one per image. An image is correct
+    at delta and tau when the best IoU over its boxes x GT boxes is >= delta/100. ``compute()`` returns
+    ``"MaxBoxAcc@{delta}"`` (max over tau of the percent correct), ``"best_threshold@{delta}"`` (first tau
+    attaining it), the mean over the deltas -- ``"MaxBoxAccV2"`` for V2, ``"MaxBoxAcc"`` for V1 (the
+    paper's MaxBoxAcc with ``iou_thresholds=(50,)``) -- and ``"curve"`` ((D, T) percent correct).
+
+    Options are checked when the metric is built: ``iou_thresholds`` a non-empty sequence of distinct
+    whole percentages in (0, 100], ``0 < cam_curve_interval < 1``, ``multi_contour`` a bool. An empty
+    batch (B = 0) is a no-op; any refused input leaves the counts unchanged.
     """
 
     _state = ("counts", "num_images")
 
     def __init__(self, iou_thresholds=(30, 50, 70), cam_curve_interval=0.001, multi_contour=True):
-        self.iou_thresholds = tuple(int(d) for d in iou_thresholds)
-        self.cam_curve_interval = cam_curve_interval
-        self.multi_contour = bool(multi_contour)
+        self.iou_thresholds = _checked_iou_thresholds(iou_thresholds)
         self.thresholds = thresholds_for_interval(cam_curve_interval)
+        self.cam_curve_interval = cam_curve_interval
+        self.multi_contour = _checked_multi_contour(multi_contour)
         self.counts = torch.zeros(len(self.iou_thresholds), len(self.thresholds), dtype=torch.int64)
         self.num_images = torch.zeros((), dtype=torch.int64)
 
@@ -120,18 +280,24 @@ class MaxBoxAcc(_Mergeable):
                     multi_contour=self.multi_contour)
 
     def update_from_curves(self, iou_curves):
-        """Add images given their best-IoU curves (N, T) (see ``camkit.boxes.best_iou_per_threshold``)."""
-        curves = torch.as_tensor(np.asarray(iou_curves, dtype=np.float64)).reshape(-1, len(self.thresholds))
+        """Add images given their best-IoU curves (N, T) or (T,) in [0, 1] on this metric's threshold grid
+        (see :func:`camkit.boxes.best_iou_per_threshold`)."""
+        curves = _checked_curves(iou_curves, len(self.thresholds))
         deltas = torch.tensor(self.iou_thresholds, dtype=torch.float64) / 100
         self.counts += (curves[None] >= deltas[:, None, None]).sum(1)
         self.num_images += curves.shape[0]
         return self
 
     def update(self, score_maps, gt_boxes):
+        """Add a batch: ``score_maps`` (B, H, W) or (H, W) in [0, 1], ``gt_boxes`` one (g_i, 4) set per map."""
         maps = _maps_numpy(score_maps)
         boxes = _split_boxes(gt_boxes, maps.shape[0])
-        curves = [best_iou_per_threshold(m, b, self.thresholds, self.multi_contour) for m, b in zip(maps, boxes)]
-        return self.update_from_curves(np.stack(curves) if curves else np.zeros((0, len(self.thresholds))))
+        if not boxes:
+            return self
+        return self.update_from_curves(_curves_of_batch(maps, boxes, self._curve))
+
+    def _curve(self, score_map, boxes):
+        return best_iou_per_threshold(score_map, boxes, self.thresholds, self.multi_contour)
 
     def compute(self):
         n = int(self.num_images)
@@ -143,7 +309,8 @@ class MaxBoxAcc(_Mergeable):
             i = int(np.argmax(acc[k]))
             out[f"MaxBoxAcc@{d}"] = float(acc[k, i])
             out[f"best_threshold@{d}"] = float(self.thresholds[i])
-        out["MaxBoxAccV2"] = float(np.mean([out[f"MaxBoxAcc@{d}"] for d in self.iou_thresholds]))
+        mean_key = "MaxBoxAccV2" if self.multi_contour else "MaxBoxAcc"
+        out[mean_key] = float(np.mean([out[f"MaxBoxAcc@{d}"] for d in self.iou_thresholds]))
         out["curve"] = acc
         out["num_images"] = n
         return out
@@ -161,16 +328,21 @@ class LocalizationAccuracy(_Mergeable):
     are read at the tau that maximises GT-known (``"best_threshold"``); *fixed threshold* -- when
     ``fixed_threshold`` is given, ``"GT-known@fixed"``, ``"Top-1 Loc@fixed"``, ``"Top-5 Loc@fixed"`` at the
     nearest curve threshold. ``"Top-1 Cls"`` / ``"Top-5 Cls"`` are the classification accuracies.
+
+    Options are checked when the metric is built (``iou_threshold`` a whole percentage in (0, 100],
+    ``0 < cam_curve_interval < 1``, ``multi_contour`` a bool, ``fixed_threshold`` None or in [0, 1]).
+    Inputs are checked against the maps: one box set (at least one box), one logits row (B, K) and one
+    label in [0, K) per map. An empty batch is a no-op; any refused input leaves the counts unchanged.
     """
 
     _state = ("counts", "cls_counts", "num_images")
 
     def __init__(self, iou_threshold=50, cam_curve_interval=0.001, multi_contour=False, fixed_threshold=None):
-        self.iou_threshold = int(iou_threshold)
-        self.cam_curve_interval = cam_curve_interval
-        self.multi_contour = bool(multi_contour)
-        self.fixed_threshold = fixed_threshold
+        self.iou_threshold = _checked_iou_percent(iou_threshold, "iou_threshold")
         self.thresholds = thresholds_for_interval(cam_curve_interval)
+        self.cam_curve_interval = cam_curve_interval
+        self.multi_contour = _checked_multi_contour(multi_contour)
+        self.fixed_threshold = _checked_fixed_threshold(fixed_threshold)
         self.counts = torch.zeros(3, len(self.thresholds), dtype=torch.int64)   # gt-known, top1, top5
         self.cls_counts = torch.zeros(2, dtype=torch.int64)
         self.num_images = torch.zeros((), dtype=torch.int64)
@@ -183,10 +355,11 @@ class LocalizationAccuracy(_Mergeable):
                     multi_contour=self.multi_contour, fixed_threshold=self.fixed_threshold)
 
     def update_from_curves(self, iou_curves, logits, labels):
-        """``iou_curves`` (N, T) of the GT-class maps, ``logits`` (N, K), ``labels`` (N,) ints."""
-        curves = torch.as_tensor(np.asarray(iou_curves, dtype=np.float64)).reshape(-1, len(self.thresholds))
-        logits = torch.as_tensor(logits).detach().cpu()
-        labels = torch.as_tensor(labels).detach().cpu().reshape(-1).long()
+        """``iou_curves`` (N, T) of the GT-class maps, ``logits`` (N, K), ``labels`` (N,) ints in [0, K)."""
+        curves = _checked_curves(iou_curves, len(self.thresholds))
+        logits, labels = _checked_logits_labels(logits, labels, curves.shape[0])
+        if curves.shape[0] == 0:
+            return self
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
         top1 = topk[:, 0] == labels
@@ -203,9 +376,13 @@ class LocalizationAccuracy(_Mergeable):
         """``gt_class_maps`` (B, H, W) in [0, 1]: the maps of the ground-truth classes."""
         maps = _maps_numpy(gt_class_maps)
         boxes = _split_boxes(gt_boxes, maps.shape[0])
-        curves = [best_iou_per_threshold(m, b, self.thresholds, self.multi_contour) for m, b in zip(maps, boxes)]
-        curves = np.stack(curves) if curves else np.zeros((0, len(self.thresholds)))
-        return self.update_from_curves(curves, logits, labels)
+        logits, labels = _checked_logits_labels(logits, labels, maps.shape[0])  # before the costly curves
+        if not boxes:
+            return self
+        return self.update_from_curves(_curves_of_batch(maps, boxes, self._curve), logits, labels)
+
+    def _curve(self, score_map, boxes):
+        return best_iou_per_threshold(score_map, boxes, self.thresholds, self.multi_contour)
 
     def compute(self):
         n = int(self.num_images)
@@ -233,14 +410,18 @@ class PxAP(_Mergeable):
     GT-negative pixels, on the maps' device. ``compute()``: ``"PxAP"`` = 100 * sum_i precision_i *
     (recall_i - recall_{i-1}) over the bins with TP+FP > 0 (curve from the highest threshold down) and
     ``"pIoU"`` = 100 * max over thresholds of TP / (TP + FP + FN).
+
+    Masks may hold only 0, 1 and ``ignore_index`` (other values are refused, naming them, as in
+    :class:`PeakIoU`); ``0 < cam_curve_interval < 1`` is checked when the metric is built. An empty
+    batch is a no-op; any refused input leaves the histograms unchanged.
     """
 
     _state = ("hist_pos", "hist_neg")
 
     def __init__(self, cam_curve_interval=0.001, ignore_index=255):
-        self.cam_curve_interval = cam_curve_interval
-        self.ignore_index = ignore_index
         self.edges = np.concatenate([thresholds_for_interval(cam_curve_interval), [1.0, 2.0, 3.0]])
+        self.cam_curve_interval = cam_curve_interval
+        self.ignore_index = _checked_ignore_index(ignore_index)
         n_bins = len(self.edges) - 1
         self.hist_pos = torch.zeros(n_bins, dtype=torch.int64)
         self.hist_neg = torch.zeros(n_bins, dtype=torch.int64)
@@ -252,10 +433,11 @@ class PxAP(_Mergeable):
         return dict(cam_curve_interval=self.cam_curve_interval, ignore_index=self.ignore_index)
 
     def update(self, score_maps, masks):
-        maps, masks = _dense_maps_and_masks(score_maps, masks)
+        """Add a batch: ``score_maps`` (B, H, W) or (H, W) in [0, 1], ``masks`` of the same shape."""
+        maps, masks = _dense_maps_and_masks(score_maps, masks, self.ignore_index)
+        if maps.numel() == 0:
+            return self
         dev = maps.device
-        self.hist_pos = self.hist_pos.to(dev)
-        self.hist_neg = self.hist_neg.to(dev)
         edges = torch.as_tensor(self.edges, dtype=torch.float64, device=dev)
         v = maps.to(torch.float64).reshape(-1)
         m = masks.reshape(-1)
@@ -265,7 +447,7 @@ class PxAP(_Mergeable):
         inside = (idx >= 0) & (idx < n_bins)
         for value, hist in ((1, "hist_pos"), (0, "hist_neg")):
             sel = inside & (m == value)
-            setattr(self, hist, getattr(self, hist) + torch.bincount(idx[sel], minlength=n_bins))
+            setattr(self, hist, getattr(self, hist).to(dev) + torch.bincount(idx[sel], minlength=n_bins))
         return self
 
     def compute(self):
@@ -304,6 +486,9 @@ class PeakIoU(_Mergeable):
     (``"curve_per_image"``: mean IoU per t; ``"curve_pooled"``) and the peak thresholds
     (``"peak_threshold_pooled"``, ``"peak_threshold_histogram"``: per-image argmax counts). Per-image IoUs
     are accumulated as integers in units of 2**-40, so sums are exact and merge/all_reduce are exact.
+
+    Masks may hold only 0, 1 and ``ignore_index`` (other values are refused, naming them, as in
+    :class:`PxAP`). An empty batch is a no-op; any refused input leaves the state unchanged.
     """
 
     _state = ("sum_peak", "sum_curve", "inter", "union", "peak_hist", "num_images")
@@ -312,7 +497,7 @@ class PeakIoU(_Mergeable):
         if reduction not in ("per_image", "pooled"):
             raise ValueError(f"reduction must be 'per_image' or 'pooled', got {reduction!r}")
         self.reduction = reduction
-        self.ignore_index = ignore_index
+        self.ignore_index = _checked_ignore_index(ignore_index)
         self.sum_peak = torch.zeros((), dtype=torch.int64)
         self.sum_curve = torch.zeros(256, dtype=torch.int64)
         self.inter = torch.zeros(256, dtype=torch.int64)
@@ -328,11 +513,15 @@ class PeakIoU(_Mergeable):
 
     @staticmethod
     def curves(score_maps, masks, ignore_index=255):
-        """Per-image intersections and unions (B, 256) int64 for t = 0..255."""
-        maps, masks = _dense_maps_and_masks(score_maps, masks)
+        """Per-image intersections and unions (B, 256) int64 for t = 0..255 (B = 0 for an empty batch)."""
+        ignore_index = _checked_ignore_index(ignore_index)
+        maps, masks = _dense_maps_and_masks(score_maps, masks, ignore_index)
         if maps.dim() == 2:
             maps, masks = maps[None], masks[None]
         b = maps.shape[0]
+        if b == 0:
+            empty = torch.zeros(0, 256, dtype=torch.int64, device=maps.device)
+            return empty, empty.clone()
         u = (maps * 255).to(torch.uint8).reshape(b, -1).long()
         m = masks.reshape(b, -1)
         valid = m != ignore_index
@@ -347,7 +536,10 @@ class PeakIoU(_Mergeable):
         return inter, union
 
     def update(self, score_maps, masks):
+        """Add a batch: ``score_maps`` (B, H, W) or (H, W) in [0, 1], ``masks`` of the same shape."""
         inter, union = self.curves(score_maps, masks, self.ignore_index)
+        if inter.shape[0] == 0:
+            return self
         iou = torch.where(union > 0, inter.double() / union.clamp(min=1).double(), torch.zeros((), dtype=torch.float64,
                                                                                            device=inter.device))
         peak, arg = iou.max(1)

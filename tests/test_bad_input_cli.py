@@ -52,7 +52,7 @@ CASES = [
     (EXPLAIN + ["--device", "gpu"], "is not a torch device"),
     (EXPLAIN + ["--mean", "0.1", "0.2"], "--mean takes 1 or 3 values"),
     (EXPLAIN + ["--batch-size", "0"], "--batch-size must be at least 1"),
-    (EXPLAIN + ["--box-threshold", "1.5"], "--box-threshold must be in [0, 1)"),
+    (EXPLAIN + ["--box-threshold", "1.5"], "--box-threshold must be in [0, 1]"),
     (["explain", "photo.png", "--model", TINY, "--out", "photo.png"], "exists and is not a folder"),
     # evaluate
     (EVALUATE[:3] + ["--data", "nowhere"], "is not an existing folder nor 'synthetic"),

@@ -204,3 +204,11 @@ def test_checkpoint_spec_rebuilds_the_trained_model(tmp_path, images):
             torch.testing.assert_close(loaded.model(x), model(x))
     assert cli.main(["explain", images[0], "--model", f"checkpoint:{path}", "--methods", "gradcam",
                      "--out", str(tmp_path / "o"), "--no-figures"]) == 0
+
+
+@pytest.mark.parametrize("threshold", ["1.5", "-0.2", "nan"])
+def test_explain_refuses_a_box_threshold_outside_0_1_before_writing(images, tmp_path, threshold, capsys):
+    out = tmp_path / "never"
+    assert cli.main(["explain", images[0], "--model", TINY, "--box-threshold", threshold, "--out", str(out)]) == 2
+    assert re.search(r"--box-threshold must be in \[0, 1\]", capsys.readouterr().err)
+    assert not out.exists()

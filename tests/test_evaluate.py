@@ -132,3 +132,12 @@ def test_mask_only_dataset_reports_pixel_metrics_only():
                       cam_curve_interval=0.01, progress=False).values()
     assert "MaxBoxAccV2" not in row and "GT-known" not in row
     assert {"PxAP", "pIoU", "PeakIoU", "Top-1 Cls"} <= set(row)
+
+
+def test_an_image_without_box_in_a_box_dataset_is_refused():
+    """The metrics' policy holds in evaluate too: no silent miss for the image without a box (item 2 here)."""
+    ds = ToyWSOL(masks=False)
+    ds.boxes[2] = torch.zeros((0, 4), dtype=torch.long)
+    with pytest.raises(ValueError, match="dataset item 2 has no ground-truth box"):
+        evaluate(TinyNet(), ds, methods="gradcam", layers="features.3", batch_size=2, cam_curve_interval=0.01,
+                 progress=False)

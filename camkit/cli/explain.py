@@ -104,8 +104,8 @@ def _check_arguments(args) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-    if not 0 <= args.box_threshold < 1:
-        raise UsageError(f"--box-threshold must be in [0, 1), got {args.box_threshold}")
+    if not 0 <= args.box_threshold <= 1:
+        raise UsageError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
     if not 0 <= args.alpha <= 1:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
 
