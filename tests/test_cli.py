@@ -161,6 +161,7 @@ def test_help_of_every_subcommand_has_examples(capsys):
             assert "--model" in text and "model specifiers" in text
 
 
+@pytest.mark.filterwarnings("ignore:repeats=1:UserWarning")  # one round keeps the test short
 def test_benchmark_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
     status = cli.main(["benchmark", "--model", TINY, "--data", "synthetic:num_images=6,image_size=32",
