@@ -215,6 +215,7 @@ def causal(inputs) -> torch.Tensor:
 from camkit.methods import register as _register  # noqa: E402
 
 _register("causal", needs=("head",),
+          options=("weights", "threshold", "num_bottom", "ranking", "context"),
           description="CI-CAM's causal-context-corrected combinational CAM: the down branch of a CI-CAM model, "
                       "or of any GAP classifier with context=camkit.causal.fit_context(...)",
           reference="Shao et al., Improving Weakly-Supervised Object Localization via Causal Intervention, "
