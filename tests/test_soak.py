@@ -7,6 +7,7 @@ over 50 calls (the short form of ``benchmarks/bench_soak.py``).
 """
 import gc
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -87,6 +88,24 @@ def test_calls_that_fail_after_the_forward_leave_nothing_alive():
     before, after = _soak(failing, calls=20)
     assert after[0] <= before[0], f"live ActivationCapture objects grew from {before[0]} to {after[0]}"
     assert after[1] <= before[1], f"live tensors grew from {before[1]} to {after[1]}"
+
+
+def test_no_module_output_or_graph_outlives_the_call():
+    """Every module output of the call (and so its autograd node, which the output owns) is freed
+    once the caller drops the explanation: weak references to all of them are dead after gc."""
+    model = TinyCNN().eval()
+    outputs = []
+    handles = [module.register_forward_hook(lambda m, i, out: outputs.append(weakref.ref(out)))
+               for module in model.modules()]
+    try:
+        for methods, layers in ((None, ("block3", "act@0", "act", "block4")), ("bagcams", ("block3", "block4"))):
+            camkit.explain(model, torch.randn(2, 3, 12, 12), methods=methods, layers=layers, target=camkit.TopK(2))
+    finally:
+        for handle in handles:
+            handle.remove()
+    gc.collect()
+    alive = [ref() for ref in outputs if ref() is not None]
+    assert not alive, f"{len(alive)} of {len(outputs)} module outputs are still alive: {[tuple(t.shape) for t in alive]}"
 
 
 def test_the_per_shape_cache_keeps_only_recent_shapes():
