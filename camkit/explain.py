@@ -530,6 +530,10 @@ def _as_logits(output, adapter, batch_size: int) -> torch.Tensor:
     if isinstance(output, Mapping):
         raise TypeError(f"the model returns a dict with keys {list(output)}; pass output=KEY "
                         f"(or a callable) to say which entry holds the (B, K) logits")
+    fields = _field_names(output)
+    if fields is not None:
+        raise TypeError(f"the model returns a {type(output).__name__} with fields {list(fields)}; pass "
+                        f"output=FIELD (or a callable) to say which field holds the (B, K) logits")
     if isinstance(output, (tuple, list)):
         raise TypeError(f"the model returns a {type(output).__name__} of {len(output)} items; pass "
                         f"output=INDEX (or a callable) to say which item holds the (B, K) logits")

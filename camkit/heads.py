@@ -26,8 +26,14 @@ class CAMHeadWarning(UserWarning):
 
 
 def resolve_head(model: nn.Module, head):
-    """``head`` as given to :class:`camkit.Explainer`: a module name becomes that module (checked now,
-    before any forward); modules, tensors and ``None`` pass through."""
+    """``head`` as given to :class:`camkit.Explainer`, checked before any forward: a module name
+    becomes that module; a module must be an ``nn.Linear`` or a 1x1 ``nn.Conv2d``, a tensor a 2-D float
+    ``(K, C)`` weight (its shape is checked against the layer once it is known); ``None`` passes.
+
+    Raises:
+        HeadNotFoundError: a name that is not a module, or a module or tensor that cannot be a head.
+        TypeError: anything else.
+    """
     if head is None:
         return None
     if isinstance(head, torch.Tensor):
