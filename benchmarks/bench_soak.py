@@ -5,11 +5,13 @@ Scenarios, each with and without BagCAMs (whose guided backward puts tensor hook
 * **tiny CNN**: one ``camkit.Explainer`` with every standard method at its four blocks, ``--calls`` calls
   on a ``(--batch, 3, --size, --size)`` batch;
 * **resnet18**: the same on torchvision's ResNet-18 (random init, ``weights=None``) at ``layer1``-``layer4``;
-* **evaluate**: ``camkit.evaluate`` of the tiny CNN on ``--eval-images`` synthetic images
-  (``synthetic:num_images=N,image_size=--size``), RSS read as each image is loaded.
+* **evaluate**: ``--eval-runs`` runs of ``camkit.evaluate`` of the tiny CNN at ``block3`` and ``block4``
+  on the same ``--eval-images`` synthetic images (``synthetic:num_images=N,image_size=--size``), after a
+  ``--eval-warmup-runs`` warm-up runs; RSS read after each run.
 
 Reported per scenario: the RSS slope in MiB per 100 calls (per 100 images for ``evaluate``): the least
-squares slope over the samples after ``--warmup`` calls; the RSS growth over those calls; and the live
+squares slope over the samples after ``--warmup`` calls (evaluate: over the RSS at the start and the end
+of each run); the RSS growth over those samples; and the live
 ``ActivationCapture`` and ``torch.Tensor`` objects after ``gc.collect()``, as the change from before the
 scenario. Goal: a flat slope (< 0.1 MiB per 100 calls) and no live object left behind.
 
@@ -112,37 +114,33 @@ def soak_calls(model, layers, methods, batch, calls: int, warmup: int) -> dict:
                 seconds=seconds, steps=calls)
 
 
-class RSSSampled(torch.utils.data.Dataset):
-    """A dataset that records ``(item count, RSS)`` each time an item is read."""
+def soak_evaluate(methods, images: int, runs: int, warmup_runs: int, size: int, batch_size: int) -> dict:
+    """``runs`` evaluations of a tiny CNN on the same ``images`` synthetic images, RSS read after each.
 
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.samples = []
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        self.samples.append((len(self.samples), rss_mib()))
-        return self.dataset[index]
-
-
-def soak_evaluate(methods, images: int, size: int, warmup: int, batch_size: int) -> dict:
-    """One ``camkit.evaluate`` of a tiny CNN on ``images`` synthetic images; RSS per image read."""
+    ``warmup_runs`` runs go first (first-use costs: lazy imports, allocator pools). Within a run RSS
+    saw-tooths by several MiB with the allocator, whatever the number of images, so the slope is
+    fitted to the RSS at the end of each run against the images done: what stays behind per image,
+    or waits for a full garbage collection, shows as a trend.
+    """
     dataset = open_dataset(f"synthetic:num_images={images},image_size={size}",
                            normalize=((0.5,) * 3, (0.25,) * 3))
     torch.manual_seed(0)
     model = TinyCNN(num_classes_of(dataset)).eval()
-    sampled = RSSSampled(dataset)
+    options = dict(methods=methods, layers=("block3", "block4"), batch_size=batch_size, cam_curve_interval=0.01,
+                   progress=False)
+    for _ in range(warmup_runs):
+        camkit.evaluate(model, dataset, **options)
     before = live_objects()
+    samples = [(0, rss_mib())]
     start = time.perf_counter()
-    camkit.evaluate(model, sampled, methods=methods, layers=("block3", "block4"), batch_size=batch_size,
-                    cam_curve_interval=0.01, progress=False)
+    for run in range(runs):
+        camkit.evaluate(model, dataset, **options)
+        samples.append(((run + 1) * len(dataset), rss_mib()))
     seconds = time.perf_counter() - start
     after = live_objects()
-    slope, growth = slope_per_100(sampled.samples, warmup)
+    slope, growth = slope_per_100(samples, 0)
     return dict(slope=slope, growth=growth, captures=after[0] - before[0], tensors=after[1] - before[1],
-                seconds=seconds, steps=len(sampled.samples))
+                seconds=seconds, steps=runs * len(dataset))
 
 
 def main(argv=None):
@@ -150,14 +148,19 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=1000,
                         help="explanation calls per model scenario (default 1000)")
     parser.add_argument("--warmup", type=int, default=100,
-                        help="calls (and images, for evaluate) left out of the slope fit (default 100)")
+                        help="calls left out of the slope fit (default 100)")
     parser.add_argument("--batch", type=int, default=2, help="images per explanation call (default 2)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--eval-images", type=int, default=200,
                         help="synthetic images for the evaluate scenario; 0 skips it (default 200)")
+    parser.add_argument("--eval-runs", type=int, default=5,
+                        help="evaluate runs over the same images; the slope is fitted to the RSS after "
+                             "each (default 5)")
+    parser.add_argument("--eval-warmup-runs", type=int, default=2,
+                        help="evaluate runs before the measured ones, left out of the fit (default 2)")
     parser.add_argument("--eval-batch", type=int, default=8, help="batch size of evaluate (default 8)")
-    parser.add_argument("--models", nargs="+", choices=("tiny", "resnet18"), default=["tiny", "resnet18"],
-                        help="model scenarios to run (default both)")
+    parser.add_argument("--models", nargs="*", choices=("tiny", "resnet18"), default=["tiny", "resnet18"],
+                        help="model scenarios to run (default both; --models alone runs only evaluate)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.calls <= args.warmup + 1:
@@ -181,9 +184,10 @@ def main(argv=None):
             rows.append((label, soak_calls(model, layers, methods, batch, args.calls, args.warmup)))
     if args.eval_images:
         for methods in (STANDARD_METHODS, WITHOUT_BAGCAMS):
-            label = f"evaluate {args.eval_images} images, {'all five' if 'bagcams' in methods else 'without bagcams'}"
-            warmup = min(args.warmup, args.eval_images // 4)
-            rows.append((label, soak_evaluate(methods, args.eval_images, args.size, warmup, args.eval_batch)))
+            label = (f"evaluate {args.eval_runs} x {args.eval_images} images, "
+                     f"{'all five' if 'bagcams' in methods else 'without bagcams'}")
+            rows.append((label, soak_evaluate(methods, args.eval_images, args.eval_runs, args.eval_warmup_runs,
+                                              args.size, args.eval_batch)))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} at "
           f"{args.size}x{args.size}, {args.calls} calls, slope fitted after {args.warmup} warm-up calls "

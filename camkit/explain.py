@@ -292,8 +292,8 @@ class Explainer:
             try:
                 head = find_head(self.model, activation.shape[1], logits.shape[1], self.head)
                 weights[spec.key] = head_weight_matrix(head, activation, logits, spec.key)
-            except HeadNotFoundError as error:
-                errors[spec.key] = error
+            except HeadNotFoundError as error:   # without its traceback: its frames hold this call's tensors
+                errors[spec.key] = error.with_traceback(None)
         if not weights and not optional:
             raise next(iter(errors.values()))
         notes = [f"CAM skipped at layer {key!r}: {error}" for key, error in errors.items()]
