@@ -22,6 +22,11 @@ backpropagation. One backward to all captured layers is guided, for each layer, 
 the ReLUs downstream of it: nodes upstream of a layer do not affect the gradient to it. When a
 ReLU call is itself a captured layer, ``A`` is a view taken after the clamp point, so ``dS/dA`` is
 not clamped by that ReLU while the gradient passing through it to earlier layers is.
+
+No reference cycle through autograd: the tensor hooks live in the autograd graph (C++), which the
+garbage collector cannot traverse, so they hold only a small :class:`GuidedClamp` switch, never the
+capture, and ``__exit__`` removes them and drops the captured tensors. The graph of one call is then
+freed as soon as the caller drops its tensors.
 """
 from __future__ import annotations
 
@@ -38,6 +43,24 @@ DEFAULT_GUIDED_MODULES: Tuple[Type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
 
 class CallCountChanged(LayerError):
     """A module ran a different number of times than ``call_totals`` said (data-dependent forward)."""
+
+
+class GuidedClamp:
+    """The guided-backward step at a ReLU's output: while :attr:`enabled`, keep only positive gradient.
+
+    A tensor hook on each guided ReLU output calls it; it holds no tensor and no capture, so the
+    autograd graph that holds it references nothing back.
+    """
+
+    def __init__(self):
+        self.enabled = False
+        self.clamps = 0           # clamps applied during backwards (0: nothing was guided)
+
+    def __call__(self, grad: torch.Tensor) -> Optional[torch.Tensor]:
+        if not self.enabled:
+            return None
+        self.clamps += 1
+        return grad.clamp(min=0)
 
 
 class ActivationCapture:
@@ -63,16 +86,29 @@ class ActivationCapture:
         self.specs = list(specs)
         self.guided_modules = tuple(guided_modules or ())
         self.start_graph_at_capture = start_graph_at_capture
-        self.guided = False
-        self.guided_clamps = 0        # guided clamps applied during backwards (0: nothing was guided)
+        self._clamp = GuidedClamp()
         self._totals = dict(call_totals or {})
         self._wanted: Dict[nn.Module, List[int]] = defaultdict(list)
         for spec in self.specs:
             self._wanted[spec.module].append(spec.call)
         self._calls: Dict[nn.Module, int] = defaultdict(int)
         self._captured: Dict[Tuple[nn.Module, int], torch.Tensor] = {}
-        self._handles = []
+        self._handles = []            # module forward hooks and guided tensor hooks
         self._grad_mode = None
+
+    @property
+    def guided(self) -> bool:
+        """Whether the guided ReLU hooks clamp the gradient (set before the guided backward)."""
+        return self._clamp.enabled
+
+    @guided.setter
+    def guided(self, enabled: bool) -> None:
+        self._clamp.enabled = bool(enabled)
+
+    @property
+    def guided_clamps(self) -> int:
+        """Guided clamps applied during backwards so far (0: nothing was guided)."""
+        return self._clamp.clamps
 
     # -- context management -------------------------------------------------------------------
     def __enter__(self) -> "ActivationCapture":
@@ -98,9 +134,12 @@ class ActivationCapture:
         self._remove()
 
     def _remove(self) -> None:
+        """Remove every hook and drop the captured tensors (read them with :meth:`activation` inside
+        the ``with`` block)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._captured.clear()
         if self._grad_mode is not None:
             torch.set_grad_enabled(self._grad_mode)
 
@@ -144,15 +183,8 @@ class ActivationCapture:
             result = activation.clone()
         if (self.guided_modules and isinstance(module, self.guided_modules)
                 and isinstance(output, torch.Tensor) and output.requires_grad):
-            output.register_hook(self._clamp_when_guided)
+            self._handles.append(output.register_hook(self._clamp))
         return result
-
-    def _clamp_when_guided(self, grad: torch.Tensor) -> Optional[torch.Tensor]:
-        """The guided-backward step at a ReLU's output: keep only positive incoming gradient."""
-        if not self.guided:
-            return None
-        self.guided_clamps += 1
-        return grad.clamp(min=0)
 
     def _name(self, module: nn.Module) -> str:
         for spec in self.specs:

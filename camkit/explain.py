@@ -12,10 +12,13 @@ is off) and every module's ``training`` flag is restored afterwards.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,10 +29,14 @@ from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountC
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
 from camkit.inputs import Preprocess, as_batch, run_model
 from camkit.layers import LayerSpec, last_spatial_layer, resolve_layer, resolve_layers
-from camkit.methods import LayerInputs, get_method
-from camkit.targets import ResolvedTargets, resolve_targets
+from camkit.methods import STANDARD_METHODS, LayerInputs, get_method
+from camkit.targets import ResolvedTargets, check_target, resolve_targets
 
 MapKey = Tuple[str, str]
+
+#: Input shapes an :class:`Explainer` remembers (auto-chosen layer, calls per forward): the most
+#: recently used ones; older shapes are probed again when they come back.
+SHAPE_CACHE_SIZE = 16
 
 
 @dataclass
@@ -136,14 +143,22 @@ class Explainer:
 
     Args:
         model: any ``nn.Module`` returning ``(B, K)`` logits (or see ``output``).
-        methods: a method name or names (``camkit.list_methods()``).
+        methods: a method name or a list of names (``camkit.list_methods()``); the default is
+            ``"gradcam"``. ``None`` means the standard set, :data:`camkit.methods.STANDARD_METHODS`
+            (CAM, Grad-CAM, Grad-CAM++, PCS, BagCAMs), with CAM optional: where the classifier is not
+            one linear layer after global average pooling (e.g. torchvision's MobileNetV3, whose head
+            is Linear-Hardswish-Dropout-Linear), or the target is a callable score, CAM is skipped
+            with a :class:`camkit.CAMHeadWarning` and a note in ``Explanation.notes`` and left out
+            of ``Explanation.methods``, and the other methods still run. A CAM named explicitly
+            raises :class:`camkit.HeadNotFoundError` when it fits none of the layers.
         layers: module names (``"name"`` or ``"name@k"`` for the k-th call of a reused module),
             modules, or ``None`` for the last layer with spatial output (chosen per input shape and
             reported in ``Explanation.layers``).
         head: the classifier used by CAM: an ``nn.Linear``, a 1x1 ``nn.Conv2d``, its module name, or
             a ``(K, C)`` tensor. ``None`` finds it automatically.
         output: how to get logits from the model output: ``None`` (the output is the logits), a key
-            or index into a dict/tuple output, or a callable ``output -> (B, K)``.
+            of a dict output or field name of a dataclass / named-tuple output, an index into a
+            tuple/list output, or a callable ``output -> (B, K)``.
         preprocess: turns PIL images / uint8 arrays / paths into ``(3, H, W)`` tensors and back for
             display. Default: :class:`camkit.Preprocess` (224x224, ImageNet mean and std). Tensor
             inputs are taken as already preprocessed; their display pictures (``images_rgb``,
@@ -156,9 +171,15 @@ class Explainer:
         guided_modules: module types that BagCAMs' guided backward passes through.
         method_options: ``{method: {option: value}}``, e.g. ``{"cam": {"clamp_negative_weights": True}}``.
         context: a fitted causal context for the ``causal`` method (see :mod:`camkit.causal`).
+
+    Arguments are checked here, and images and targets at the start of a call, before any hook
+    is attached: a wrong value raises an error that says what to give instead and leaves the model
+    untouched. Per input shape (shape, dtype and device) the explainer remembers the layer chosen
+    for ``layers=None`` and how often each captured module runs per forward; it keeps the
+    :data:`SHAPE_CACHE_SIZE` most recently used shapes (leaving a ``with`` block forgets them all).
     """
 
-    def __init__(self, model: nn.Module, methods: Union[str, Sequence[str]] = "gradcam",
+    def __init__(self, model: nn.Module, methods: Union[str, Sequence[str], None] = "gradcam",
                  layers=None, head=None, output=None, preprocess: Optional[Callable] = None,
                  class_names: Optional[Sequence[str]] = None, eval_mode: bool = True,
                  guided_modules=DEFAULT_GUIDED_MODULES, method_options: Optional[dict] = None,
@@ -166,20 +187,18 @@ class Explainer:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.methods = _method_names(methods)
+        self.methods, self.optional_methods = _method_selection(methods)
         self.layers = layers
         self.head = resolve_head(model, head)
-        self.output = output
-        self.preprocess = preprocess if preprocess is not None else Preprocess()
+        self.output = _checked_output_adapter(output)
+        self.preprocess = _checked_preprocess(preprocess)
         self.class_names = class_names
         self.eval_mode = eval_mode
-        self.guided_modules = tuple(guided_modules)
-        # keys through the registry: aliases (``hirescam``) work, a misspelt method raises
-        self.method_options = {get_method(name).name: dict(options)
-                               for name, options in (method_options or {}).items()}
+        self.guided_modules = _guided_module_types(guided_modules)
+        self.method_options = _checked_method_options(method_options)
         self.context = context
-        self._auto_layer: Dict[tuple, List[LayerSpec]] = {}   # per input shape (see _shape_key)
-        self._call_totals: Dict[tuple, Dict[nn.Module, int]] = {}
+        self._auto_layer = ShapeCache(SHAPE_CACHE_SIZE)     # per input shape (see _shape_key)
+        self._call_totals = ShapeCache(SHAPE_CACHE_SIZE)
 
     def __enter__(self) -> "Explainer":
         return self
@@ -190,7 +209,8 @@ class Explainer:
 
     def __call__(self, images, target=None, methods=None, layers=None, upsample: bool = True,
                  normalize: bool = True) -> Explanation:
-        """Explain ``images``; ``methods`` and ``layers`` override the explainer's for this call.
+        """Explain ``images``; ``methods`` and ``layers`` override the explainer's for this call
+        (``None`` keeps the explainer's; methods named here are never optional).
 
         Args:
             images: ``(B, C, H, W)`` or ``(C, H, W)`` preprocessed tensor, or PIL image(s), uint8
@@ -204,11 +224,16 @@ class Explainer:
             raise RuntimeError("camkit.explain cannot run under torch.inference_mode(): gradient-based "
                                "maps need autograd, which inference mode disables for good. Call it "
                                "outside the inference_mode block (torch.no_grad() is fine).")
-        method_list = [get_method(name) for name in _method_names(methods or self.methods)]
+        if methods is None:
+            names, optional = self.methods, self.optional_methods
+        else:
+            names, optional = _method_names(methods), frozenset()
+        method_list = [get_method(name) for name in names]
         batch, display = as_batch(images, self.preprocess)
         device = _model_device(self.model, batch.device)
         batch = batch.to(device)
         _check_input(batch)
+        check_target(target, batch.shape[0])
         specs = self._resolve_layers(batch, layers if layers is not None else self.layers)
         needs = set().union(*(m.needs for m in method_list))
 
@@ -219,7 +244,8 @@ class Explainer:
         except CallCountChanged:        # the forward is data-dependent: capture without the counts
             self._call_totals.pop(shape_key, None)
             activations, logits, targets, gradients, guided, unguided = self._passes(batch, specs, needs, target)
-        head_weights, notes = self._head_weights(needs, specs, activations, logits, targets)
+        head_optional = all(m.name in optional for m in method_list if "head" in m.needs)
+        head_weights, notes = self._head_weights(needs, specs, activations, logits, targets, head_optional)
         maps = {}
         for spec, activation, grad, guided_grad in zip(specs, activations, gradients, guided):
             head_weight = head_weights.get(spec.key)
@@ -241,6 +267,8 @@ class Explainer:
                 raw = raw.squeeze(2)
             for method, method_maps in zip(layer_methods, raw):
                 maps[(method.name, spec.key)] = method_maps
+        method_list = [m for m in method_list
+                       if m.name not in optional or any(key[0] == m.name for key in maps)]
         explanation = self._explanation(maps, logits, targets, method_list, specs, batch, display)
         explanation.notes.extend(notes)
         if unguided:
@@ -276,26 +304,32 @@ class Explainer:
         unguided = "guided_gradients" in needs and capture.guided_clamps == 0
         return activations, logits, targets, gradients, guided, unguided
 
-    def _head_weights(self, needs, specs, activations, logits, targets) -> Tuple[dict, List[str]]:
+    def _head_weights(self, needs, specs, activations, logits, targets, optional: bool
+                      ) -> Tuple[dict, List[str]]:
         """``{layer key: (K, C) head weight}`` for the layers where the head fits, and notes.
 
         A head method (CAM) is skipped, with a warning and a note, at layers the classifier does not
         fit (e.g. ``layer3`` of a ResNet) as long as it fits at least one requested layer; when it
-        fits none, :class:`HeadNotFoundError` is raised.
+        fits none, :class:`HeadNotFoundError` is raised, unless the head methods are ``optional``
+        (they came from the standard set), which are then skipped everywhere.
         """
         if "head" not in needs:
             return {}, []
         if targets.classes is None:
-            raise ValueError("CAM needs a class index per map, but target is a callable score; "
-                             "give class targets or drop 'cam' from methods")
+            message = ("CAM needs a class index per map, but target is a callable score; "
+                       "give class targets or drop 'cam' from methods")
+            if not optional:
+                raise ValueError(message)
+            warnings.warn(f"CAM skipped: {message}", CAMHeadWarning, stacklevel=4)
+            return {}, [f"CAM skipped: {message}"]
         weights, errors = {}, {}
         for spec, activation in zip(specs, activations):
             try:
                 head = find_head(self.model, activation.shape[1], logits.shape[1], self.head)
                 weights[spec.key] = head_weight_matrix(head, activation, logits, spec.key)
-            except HeadNotFoundError as error:
-                errors[spec.key] = error
-        if not weights:
+            except HeadNotFoundError as error:   # without its traceback: its frames hold this call's tensors
+                errors[spec.key] = error.with_traceback(None)
+        if not weights and not optional:
             raise next(iter(errors.values()))
         notes = [f"CAM skipped at layer {key!r}: {error}" for key, error in errors.items()]
         for note in notes:
@@ -307,11 +341,13 @@ class Explainer:
         if layers is not None:
             return resolve_layers(self.model, layers, batch)
         key = _shape_key(batch)
-        if key not in self._auto_layer:
+        specs = self._auto_layer.get(key)
+        if specs is None:
             name, calls = last_spatial_layer(self.model, batch)
-            self._auto_layer[key] = [resolve_layer(self.model, name)]
-            self._call_totals.setdefault(key, calls)   # the probe's counts: capture only the last call
-        return self._auto_layer[key]
+            specs = self._auto_layer[key] = [resolve_layer(self.model, name)]
+            if self._call_totals.get(key) is None:     # the probe's counts: capture only the last call
+                self._call_totals[key] = calls
+        return specs
 
     def _explanation(self, maps, logits, targets: ResolvedTargets, method_list, specs, batch,
                      display) -> Explanation:
@@ -332,7 +368,7 @@ class Explainer:
                            class_names=self.class_names, notes=notes)
 
 
-def explain(model: nn.Module, images, methods: Union[str, Sequence[str]] = "gradcam", layers=None,
+def explain(model: nn.Module, images, methods: Union[str, Sequence[str], None] = "gradcam", layers=None,
             target=None, upsample: bool = True, normalize: bool = True, **options) -> Explanation:
     """Explain ``images`` with ``model``: ``Explainer(model, methods, layers, **options)(images, target)``.
 
@@ -342,7 +378,8 @@ def explain(model: nn.Module, images, methods: Union[str, Sequence[str]] = "grad
                              layers=("layer3", "layer4"))
         exp.maps[("gradcam", "layer4")]   # (B, H, W) in [0, 1]
 
-    See :class:`Explainer` for ``options`` (``head``, ``output``, ``preprocess``, ...).
+    ``methods=None`` runs the standard set with CAM optional (see :class:`Explainer`). See
+    :class:`Explainer` for ``options`` (``head``, ``output``, ``preprocess``, ...).
     """
     return Explainer(model, methods=methods, layers=layers, **options)(
         images, target=target, upsample=upsample, normalize=normalize)
@@ -364,14 +401,125 @@ def _shape_key(batch: torch.Tensor) -> tuple:
     return tuple(batch.shape[1:]), batch.dtype, batch.device
 
 
+class ShapeCache:
+    """A small least-recently-used dict: the ``maxsize`` most recently read or written keys."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._items: "OrderedDict[Any, Any]" = OrderedDict()
+
+    def get(self, key, default=None):
+        """The value of ``key`` (now the most recently used), or ``default``."""
+        if key not in self._items:
+            return default
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def __setitem__(self, key, value) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+
+    def pop(self, key, default=None):
+        return self._items.pop(key, default)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _method_selection(methods) -> Tuple[List[str], FrozenSet[str]]:
+    """The method names and those that may be skipped: ``None`` is the standard set, whose head
+    methods (CAM) are optional; methods named explicitly are all required."""
+    if methods is None:
+        names = list(STANDARD_METHODS)
+        return names, frozenset(name for name in names if "head" in get_method(name).needs)
+    return _method_names(methods), frozenset()
+
+
 def _method_names(methods) -> List[str]:
-    names = [methods] if isinstance(methods, str) else list(methods)
+    """Canonical names of ``methods`` (a name or a list of names); raises for anything else."""
+    if isinstance(methods, str):
+        names = [methods]
+    elif isinstance(methods, (list, tuple)):
+        names = list(methods)
+    else:
+        raise TypeError(f"methods must be a method name, a list of names, or None for the standard set; "
+                        f"got {type(methods).__name__}. E.g. methods=('gradcam', 'pcs') "
+                        f"(camkit.list_methods() lists them)")
     if not names:
         raise ValueError("methods is empty; give at least one (camkit.list_methods() lists them)")
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"methods are named by strings, got {name!r} ({type(name).__name__}) in "
+                            f"methods={methods!r}; camkit.list_methods() lists the names")
+        if "," in name:
+            raise ValueError(f"unknown method {name!r}: give several methods as a list, e.g. "
+                             f"methods={[part.strip() for part in name.split(',') if part.strip()]}")
     canonical = [get_method(name).name for name in names]
     if len(set(canonical)) != len(canonical):
         raise ValueError(f"methods lists a method twice: {names}")
     return canonical
+
+
+def _checked_output_adapter(output):
+    """``output`` as given to :class:`Explainer`, after checking its type."""
+    if output is None or callable(output) or isinstance(output, str) or (
+            isinstance(output, int) and not isinstance(output, bool)):
+        return output
+    raise TypeError(f"output must be None (the model returns the logits), a key or field name (str), an "
+                    f"index (int) or a callable output -> (B, K) logits; got {output!r} "
+                    f"({type(output).__name__})")
+
+
+def _checked_preprocess(preprocess):
+    """``preprocess`` as given to :class:`Explainer`: ``None`` is :class:`camkit.Preprocess` ()."""
+    if preprocess is None:
+        return Preprocess()
+    if not callable(preprocess):
+        raise TypeError(f"preprocess must be a callable image -> (3, H, W) tensor such as "
+                        f"camkit.Preprocess(224), got {type(preprocess).__name__}")
+    return preprocess
+
+
+def _guided_module_types(guided_modules) -> Tuple[type, ...]:
+    """``guided_modules`` as a tuple of ``nn.Module`` subclasses (one type, a list, or ``None``)."""
+    if guided_modules is None:
+        return ()
+    types = (guided_modules,) if isinstance(guided_modules, type) else guided_modules
+    if not isinstance(types, (list, tuple)) or not all(
+            isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+        raise TypeError(f"guided_modules must be nn.Module subclasses, e.g. (nn.ReLU, nn.ReLU6), got "
+                        f"{guided_modules!r}")
+    return tuple(types)
+
+
+def _checked_method_options(method_options) -> Dict[str, dict]:
+    """``{canonical method name: options}``: names go through the registry (aliases such as
+    ``hirescam`` work, a misspelt method raises) and options are checked against the method's."""
+    if method_options is None:
+        return {}
+    if not isinstance(method_options, Mapping):
+        raise TypeError(f"method_options must be a dict {{method: {{option: value}}}}, e.g. "
+                        f"{{'cam': {{'clamp_negative_weights': True}}}}; got {type(method_options).__name__}")
+    checked = {}
+    for name, options in method_options.items():
+        method = get_method(name)
+        if not isinstance(options, Mapping):
+            raise TypeError(f"method_options[{name!r}] must be a dict of options, got "
+                            f"{type(options).__name__}")
+        if method.name in checked:
+            raise ValueError(f"method_options gives options for {method.name!r} twice (once by an alias)")
+        unknown = sorted(set(options) - method.options) if method.options is not None else []
+        if unknown:
+            accepted = ", ".join(sorted(method.options)) or "no options"
+            raise ValueError(f"method_options[{name!r}] has unknown option(s) {', '.join(map(repr, unknown))}; "
+                             f"{method.name!r} takes {accepted}")
+        checked[method.name] = dict(options)
+    return checked
 
 
 def _with_options(inputs: LayerInputs, name: str, explainer: Explainer) -> LayerInputs:
@@ -391,6 +539,8 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
 
 
 def _check_input(batch: torch.Tensor) -> None:
+    if batch.shape[0] == 0:
+        raise ValueError(f"the input batch is empty (shape {tuple(batch.shape)}); give at least one image")
     finite = torch.isfinite(batch).flatten(1).all(dim=1)
     if not finite.all():
         bad = torch.nonzero(~finite).flatten().tolist()
@@ -417,19 +567,66 @@ def _eval_mode(model: nn.Module, enabled: bool):
 
 
 def _as_logits(output, adapter, batch_size: int) -> torch.Tensor:
+    """The ``(B, K)`` logits in the model ``output``, through ``adapter`` (see ``Explainer(output=)``)."""
+    source = "the model"
     if adapter is not None:
-        output = adapter(output) if callable(adapter) else output[adapter]
-    if isinstance(output, dict):
+        output, source = _select_output(output, adapter)
+    if isinstance(output, Mapping):
         raise TypeError(f"the model returns a dict with keys {list(output)}; pass output=KEY "
                         f"(or a callable) to say which entry holds the (B, K) logits")
+    fields = _field_names(output)
+    if fields is not None:
+        raise TypeError(f"the model returns a {type(output).__name__} with fields {list(fields)}; pass "
+                        f"output=FIELD (or a callable) to say which field holds the (B, K) logits")
     if isinstance(output, (tuple, list)):
         raise TypeError(f"the model returns a {type(output).__name__} of {len(output)} items; pass "
                         f"output=INDEX (or a callable) to say which item holds the (B, K) logits")
-    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != batch_size:
+    if (not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != batch_size
+            or output.shape[1] == 0):
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ValueError(f"expected (B, K) = ({batch_size}, K) logits from the model, got {shape}; "
-                         f"pass output= (a key, index or callable) to adapt the model output")
+        raise ValueError(f"expected (B, K) = ({batch_size}, K) logits with K >= 1 from {source}, got "
+                         f"{shape}; pass output= (a key, index or callable) to adapt the model output")
     return output
+
+
+def _select_output(output, adapter) -> Tuple[Any, str]:
+    """``adapter`` applied to the model ``output``, and how to name the result in errors."""
+    if callable(adapter):
+        return adapter(output), "the output= callable"
+    what = f"output={adapter!r}"
+    if isinstance(output, torch.Tensor):
+        raise TypeError(f"{what} selects an entry of the model output, but the model returns a tensor of "
+                        f"shape {tuple(output.shape)}; drop output= (a (B, K) tensor is taken as the "
+                        f"logits) or pass a callable")
+    if isinstance(output, Mapping):
+        if adapter not in output:
+            raise ValueError(f"{what}: the model's {type(output).__name__} output has no such key; its "
+                             f"keys are {list(output)}")
+        return output[adapter], f"output[{adapter!r}]"
+    fields = _field_names(output)
+    if isinstance(adapter, str) and fields is not None:
+        if adapter not in fields:
+            raise ValueError(f"{what}: the model's {type(output).__name__} output has no field "
+                             f"{adapter!r}; its fields are {list(fields)}")
+        return getattr(output, adapter), f"output.{adapter}"
+    if isinstance(adapter, int) and isinstance(output, (tuple, list)):
+        if not -len(output) <= adapter < len(output):
+            raise ValueError(f"{what} is out of range: the model returns a {type(output).__name__} of "
+                             f"{len(output)} items (indices 0..{len(output) - 1})")
+        return output[adapter], f"output[{adapter}]"
+    kind = "a key or field name" if isinstance(adapter, str) else "an index"
+    raise TypeError(f"{what} is {kind}, which a {type(output).__name__} model output does not have; pass "
+                    f"output= a key (dict), a field name (dataclass, named tuple), an index (tuple, list) "
+                    f"or a callable")
+
+
+def _field_names(output) -> Optional[Tuple[str, ...]]:
+    """The field names of a dataclass instance or named tuple, else ``None``."""
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        return tuple(f.name for f in dataclasses.fields(output))
+    if isinstance(output, tuple) and hasattr(output, "_fields"):
+        return tuple(output._fields)
+    return None
 
 
 def _gradients(scores: torch.Tensor, activations: List[torch.Tensor], specs: List[LayerSpec],

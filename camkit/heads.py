@@ -26,10 +26,27 @@ class CAMHeadWarning(UserWarning):
 
 
 def resolve_head(model: nn.Module, head):
-    """``head`` as given to :class:`camkit.Explainer`: a module name becomes that module (checked now,
-    before any forward); modules, tensors and ``None`` pass through."""
-    if not isinstance(head, str):
+    """``head`` as given to :class:`camkit.Explainer`, checked before any forward: a module name
+    becomes that module; a module must be an ``nn.Linear`` or a 1x1 ``nn.Conv2d``, a tensor a 2-D float
+    ``(K, C)`` weight (its shape is checked against the layer once it is known); ``None`` passes.
+
+    Raises:
+        HeadNotFoundError: a name that is not a module, or a module or tensor that cannot be a head.
+        TypeError: anything else.
+    """
+    if head is None:
+        return None
+    if isinstance(head, torch.Tensor):
+        if head.dim() != 2 or not head.is_floating_point():
+            raise HeadNotFoundError(f"a head tensor must be the (K, C) float weight of the classifier, got "
+                                    f"shape {tuple(head.shape)} {head.dtype}")
         return head
+    if isinstance(head, nn.Module):
+        _check_head_module(head, type(head).__name__)
+        return head
+    if not isinstance(head, str):
+        raise TypeError(f"head must be None (found automatically), a module name, an nn.Linear, a 1x1 "
+                        f"nn.Conv2d or a (K, C) weight tensor, got {type(head).__name__}")
     modules = dict(model.named_modules())
     if head not in modules:
         import difflib
@@ -37,10 +54,20 @@ def resolve_head(model: nn.Module, head):
         close = difflib.get_close_matches(head, [name for name in modules if name], n=5)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise HeadNotFoundError(f"head={head!r} is not a module of the model{hint}")
-    if not isinstance(modules[head], (nn.Linear, nn.Conv2d)):
-        raise HeadNotFoundError(f"head={head!r} is a {type(modules[head]).__name__}; CAM needs an nn.Linear "
-                                f"or a 1x1 nn.Conv2d (or pass a (K, C) weight tensor)")
+    _check_head_module(modules[head], f"head={head!r}")
     return modules[head]
+
+
+def _check_head_module(module: nn.Module, what: str) -> None:
+    """Raise unless ``module`` is an ``nn.Linear`` or a 1x1, ungrouped ``nn.Conv2d``."""
+    if isinstance(module, nn.Linear):
+        return
+    if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1:
+        return
+    shape = (f" with kernel {module.kernel_size} and groups={module.groups}"
+             if isinstance(module, nn.Conv2d) else "")
+    raise HeadNotFoundError(f"{what} is a {type(module).__name__}{shape}; CAM needs an nn.Linear or a 1x1 "
+                            f"nn.Conv2d (or pass a (K, C) weight tensor)")
 
 
 def find_head(model: nn.Module, channels: int, num_classes: int, head: Optional[HeadLike] = None

@@ -204,16 +204,35 @@ def as_batch(images, preprocess: Optional[Preprocess]) -> Tuple[torch.Tensor, Op
         return as_batch(torch.stack(items), preprocess)
     if preprocess is None:
         raise ValueError("raw images need a preprocess callable (image -> (3, H, W) tensor)")
-    batch = torch.stack([preprocess(item) for item in items])
+    batch = _stack_preprocessed([preprocess(item) for item in items])
     display = preprocess.to_display(batch) if hasattr(preprocess, "to_display") else None
     return batch, display
 
 
-def run_model(model: torch.nn.Module, batch: torch.Tensor):
-    """``model(batch)``, with the input's shape named when the model rejects it."""
+def _stack_preprocessed(images: List) -> torch.Tensor:
+    """Stack what ``preprocess`` returned: one ``(C, H, W)`` float tensor per image, all one shape."""
+    for index, image in enumerate(images):
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or not image.is_floating_point():
+            got = f"{tuple(image.shape)} {image.dtype}" if isinstance(image, torch.Tensor) else type(image).__name__
+            raise TypeError(f"preprocess returned {got} for image {index}; it must return a (C, H, W) "
+                            f"float tensor (e.g. camkit.Preprocess(224))")
+    shapes = sorted({tuple(image.shape) for image in images})
+    if len(shapes) > 1:
+        raise ValueError(f"preprocess returned images of different shapes {shapes}; give a preprocess "
+                         f"that resizes to one size (e.g. camkit.Preprocess(224))")
+    return torch.stack(images)
+
+
+def run_model(model: torch.nn.Module, batch: torch.Tensor, shown_shape: Optional[tuple] = None):
+    """``model(batch)``, with the input's shape named when the model rejects it.
+
+    ``shown_shape`` is the shape named in the error when ``batch`` is a slice of the user's input
+    (a one-image probe), so that the message speaks of the input the user gave.
+    """
     try:
         return model(batch)
     except RuntimeError as error:
-        raise RuntimeError(f"the model failed on an input batch of shape {tuple(batch.shape)} "
+        shape = tuple(batch.shape) if shown_shape is None else tuple(shown_shape)
+        raise RuntimeError(f"the model failed on an input batch of shape {shape} "
                            f"({batch.dtype}, {batch.device}): {error}. Check that the images are "
                            f"(B, C, H, W) with the channels, size and preprocessing the model expects.") from error

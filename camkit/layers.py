@@ -97,11 +97,13 @@ def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
 
 def _trace(model: nn.Module, image: torch.Tensor, spatial_only: bool = True):
     """:func:`list_layers` and ``{module: number of calls}`` from the same forward."""
-    if not isinstance(image, torch.Tensor):        # PIL image, uint8 array or path: ImageNet default
-        image = as_batch(image, Preprocess())[0]
-    if image.dim() == 3:
-        image = image.unsqueeze(0)
-    image = image[:1]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    # a tensor is checked as given; a PIL image, uint8 array or path gets the ImageNet default
+    batch = as_batch(image, None if isinstance(image, torch.Tensor) else Preprocess())[0]
+    if batch.shape[0] == 0:
+        raise ValueError(f"the input batch is empty (shape {tuple(batch.shape)}); give at least one image")
+    image = batch[:1]
     records: List[Tuple[str, int, Tuple[int, ...]]] = []
     counts = {}
     modules = {}
@@ -123,7 +125,7 @@ def _trace(model: nn.Module, image: torch.Tensor, spatial_only: bool = True):
                 handles.append(module.register_forward_hook(make_hook(name)))
         model.eval()
         with torch.no_grad():
-            run_model(model, image)
+            run_model(model, image, shown_shape=batch.shape)
     finally:
         for handle in handles:
             handle.remove()

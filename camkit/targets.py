@@ -12,10 +12,16 @@ Accepted by :func:`camkit.explain` as ``target=``:
 """
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
+
+
+TARGET_FORMS = "None (top-1), an int, B ints, a (B, T) int tensor, camkit.TopK(k) or a callable logits -> (B,)"
 
 
 @dataclass(frozen=True)
@@ -25,8 +31,10 @@ class TopK:
     k: int
 
     def __post_init__(self):
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"TopK needs a positive int k, got {self.k!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral) or self.k < 1:
+            raise ValueError(f"TopK needs a positive int k (the number of classes to explain per image), "
+                             f"got {self.k!r} ({type(self.k).__name__}); e.g. TopK(3)")
+        object.__setattr__(self, "k", int(self.k))
 
 
 class ResolvedTargets(NamedTuple):
@@ -38,6 +46,16 @@ class ResolvedTargets(NamedTuple):
     per_image: bool
 
 
+def check_target(target, batch: int) -> None:
+    """Raise for a target that is wrong whatever the model outputs, before any forward pass.
+
+    Checks the type, the shape against the ``batch`` size, emptiness and negative indices; whether
+    the classes exist (``< K``) is known only from the logits (:func:`resolve_targets`).
+    """
+    if target is not None and not isinstance(target, TopK) and not _is_score_function(target):
+        _as_class_tensor(target, batch, None)
+
+
 def resolve_targets(target, logits: torch.Tensor) -> ResolvedTargets:
     """Turn a target specification into class indices and the scores to differentiate.
 
@@ -46,7 +64,7 @@ def resolve_targets(target, logits: torch.Tensor) -> ResolvedTargets:
         logits: ``(B, K)`` model outputs.
     """
     batch, num_classes = logits.shape
-    if callable(target) and not isinstance(target, (TopK, torch.Tensor)):
+    if _is_score_function(target):
         scores = target(logits)
         if not isinstance(scores, torch.Tensor) or scores.shape != (batch,):
             shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
@@ -58,7 +76,8 @@ def resolve_targets(target, logits: torch.Tensor) -> ResolvedTargets:
         classes = logits.argmax(dim=1, keepdim=True)
     elif isinstance(target, TopK):
         if target.k > num_classes:
-            raise ValueError(f"TopK({target.k}) asks for more classes than the model has ({num_classes})")
+            raise ValueError(f"TopK({target.k}) asks for {target.k} classes per image but the model has "
+                             f"{num_classes}; use k <= {num_classes}")
         classes = logits.topk(target.k, dim=1).indices
         per_image = True
     else:
@@ -66,30 +85,49 @@ def resolve_targets(target, logits: torch.Tensor) -> ResolvedTargets:
         per_image = classes.dim() == 2
         if classes.dim() == 1:
             classes = classes.unsqueeze(1)
-    bad = (classes < 0) | (classes >= num_classes)
+    bad = classes >= num_classes
     if bad.any():
         raise IndexError(f"target class {classes[bad][0].item()} is out of range: the model has "
-                         f"{num_classes} classes (valid indices 0..{num_classes - 1})")
+                         f"{num_classes} classes; give indices 0..{num_classes - 1}")
     scores = logits.gather(1, classes)
     return ResolvedTargets(classes, scores, per_image)
 
 
+def _is_score_function(target) -> bool:
+    return callable(target) and not isinstance(target, (TopK, torch.Tensor))
+
+
 def _as_class_tensor(target, batch: int, device) -> torch.Tensor:
-    if isinstance(target, bool):
-        raise TypeError("target must be None, an int, B ints, a (B, T) int tensor, TopK(k) or a callable")
-    if isinstance(target, int):
-        return torch.full((batch,), target, dtype=torch.long, device=device)
-    try:
-        classes = torch.as_tensor(target, device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"target must be None, an int, B ints, a (B, T) int tensor, TopK(k) or a "
-                        f"callable, got {type(target).__name__}") from None
-    if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool:
-        raise TypeError(f"target classes must be integers, got dtype {classes.dtype}")
-    if classes.dim() == 0:
-        return classes.long().expand(batch).clone()
-    if classes.dim() > 2 or classes.shape[0] != batch:
-        raise ValueError(f"target has shape {tuple(classes.shape)} but the batch has {batch} images; "
-                         f"give one class per image ({batch},) or T classes per image ({batch}, T)")
+    """``(B,)`` or ``(B, T)`` long class indices ``>= 0`` from an int, a sequence or a tensor."""
+    if isinstance(target, (bool, float, str, bytes)) or not isinstance(target, (numbers.Integral, Sequence,
+                                                                                 torch.Tensor, np.ndarray)):
+        raise TypeError(f"target={target!r} ({type(target).__name__}) is not a target; give {TARGET_FORMS}")
+    if isinstance(target, numbers.Integral):
+        classes = torch.full((batch,), int(target), dtype=torch.long, device=device)
+    else:
+        try:
+            classes = torch.as_tensor(target, device=device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"cannot read target {_short(target)} as class indices ({error}); give "
+                            f"{TARGET_FORMS}") from None
+        if classes.numel() == 0:
+            raise ValueError(f"target {_short(target)} has shape {tuple(classes.shape)}: no class to explain; "
+                             f"give one class per image ({batch},) or T >= 1 classes per image ({batch}, T), "
+                             f"or None for the top-1 class")
+        if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool:
+            raise TypeError(f"target classes must be integers, got dtype {classes.dtype}; give class "
+                            f"indices such as target=3 or torch.tensor([3, 1])")
+        if classes.dim() == 0:
+            classes = classes.expand(batch).clone()
+        elif classes.dim() > 2 or classes.shape[0] != batch:
+            raise ValueError(f"target has shape {tuple(classes.shape)} but the batch has {batch} images; "
+                             f"give one class per image ({batch},) or T classes per image ({batch}, T)")
+    if (classes < 0).any():
+        raise IndexError(f"target class {classes[classes < 0][0].item()} is negative; class indices "
+                         f"count from 0")
     return classes.long()
 
+
+def _short(target) -> str:
+    text = repr(target)
+    return text if len(text) <= 60 else text[:57] + "..."

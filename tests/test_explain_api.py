@@ -340,3 +340,74 @@ def test_negative_scores_are_flagged_for_callable_targets_too(net, x):
         exp = camkit.explain(net, x, methods="bagcams", layers="relu2", target=lambda logits: -logits.exp()[:, 0])
     assert exp.negative_target_logit.tolist() == [True, True] and exp.targets is None
     assert any("<= 0" in note for note in exp.notes)
+
+
+# ------------------------------------------------------------------ the standard set (methods=None)
+def test_methods_none_runs_the_standard_set(net, x):
+    from camkit.methods import STANDARD_METHODS
+
+    standard = camkit.explain(net, x, methods=None, layers="relu2")
+    explicit = camkit.explain(net, x, methods=STANDARD_METHODS, layers="relu2")
+    assert standard.methods == list(STANDARD_METHODS)
+    assert not any("CAM skipped" in note for note in standard.notes)
+    _same(standard.maps, explicit.maps)
+
+
+def test_methods_none_skips_cam_where_the_head_is_not_one_linear_layer():
+    """torchvision's MobileNetV3 head is Linear-Hardswish-Dropout-Linear: CAM has no (K, C) matrix.
+    From the standard set it is skipped with a warning and a note; named explicitly it raises."""
+    import torchvision
+    from camkit.methods import STANDARD_METHODS
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=5).eval()
+    images = torch.randn(2, 3, 64, 64)
+    others = [m for m in STANDARD_METHODS if m != "cam"]
+    with pytest.warns(camkit.CAMHeadWarning, match="CAM skipped"):
+        exp = camkit.explain(model, images, methods=None)
+    assert exp.methods == others and sorted(m for m, _ in exp.maps) == sorted(others)
+    assert any("CAM skipped" in note for note in exp.notes)
+    _same(exp.maps, camkit.explain(model, images, methods=others).maps)
+    with pytest.raises(camkit.HeadNotFoundError, match="head="):
+        camkit.explain(model, images, methods=STANDARD_METHODS)
+
+
+def test_methods_none_skips_cam_for_a_callable_target(net, x):
+    score = lambda logits: logits[:, 1] - logits[:, 0]  # noqa: E731
+    with pytest.warns(camkit.CAMHeadWarning, match="callable score"):
+        exp = camkit.explain(net, x, methods=None, layers="relu2", target=score)
+    assert "cam" not in exp.methods and ("gradcam", "relu2") in exp.maps
+    with pytest.raises(ValueError, match="callable score"):
+        camkit.Explainer(net, methods=None, layers="relu2")(x, target=score, methods=("cam", "gradcam"))
+
+
+# ------------------------------------------------------------------ output forms and target forms
+def test_dataclass_and_named_tuple_outputs_by_field_name(net, x):
+    import dataclasses
+    from collections import namedtuple
+
+    @dataclasses.dataclass
+    class Result:
+        logits: torch.Tensor
+
+    Named = namedtuple("Named", ["aux", "logits"])
+
+    class Returns(nn.Module):
+        def __init__(self, wrap):
+            super().__init__()
+            self.net, self.wrap = net, wrap
+
+        def forward(self, images):
+            return self.wrap(self.net(images))
+
+    want = camkit.explain(net, x, methods=METHODS, layers="relu2").maps
+    for wrap in (Result, lambda logits: Named(torch.zeros(()), logits)):
+        got = camkit.explain(Returns(wrap), x, methods=METHODS, layers="net.relu2", output="logits").maps
+        _same({(m, "relu2"): v for (m, _), v in got.items()}, want)
+
+
+def test_numpy_integers_are_class_indices_and_top_k(net, x):
+    want = camkit.explain(net, x, methods="gradcam", layers="relu2", target=camkit.TopK(2)).maps
+    _same(camkit.explain(net, x, methods="gradcam", layers="relu2", target=camkit.TopK(np.int64(2))).maps, want)
+    by_list = camkit.explain(net, x, methods="gradcam", layers="relu2", target=[3, 1]).maps
+    _same(camkit.explain(net, x, methods="gradcam", layers="relu2", target=np.array([3, 1])).maps, by_list)

@@ -13,23 +13,12 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.nn.modules import module as module_globals
 
 import camkit
 import reference_methods as ref
+from untouched import assert_unchanged, snapshot
 
 METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
-HOOK_DICTS = (
-    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
-    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
-)
-GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-    "_global_backward_pre_hooks", "_global_forward_hooks_always_called", "_global_forward_hooks_with_kwargs",
-    "_global_buffer_registration_hooks", "_global_module_registration_hooks",
-    "_global_parameter_registration_hooks",
-)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,59 +50,6 @@ def make_model(inplace=True):
             bn.running_var.uniform_(0.5, 1.5)
             bn.weight.uniform_(0.5, 1.5)
     return model
-
-
-def _plain_attributes(module):
-    return {k: v for k, v in vars(module).items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None)))}
-
-
-def snapshot(model):
-    """Everything about ``model`` that the engine must not change."""
-    modules = {}
-    for name, module in model.named_modules():
-        modules[name] = {
-            "id": id(module),
-            "type": type(module),
-            "training": module.training,
-            "attributes": _plain_attributes(module),
-            "instance_forward": "forward" in vars(module),
-            "hooks": {d: list(getattr(module, d, {}).items()) for d in HOOK_DICTS},
-            "children": [(n, id(c)) for n, c in module.named_children()],
-        }
-    parameters = {}
-    for name, p in model.named_parameters():
-        parameters[name] = {
-            "requires_grad": p.requires_grad,
-            "grad_id": id(p.grad) if p.grad is not None else None,
-            "grad": None if p.grad is None else p.grad.clone(),
-            "tensor_hooks": list((getattr(p, "_backward_hooks", None) or {}).items()),
-            "post_accumulate_hooks": list((getattr(p, "_post_accumulate_grad_hooks", None) or {}).items()),
-        }
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    global_hooks = {d: list(getattr(module_globals, d, {}).items()) for d in GLOBAL_HOOK_DICTS}
-    return modules, parameters, state, global_hooks
-
-
-def assert_unchanged(model, before):
-    modules, parameters, state, global_hooks = snapshot(model)
-    b_modules, b_parameters, b_state, b_global = before
-    assert list(modules) == list(b_modules), "the module tree changed"
-    for name in modules:
-        for field, value in modules[name].items():
-            assert value == b_modules[name][field], f"module {name!r}: {field} changed: {b_modules[name][field]} -> {value}"
-    for name, info in parameters.items():
-        old = b_parameters[name]
-        assert info["requires_grad"] == old["requires_grad"], f"{name}: requires_grad changed"
-        assert info["grad_id"] == old["grad_id"], f"{name}: .grad was replaced or created"
-        if old["grad"] is not None:
-            assert torch.equal(info["grad"], old["grad"]), f"{name}: existing .grad was modified"
-        assert info["tensor_hooks"] == old["tensor_hooks"], f"{name}: tensor hooks changed"
-        assert info["post_accumulate_hooks"] == old["post_accumulate_hooks"], f"{name}: grad hooks changed"
-    assert list(state) == list(b_state), "state_dict keys changed"
-    for key, value in state.items():
-        assert value.dtype == b_state[key].dtype and torch.equal(value, b_state[key]), f"state_dict[{key!r}] changed"
-    assert global_hooks == b_global, "global module hooks changed"
 
 
 def _images(requires_grad=False):

@@ -12,7 +12,8 @@ live elsewhere. Adding a method is one function::
         return torch.einsum("btc,bchw->bthw", weights, inputs.activations)
 
 ``needs`` tells the engine what to compute: ``"gradients"`` (one backward), ``"guided_gradients"``
-(a second, guided backward of log-scores) and ``"head"`` (the classifier weights).
+(a second, guided backward of log-scores) and ``"head"`` (the classifier weights). ``options`` names
+the keys a method reads from ``LayerInputs.options``, so that a misspelt option is refused.
 """
 from camkit.methods.registry import (  # noqa: F401
     NEEDS, STANDARD_METHODS, LayerInputs, Method, channel_weighted_sum, describe_methods, get_method, list_methods,

@@ -4,7 +4,7 @@ import torch
 from camkit.methods.registry import LayerInputs, register
 
 
-@register("bagcams", needs=("guided_gradients",),
+@register("bagcams", needs=("guided_gradients",), options=(),
           description="sum_k ReLU(t_k g^_k A_k), t_k = 1 + mean_m(g^_k A_k), g^ = guided d log(S_c)/dA",
           reference="Zhu et al., Bagging Regional Classification Activation Maps for Weakly "
                     "Supervised Object Localization, ECCV 2022")

@@ -4,7 +4,7 @@ import torch
 from camkit.methods.registry import LayerInputs, channel_weighted_sum, register
 
 
-@register("cam", needs=("head",),
+@register("cam", needs=("head",), options=("clamp_negative_weights",),
           description="sum_k W[c,k] A_k: the linear head after global average pooling, no ReLU, no bias",
           reference="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016")
 def cam(inputs: LayerInputs) -> torch.Tensor:

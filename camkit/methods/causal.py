@@ -16,7 +16,8 @@ __all__ = ["causal"]
           description="CI-CAM's causal-context-corrected combinational CAM: the down branch of a CI-CAM model, "
                       "or of any GAP classifier with context=camkit.causal.fit_context(...)",
           reference="Shao et al., Improving Weakly-Supervised Object Localization via Causal Intervention, "
-                    "ACM MM 2021; Yang et al., Combinational Class Activation Maps, WACV 2020")
+                    "ACM MM 2021; Yang et al., Combinational Class Activation Maps, WACV 2020",
+          options=("weights", "threshold", "num_bottom", "ranking", "context"))
 def causal(inputs: LayerInputs) -> torch.Tensor:
     """The ``causal`` method: the de-confounded combinational CAM, ``(B, T, h, w)``.
 

@@ -7,7 +7,7 @@ import torch
 from camkit.methods.registry import LayerInputs, channel_weighted_sum, register
 
 
-@register("gradcam", needs=("gradients",), aliases=("grad-cam",),
+@register("gradcam", needs=("gradients",), options=(), aliases=("grad-cam",),
           description="ReLU(sum_k mean_m(g_k) A_k): channels weighted by their average gradient",
           reference="Selvaraju et al., Grad-CAM, ICCV 2017")
 def gradcam(inputs: LayerInputs) -> torch.Tensor:
@@ -26,7 +26,7 @@ def gradcam(inputs: LayerInputs) -> torch.Tensor:
     return channel_weighted_sum(weights, inputs.activations).relu()
 
 
-@register("gradcam++", needs=("gradients",), aliases=("gradcampp", "grad-cam++"),
+@register("gradcam++", needs=("gradients",), options=(), aliases=("gradcampp", "grad-cam++"),
           description="eq. 19 of Grad-CAM++ (exponential score): alpha = g^2/(2g^2 + sum_m(A) g^3), "
                       "w_k = sum_m alpha ReLU(g)",
           reference="Chattopadhay et al., Grad-CAM++, WACV 2018")
@@ -57,7 +57,7 @@ def gradcam_plus_plus(inputs: LayerInputs) -> torch.Tensor:
     return channel_weighted_sum(weights, inputs.activations).relu()
 
 
-@register("pcs", needs=("gradients",), aliases=("hirescam",),
+@register("pcs", needs=("gradients",), options=(), aliases=("hirescam",),
           description="ReLU(sum_k g_k(m) A_k(m)): pixel-level class selection, equal to HiResCAM",
           reference="Tan et al., Increasing the Discriminative Power of Class Activation Maps "
                     "(pixel-level class selection), 2020; Draelos & Carin, HiResCAM, 2020")

@@ -49,13 +49,17 @@ class LayerInputs:
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: ``fn(LayerInputs) -> (B, T, h, w)`` raw maps."""
+    """A registered method: ``fn(LayerInputs) -> (B, T, h, w)`` raw maps.
+
+    ``options`` is the set of option names it accepts, or ``None`` when it does not say (unchecked).
+    """
 
     name: str
     fn: Callable[[LayerInputs], torch.Tensor]
     needs: FrozenSet[str]
     description: str = ""
     reference: str = ""
+    options: Optional[FrozenSet[str]] = None
 
 
 _REGISTRY: Dict[str, Method] = {}
@@ -63,9 +67,14 @@ _ALIASES: Dict[str, str] = {}
 
 
 def register(name: str, needs: Iterable[str] = (), description: str = "", reference: str = "",
-             aliases: Iterable[str] = ()):
-    """Decorator that registers a method function under ``name`` (and ``aliases``)."""
+             aliases: Iterable[str] = (), options: Optional[Iterable[str]] = None):
+    """Decorator that registers a method function under ``name`` (and ``aliases``).
+
+    ``options``: the option names the method reads (``method_options={name: {...}}``); others are
+    refused. ``None`` accepts any.
+    """
     needs = frozenset(needs)
+    options = None if options is None else frozenset(options)
     unknown = needs - NEEDS
     if unknown:
         raise ValueError(f"unknown needs {sorted(unknown)}; choose from {sorted(NEEDS)}")
@@ -73,7 +82,7 @@ def register(name: str, needs: Iterable[str] = (), description: str = "", refere
     def decorator(fn):
         if name in _REGISTRY or name in _ALIASES:
             raise ValueError(f"a method named {name!r} is already registered")
-        _REGISTRY[name] = Method(name, fn, needs, description, reference)
+        _REGISTRY[name] = Method(name, fn, needs, description, reference, options)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn
