@@ -15,7 +15,7 @@ wsolevaluation.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -25,12 +25,12 @@ from camkit.data.views import EvaluationView
 from camkit.data.wsol import collate_wsol
 from camkit.distributed import world
 from camkit.explain import Explainer
+from camkit.explanation import MapKey
 from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
 
 __all__ = ["evaluate", "LocalizationEvaluator", "localization_evaluator", "format_table", "DEFAULT_METHODS"]
 
-MapKey = Tuple[str, str]
 
 COLUMNS = ("MaxBoxAccV2", "MaxBoxAcc@50", "GT-known", "Top-1 Loc", "Top-5 Loc", "PxAP", "pIoU", "PeakIoU",
            "Top-1 Cls", "Top-5 Cls")
@@ -150,7 +150,7 @@ def _check_every_image_has_a_box(boxes, indices) -> None:
                              "where no image has boxes and masks for all, for the mask metrics only")
 
 
-def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=None, batch_size: int = 16,
+def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, layers=None, batch_size: int = 16,
              num_workers: int = 0, cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70),
              fixed_threshold: Optional[float] = None, mean=None, std=None, progress: bool = True,
              limit: Optional[int] = None, **explainer_options) -> Dict[MapKey, dict]:
@@ -162,7 +162,9 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
             scaled to [0, 1] and normalised with ``mean``/``std`` when given), ``"label"``, ``"boxes"``
             (g, 4) or ``"box"`` (4,) in the S x S frame, and optionally ``"mask"`` (S, S) (1 / 0 / 255
             ignored). :func:`camkit.data.open.open_dataset` datasets have this form.
-        methods, layers: as in ``camkit.explain`` (``layers=None``: the last spatial layer).
+        methods, layers: as in ``camkit.explain``: ``methods=None`` is the standard five
+            (:data:`DEFAULT_METHODS`), CAM skipped with a note where no linear head fits;
+            ``layers=None`` the last spatial layer.
         cam_curve_interval, iou_thresholds: the MaxBoxAcc threshold grid and IoU levels.
         fixed_threshold: also report GT-known / Top-k Loc at this one threshold.
         progress: show a tqdm bar (rank 0 only).
@@ -174,7 +176,7 @@ def evaluate(model, dataset, methods: Sequence[str] = DEFAULT_METHODS, layers=No
     """
     from tqdm.auto import tqdm
 
-    methods = (methods,) if isinstance(methods, str) else tuple(methods)
+    methods = tuple(methods) if methods is not None and not isinstance(methods, str) else methods
     rank, world_size = world()
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total < world_size:  # every rank sees this, so all of them stop (none waits in all_reduce)

@@ -17,14 +17,13 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from camkit import postprocess
+from camkit.explanation import Explanation
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
 from camkit.inputs import Preprocess, as_batch, run_model
@@ -32,110 +31,10 @@ from camkit.layers import LayerSpec, last_spatial_layer, resolve_layer, resolve_
 from camkit.methods import STANDARD_METHODS, LayerInputs, get_method
 from camkit.targets import ResolvedTargets, check_target, resolve_targets
 
-MapKey = Tuple[str, str]
 
 #: Input shapes an :class:`Explainer` remembers (auto-chosen layer, calls per forward): the most
 #: recently used ones; older shapes are probed again when they come back.
 SHAPE_CACHE_SIZE = 16
-
-
-@dataclass
-class Explanation:
-    """The result of one explanation call.
-
-    Attributes:
-        maps: ``{(method, layer): maps}``; maps are ``(B, H, W)``, or ``(B, T, H, W)`` when several
-            targets per image were asked for (``TopK`` or a ``(B, T)`` target tensor). With the
-            defaults they are upsampled to the input size and min-max normalised to ``[0, 1]``.
-        logits: ``(B, K)`` model outputs.
-        targets: ``(B,)`` or ``(B, T)`` explained classes; ``None`` for a callable target.
-        methods, layers: the method names and layer keys, in the order asked for.
-        images: ``(B, C, H, W)`` the model input.
-        images_rgb: ``(B, H, W, 3)`` float pictures in ``[0, 1]`` for display, when known.
-        negative_target_logit: ``(B,)`` / ``(B, T)`` bool, targets whose logit (or score) is ``<= 0`` (BagCAMs
-            then differentiates ``log`` of a non-positive score; see :func:`camkit.methods.bagcams`).
-        class_names: class names for display, when known.
-    """
-
-    maps: Dict[MapKey, torch.Tensor]
-    logits: torch.Tensor
-    targets: Optional[torch.Tensor]
-    methods: List[str]
-    layers: List[str]
-    images: torch.Tensor
-    images_rgb: Optional[np.ndarray] = None
-    negative_target_logit: Optional[torch.Tensor] = None
-    class_names: Optional[Sequence[str]] = None
-    notes: List[str] = field(default_factory=list)
-
-    def __getitem__(self, key: Union[str, MapKey]) -> torch.Tensor:
-        """``exp["gradcam"]`` when one layer was explained, else ``exp["gradcam", "layer4"]``."""
-        if isinstance(key, str):
-            if len(self.layers) != 1:
-                raise KeyError(f"several layers were explained ({', '.join(self.layers)}); "
-                               f"index with (method, layer)")
-            key = (key, self.layers[0])
-        if key not in self.maps:
-            notes = "".join(f"\n  note: {note}" for note in self.notes)
-            raise KeyError(f"no map for {key}; available: {sorted(self.maps)}{notes}")
-        return self.maps[key]
-
-    def top_k(self, k: int = 5) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Softmax probabilities and class indices of the ``k`` best classes: two ``(B, k)``."""
-        probabilities = self.logits.detach().softmax(dim=1)
-        result = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
-        return result.values, result.indices
-
-    def class_name(self, index: int) -> str:
-        """The name of class ``index``, or ``"class {index}"``."""
-        if self.class_names is not None and 0 <= index < len(self.class_names):
-            return str(self.class_names[index])
-        return f"class {index}"
-
-    def boxes(self, method: str, layer: Optional[str] = None, rule: str = "fixed",
-              sizes: Optional[Sequence[Tuple[int, int]]] = None, **options) -> List[np.ndarray]:
-        """Boxes of one map per image, from a named box rule (:data:`camkit.boxes.BOX_RULES`).
-
-        Args:
-            method, layer: which maps (``layer`` may be omitted when one layer was explained).
-            rule: ``"fixed"`` (``u > int(fraction * max)``, option ``fraction=0.2``, the largest
-                contour's box), ``"percentile"`` (``tau``, ``q``) or ``"cicam"`` (``seg_thr``).
-            sizes: ``(H, W)`` of each original picture to map the boxes onto (an inclusive pixel edge
-                ``x1`` of a ``w`` wide map becomes ``int((x1 + 1) * W / w) - 1``). Default: the input's
-                pixels (``images.shape[-2:]``), also for maps kept at the layer's resolution.
-            options: the rule's options.
-
-        Returns:
-            ``B`` int64 arrays ``(n, 4)`` of inclusive ``x0, y0, x1, y1`` boxes (``(B, T)`` targets: the
-            first target's).
-        """
-        from camkit.boxes import get_box_rule
-
-        box_rule = get_box_rule(rule)
-        maps = self[(method, layer) if layer is not None else method].detach()
-        if maps.dim() == 4:
-            maps = maps[:, 0]
-        if sizes is None:
-            sizes = [tuple(self.images.shape[-2:])] * len(maps)
-        if len(sizes) != len(maps):
-            raise ValueError(f"sizes has {len(sizes)} entries for a batch of {len(maps)} maps")
-        out = []
-        for size, saliency in zip(sizes, maps.float().cpu().numpy()):
-            boxes = np.asarray(box_rule(saliency, **options), np.int64).reshape(-1, 4)
-            if tuple(size) != saliency.shape:
-                boxes = _rescale_inclusive(boxes, saliency.shape, tuple(size))
-            out.append(boxes)
-        return out
-
-    def figure(self, index: int = 0, **kwargs):
-        """A matplotlib figure: the image, each map and each overlay (see :mod:`camkit.viz`)."""
-        from camkit.viz import explanation_figure
-        return explanation_figure(self, index=index, **kwargs)
-
-    def save(self, path, index: int = 0, dpi: int = 110, **kwargs) -> None:
-        """Write :meth:`figure` to ``path`` (PNG, PDF, ... by extension)."""
-        from camkit.viz import save_figure
-        save_figure(self.figure(index=index, **kwargs), path, dpi=dpi)
 
 
 class Explainer:
@@ -386,15 +285,6 @@ def explain(model: nn.Module, images, methods: Union[str, Sequence[str], None] =
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def _rescale_inclusive(boxes: np.ndarray, frame: Tuple[int, int], size: Tuple[int, int]) -> np.ndarray:
-    """Inclusive ``(n, 4)`` boxes on an ``(h, w)`` frame -> the same pixels' boxes on an ``(H, W)`` picture."""
-    (h, w), (height, width) = frame, size
-    sx, sy = width / w, height / h
-    return np.stack([(boxes[:, 0] * sx).astype(np.int64), (boxes[:, 1] * sy).astype(np.int64),
-                     np.minimum(((boxes[:, 2] + 1) * sx).astype(np.int64) - 1, width - 1),
-                     np.minimum(((boxes[:, 3] + 1) * sy).astype(np.int64) - 1, height - 1)], axis=1)
-
 
 def _shape_key(batch: torch.Tensor) -> tuple:
     """What per-input-shape caches are keyed by: the image shape, dtype and device."""

@@ -213,3 +213,13 @@ def test_explain_refuses_a_box_threshold_outside_0_1_before_writing(images, tmp_
     assert cli.main(["explain", images[0], "--model", TINY, "--box-threshold", threshold, "--out", str(out)]) == 2
     assert re.search(r"--box-threshold must be in \[0, 1\]", capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_default_explain_skips_cam_on_a_model_without_one_linear_head(images, tmp_path, capsys):
+    """torchvision's MobileNetV3 ends in Linear-Hardswish-Dropout-Linear: the other four methods still run."""
+    out = tmp_path / "v3"
+    assert cli.main(["explain", images[0], "--model", "torchvision:mobilenet_v3_small", "--weights", "random",
+                     "--image-size", "64", "--out", str(out), "--no-figures"]) == 0
+    record = json.loads((out / "photo0.json").read_text())
+    assert record["methods"] == ["gradcam", "gradcam++", "pcs", "bagcams"]
+    assert "CAM" in capsys.readouterr().err

@@ -5,6 +5,8 @@ import socket
 import tempfile
 
 import pytest
+
+import camkit.heads
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -98,7 +100,8 @@ def test_cli_arguments():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--model", "m", "--data", "d", "--layers", "a", "b", "--interval", "0.01"])
-    assert args.layers == ["a", "b"] and args.interval == 0.01 and args.methods[0] == "cam"
+    assert args.layers == ["a", "b"] and args.interval == 0.01
+    assert args.methods is None  # the engine's standard set, CAM where a linear head fits
 
 
 def _worker(rank, world, port, path):
@@ -141,3 +144,16 @@ def test_an_image_without_box_in_a_box_dataset_is_refused():
     with pytest.raises(ValueError, match="dataset item 2 has no ground-truth box"):
         evaluate(TinyNet(), ds, methods="gradcam", layers="features.3", batch_size=2, cam_curve_interval=0.01,
                  progress=False)
+
+
+def test_default_methods_skip_cam_where_no_linear_head_fits():
+    """``methods=None`` evaluates the standard set; a model whose head is not one linear layer keeps the rest."""
+    class TwoLayerHead(TinyNet):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Sequential(nn.Linear(8, 16), nn.Hardswish(), nn.Linear(16, 5))
+
+    with pytest.warns(camkit.heads.CAMHeadWarning):
+        res = evaluate(TwoLayerHead(), ToyWSOL(masks=False), layers="features.3", batch_size=2,
+                       cam_curve_interval=0.01, progress=False)
+    assert [m for m, _ in res] == ["gradcam", "gradcam++", "pcs", "bagcams"]

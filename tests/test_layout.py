@@ -17,7 +17,7 @@ LAYERS = [
     ["camkit._version", "camkit.distributed", "camkit.inputs", "camkit.boxes"],
     ["camkit.layers", "camkit.heads", "camkit.targets", "camkit.postprocess", "camkit.methods", "camkit.metrics",
      "camkit.viz"],
-    ["camkit.capture", "camkit.models"],
+    ["camkit.capture", "camkit.explanation", "camkit.models"],
     ["camkit.explain", "camkit.data", "camkit.causal"],
     ["camkit.evaluation"],
     ["camkit.train"],

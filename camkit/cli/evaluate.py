@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_model_arguments(parser)
     add_data_arguments(parser, split="test")
-    parser.add_argument("--methods", nargs="+", default=list(STANDARD_METHODS), metavar="NAME",
-                        help="CAM methods, space or comma separated (default: %(default)s)")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                        help=f"CAM methods, space or comma separated (default: {' '.join(STANDARD_METHODS)}, "
+                             "CAM skipped with a note where the model has no linear head)")
     parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
                         help="layer names (default: the last spatial layer)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")

@@ -114,12 +114,10 @@ def run(args) -> int:
     """Explain every image, write the files of the epilog, print the top-k classes."""
     from camkit.explain import Explainer
     from camkit.inputs import load_rgb
-    from camkit.methods import STANDARD_METHODS
-
     _check_arguments(args)
     originals = {path: load_rgb(path) for path in args.images}    # a corrupt image fails before any output
     loaded = load_model_from_args(args)
-    methods = split_names(args.methods) or list(STANDARD_METHODS)  # TODO(merge): None
+    methods = split_names(args.methods)  # None: the standard set, CAM only where a linear head fits
     target = parse_target(args.target, loaded.class_names)
     explainer = Explainer(loaded.model, methods=methods, layers=split_names(args.layers),
                                  preprocess=loaded.preprocess, class_names=loaded.class_names)
