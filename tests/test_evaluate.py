@@ -146,6 +146,7 @@ def test_an_image_without_box_in_a_box_dataset_is_refused():
                  progress=False)
 
 
+@pytest.mark.filterwarnings("ignore:.*target logit:RuntimeWarning")
 def test_default_methods_skip_cam_where_no_linear_head_fits():
     """``methods=None`` evaluates the standard set; a model whose head is not one linear layer keeps the rest."""
     class TwoLayerHead(TinyNet):
