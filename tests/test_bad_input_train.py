@@ -10,6 +10,8 @@ from camkit.data.synthetic import make_synthetic
 from camkit.train import CheckpointError, get_recipe, load_checkpoint, save_checkpoint, train
 from camkit.train.recipes import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
+
 OPTIONS = {"widths": (4, 8, 8, 8)}
 DATA = make_synthetic(32, num_classes=3, image_size=32, seed=21)
 CONFIG = get_recipe("cam").make_config(
@@ -18,12 +20,6 @@ CONFIG = get_recipe("cam").make_config(
 FRESH = "start fresh with resume=False / --no-resume / another --out"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,12 @@ from camkit.train.loop import build_optimizer, lr_factor
 from camkit.train.losses import classification_loss
 from camkit.train.recipes import TrainConfig, pretrained_and_new_groups
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
+
 FAST = dict(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), progress=False,
             num_workers=0, eval_every=0, log_every=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and least disturbed by other jobs) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(**changes):
@@ -206,6 +201,7 @@ def test_metrics_log_has_each_step_once_after_a_crash_and_resume(tmp_path):
 _KILLED_SAVE = """
 import os, signal, sys, torch
 from camkit.train.checkpoint import save_checkpoint
+
 def killed(obj, handle, *args, **kwargs):
     handle.write(b"PK partial")
     handle.flush()
