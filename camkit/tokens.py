@@ -192,9 +192,20 @@ def checked_reshape(reshape):
 
 
 def zero_gradient_notes(layers: List[str], gradients) -> List[str]:
-    """A note per layer whose gradients are identically zero (flat maps from every gradient method)."""
-    return [f"the gradients at layer {layer!r} are exactly zero, so gradient-based maps there are flat: "
-            f"the target does not depend on this layer's positions (in a class-token ViT, the last block's "
-            f"output reaches the head only through the class token; explain the last block's first norm, "
-            f"e.g. 'encoder.layers.encoder_layer_11.ln_1', which layers=None picks)"
-            for layer, grad in zip(layers, gradients) if grad is not None and not grad.any()]
+    """A note per layer whose gradients are identically zero for some images (flat maps there)."""
+    notes = []
+    for layer, grad in zip(layers, gradients):
+        if grad is None:
+            continue
+        zero = ~grad.flatten(1).any(dim=1)
+        if zero.all():
+            notes.append(f"the gradients at layer {layer!r} are exactly zero, so gradient-based maps there are "
+                         f"flat: the target does not depend on this layer's positions (in a class-token ViT, "
+                         f"the last block's output reaches the head only through the class token; explain "
+                         f"the last block's first norm, e.g. 'encoder.layers.encoder_layer_11.ln_1', which "
+                         f"layers=None picks)")
+        elif zero.any():
+            notes.append(f"the gradients at layer {layer!r} are exactly zero for image(s) "
+                         f"{zero.nonzero().flatten().tolist()}: their target does not depend on this layer "
+                         f"(e.g. a detection target that no detection matches), so their maps are flat")
+    return notes
