@@ -203,7 +203,7 @@ def zero_gradient_notes(layers: List[str], gradients) -> List[str]:
                          f"flat: the target does not depend on this layer's positions (in a class-token ViT, "
                          f"the last block's output reaches the head only through the class token; explain "
                          f"the last block's first norm, e.g. 'encoder.layers.encoder_layer_11.ln_1', which "
-                         f"layers=None picks)")
+                         f"layers=None picks; or a dense target that nothing matched)")
         elif zero.any():
             notes.append(f"the gradients at layer {layer!r} are exactly zero for image(s) "
                          f"{zero.nonzero().flatten().tolist()}: their target does not depend on this layer "
