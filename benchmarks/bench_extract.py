@@ -15,7 +15,13 @@ All variants run interleaved round by round, the warm-up round is discarded, and
 as its best round (other load on a shared machine only adds time). Peak memory is measured on a
 separate call per variant (CUDA allocator peak, or the RSS high-water mark on CPU).
 
-    python benchmarks/bench_extract.py [--batch 8] [--size 224] [--rounds 5] [--threads N]
+With ``--model vit_b_16`` (issue 12): torchvision's ViT-B/16 (random init, its zero-initialised head
+re-drawn), all five methods at the last block's first norm ``encoder.layers.encoder_layer_11.ln_1``
+(CAM runs with a warning there: the head reads the class token, not pooled patch tokens) against
+floor(that layer), and the standard set (``methods=None``) for comparison. Goal: <= 1.15.
+
+    python benchmarks/bench_extract.py [--model resnet50|vit_b_16] [--batch 8] [--size 224] [--rounds 5]
+        [--threads N]
 """
 import argparse
 import time
@@ -29,6 +35,7 @@ from camkit.bench import PeakMemory, environment, floor_pass, synchronize
 
 METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 FOUR = ("layer1", "layer2", "layer3", "layer4")
+VIT_LAYER = "encoder.layers.encoder_layer_11.ln_1"
 
 
 def variants(model, batch):
@@ -49,8 +56,31 @@ def variants(model, batch):
     }
 
 
+def vit_variants(model, batch):
+    """``{name: (callable, floor name or None)}`` for ViT-B/16 at the last block's ``ln_1``."""
+    five = camkit.Explainer(model, methods=METHODS, layers=VIT_LAYER)
+    gradcam = camkit.Explainer(model, methods="gradcam", layers=VIT_LAYER)
+    return {
+        "floor(ln_1)": (lambda: floor_pass(model, batch, VIT_LAYER), None),
+        "camkit: all five at ln_1": (lambda: five(batch), "floor(ln_1)"),
+        "camkit: gradcam at ln_1": (lambda: gradcam(batch), "floor(ln_1)"),
+    }
+
+
+def build(name, device):
+    """The benchmarked model, random init, eval mode, on ``device``."""
+    torch.manual_seed(0)
+    if name == "resnet50":
+        return torchvision.models.resnet50(weights=None).eval().to(device)
+    model = torchvision.models.vit_b_16(weights=None).eval()
+    with torch.no_grad():       # torchvision zero-initialises the head: every gradient would be zero
+        model.heads.head.weight.normal_(0, 0.02)
+    return model.to(device)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("resnet50", "vit_b_16"), default="resnet50")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=5)
@@ -60,10 +90,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", camkit.CAMHeadWarning)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).eval().to(device)
+    model = build(args.model, device)
     batch = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    jobs = variants(model, batch)
+    jobs = (variants if args.model == "resnet50" else vit_variants)(model, batch)
 
     peaks = {}
     for name, (run, _) in jobs.items():
@@ -81,7 +110,8 @@ def main(argv=None):
             times[name].append(time.perf_counter() - start)
 
     env = environment(device)
-    print(f"ResNet-50 (random init, eval), batch {args.batch} at {args.size}x{args.size}, device {device}, "
+    title = "ResNet-50" if args.model == "resnet50" else "ViT-B/16"
+    print(f"{title} (random init, eval), batch {args.batch} at {args.size}x{args.size}, device {device}, "
           f"torch {env['torch']}, {env['torch_threads']} threads, best of {args.rounds} interleaved rounds")
     print("| variant | ratio to its floor | images/s | peak memory (MiB) |")
     print("|---|---|---|---|")

@@ -22,6 +22,7 @@ from camkit.layers import LayerError, list_layers
 from camkit.methods import describe_methods, list_methods, register
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
 from camkit.model_spec import LoadedModel, ModelSpecError, load_model
+from camkit.dense_targets import BoxScoreTarget, SegmentationTarget
 from camkit.targets import TopK
 from camkit.viz import overlay
 
@@ -45,7 +46,7 @@ def __dir__():
 
 
 __all__ = [
-    "explain", "Explainer", "Explanation", "TopK", "Preprocess", "list_methods", "describe_methods",
+    "explain", "Explainer", "Explanation", "TopK", "SegmentationTarget", "BoxScoreTarget", "Preprocess", "list_methods", "describe_methods",
     "register", "list_layers", "LayerError", "HeadNotFoundError", "CAMHeadWarning", "IMAGENET_MEAN",
     "IMAGENET_STD", "evaluate", "boxes_from_map", "box_iou", "resize_boxes", "best_iou_per_threshold",
     "MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "load_model", "LoadedModel",

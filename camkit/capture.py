@@ -194,7 +194,8 @@ class ActivationCapture:
 
     # -- results ------------------------------------------------------------------------------
     def activation(self, spec: LayerSpec) -> torch.Tensor:
-        """The captured output of ``spec``: ``(B, C, h, w)``."""
+        """The captured output of ``spec``, as the layer returned it (the engine reads it as a map
+        with :func:`camkit.tokens.as_method_inputs`)."""
         total = self._calls.get(spec.module, 0)
         if total == 0:
             raise LayerError(f"layer {spec.name!r} did not run during the forward pass; pick a layer "
@@ -207,8 +208,4 @@ class ActivationCapture:
             raise CallCountChanged(f"layer {spec.name!r} ran {total} time(s), not "
                                    f"{self._totals.get(spec.module)} as in the previous forward")
         activation = self._captured[(spec.module, call)]
-        if activation.dim() != 4 or activation.shape[2] * activation.shape[3] < 2:
-            raise LayerError(f"layer {spec.key!r} outputs shape {tuple(activation.shape)}, but class "
-                             f"activation maps need a (B, C, h, w) feature map with h * w > 1; pick a convolutional "
-                             f"layer (camkit.list_layers(model, image) lists them)")
         return activation

@@ -22,12 +22,13 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tup
 import torch
 from torch import nn
 
-from camkit import postprocess
+from camkit import postprocess, tokens
+from camkit.dense_targets import is_output_target, output_scores
 from camkit.explanation import Explanation
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
 from camkit.inputs import Preprocess, as_batch, run_model
-from camkit.layers import LayerSpec, last_spatial_layer, resolve_layer, resolve_layers
+from camkit.layers import LayerError, LayerSpec, input_rank, last_spatial_layer, resolve_layer, resolve_layers
 from camkit.methods import STANDARD_METHODS, LayerInputs, get_method
 from camkit.targets import ResolvedTargets, check_target, resolve_targets
 
@@ -70,6 +71,11 @@ class Explainer:
         guided_modules: module types that BagCAMs' guided backward passes through.
         method_options: ``{method: {option: value}}``, e.g. ``{"cam": {"clamp_negative_weights": True}}``.
         context: a fitted causal context for the ``causal`` method (see :mod:`camkit.causal`).
+        reshape: how to read a layer output as a ``(B, C, *grid)`` map: ``None`` infers it
+            (:mod:`camkit.tokens`: ViT/DeiT tokens lose their class and distillation tokens, Swin's
+            ``(B, h, w, C)`` is permuted), a callable ``(B, ...) -> (B, C, *grid)`` for every layer
+            (as pytorch-grad-cam's ``reshape_transform``), or ``{layer key: callable}``. Gradients go
+            through the same callable, so every method works on the result.
 
     Arguments are checked here, and images and targets at the start of a call, before any hook
     is attached: a wrong value raises an error that says what to give instead and leaves the model
@@ -82,7 +88,7 @@ class Explainer:
                  layers=None, head=None, output=None, preprocess: Optional[Callable] = None,
                  class_names: Optional[Sequence[str]] = None, eval_mode: bool = True,
                  guided_modules=DEFAULT_GUIDED_MODULES, method_options: Optional[dict] = None,
-                 context: Any = None):
+                 context: Any = None, reshape=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -96,6 +102,7 @@ class Explainer:
         self.guided_modules = _guided_module_types(guided_modules)
         self.method_options = _checked_method_options(method_options)
         self.context = context
+        self.reshape = tokens.checked_reshape(reshape)
         self._auto_layer = ShapeCache(SHAPE_CACHE_SIZE)     # per input shape (see _shape_key)
         self._call_totals = ShapeCache(SHAPE_CACHE_SIZE)
 
@@ -128,12 +135,13 @@ class Explainer:
         else:
             names, optional = _method_names(methods), frozenset()
         method_list = [get_method(name) for name in names]
-        batch, display = as_batch(images, self.preprocess)
+        batch, display = as_batch(images, self.preprocess, input_rank(self.model))
         device = _model_device(self.model, batch.device)
         batch = batch.to(device)
         _check_input(batch)
         check_target(target, batch.shape[0])
         specs = self._resolve_layers(batch, layers if layers is not None else self.layers)
+        _check_reshape_keys(self.reshape, specs)
         needs = set().union(*(m.needs for m in method_list))
 
         shape_key = _shape_key(batch)
@@ -143,10 +151,11 @@ class Explainer:
         except CallCountChanged:        # the forward is data-dependent: capture without the counts
             self._call_totals.pop(shape_key, None)
             activations, logits, targets, gradients, guided, unguided = self._passes(batch, specs, needs, target)
+        activations, gradients, guided, grids = self._as_maps(specs, activations, gradients, guided, batch)
         head_optional = all(m.name in optional for m in method_list if "head" in m.needs)
         head_weights, notes = self._head_weights(needs, specs, activations, logits, targets, head_optional)
         maps = {}
-        for spec, activation, grad, guided_grad in zip(specs, activations, gradients, guided):
+        for spec, activation, grad, guided_grad, grid in zip(specs, activations, gradients, guided, grids):
             head_weight = head_weights.get(spec.key)
             layer_methods = [m for m in method_list if "head" not in m.needs or head_weight is not None]
             if not layer_methods:                      # only head methods, skipped here (see notes)
@@ -157,11 +166,12 @@ class Explainer:
                 gradients=_compute_dtype(grad), guided_gradients=_compute_dtype(guided_grad),
                 head_weight=head_weight, layer=spec.key,
                 class_weights=None if head_weight is None else head_weight[targets.classes])
-            raw = torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods])
+            raw = tokens.unfold_from_2d(
+                torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods]), grid)
             if upsample:
-                raw = postprocess.upsample(raw, tuple(batch.shape[-2:]))
+                raw = postprocess.upsample(raw, tuple(batch.shape[2:]))
             if normalize:
-                raw = postprocess.normalize(raw)
+                raw = postprocess.normalize(raw, len(grid))
             if not targets.per_image:
                 raw = raw.squeeze(2)
             for method, method_maps in zip(layer_methods, raw):
@@ -169,11 +179,13 @@ class Explainer:
         method_list = [m for m in method_list
                        if m.name not in optional or any(key[0] == m.name for key in maps)]
         explanation = self._explanation(maps, logits, targets, method_list, specs, batch, display)
-        explanation.notes.extend(notes)
+        explanation.notes.extend(notes + tokens.zero_gradient_notes([spec.key for spec in specs], gradients))
         if unguided:
             explanation.notes.append(
                 "BagCAMs: no nn.ReLU/nn.ReLU6 module (guided_modules) ran after the captured layer(s), so "
-                "its backward was not guided (e.g. SiLU/GELU or functional relu); pass guided_modules=")
+                "its backward was not guided (e.g. SiLU/GELU or functional relu); pass guided_modules=. "
+                "In a GELU network (ViT, Swin) there is no ReLU to guide: BagCAMs is then the same formula "
+                "with the unguided gradient of log(S)")
         return explanation
 
     def _passes(self, batch, specs, needs, target, call_totals=None):
@@ -188,8 +200,7 @@ class Explainer:
                 torch.set_grad_enabled(False)
             output = run_model(self.model, batch)
             activations = [capture.activation(spec) for spec in specs]
-            logits = _as_logits(output, self.output, batch.shape[0])
-            targets = resolve_targets(target, logits)  # in the forward's grad mode: scores need it
+            logits, targets = _logits_and_targets(output, self.output, target, batch.shape[0])
             capture.end_forward()
             self._call_totals[_shape_key(batch)] = capture.call_totals
             gradients = guided = [None] * len(specs)
@@ -202,6 +213,20 @@ class Explainer:
                                     output_scale=1 / targets.scores.detach())
         unguided = "guided_gradients" in needs and capture.guided_clamps == 0
         return activations, logits, targets, gradients, guided, unguided
+
+    def _as_maps(self, specs, activations, gradients, guided, batch):
+        """Every layer's output and gradients as 2-D channel-first tensors, and each layer's grid
+        (see :func:`camkit.tokens.as_method_inputs`)."""
+        patch, size = tokens.patch_size(self.model), tuple(batch.shape[2:])
+        results = []
+        for spec, activation, grad, guided_grad in zip(specs, activations, gradients, guided):
+            reshape = self.reshape.get(spec.key) if isinstance(self.reshape, dict) else self.reshape
+            try:
+                results.append(tokens.as_method_inputs(spec.key, activation.detach(), grad, guided_grad,
+                                                       size, patch, reshape))
+            except ValueError as error:
+                raise LayerError(str(error)) from None
+        return [list(column) for column in zip(*results)]
 
     def _head_weights(self, needs, specs, activations, logits, targets, optional: bool
                       ) -> Tuple[dict, List[str]]:
@@ -234,7 +259,6 @@ class Explainer:
         for note in notes:
             warnings.warn(note, CAMHeadWarning, stacklevel=4)
         return weights, notes
-
 
     def _resolve_layers(self, batch: torch.Tensor, layers) -> List[LayerSpec]:
         if layers is not None:
@@ -454,6 +478,25 @@ def _eval_mode(model: nn.Module, enabled: bool):
     finally:
         for module, flag in flags.items():
             module.training = flag
+
+
+def _check_reshape_keys(reshape, specs) -> None:
+    if isinstance(reshape, Mapping):
+        unknown = sorted(set(reshape) - {spec.key for spec in specs})
+        if unknown:
+            raise LayerError(f"reshape= names layer(s) {unknown} that are not explained; its keys must be "
+                             f"among the layers {[spec.key for spec in specs]}")
+
+
+def _logits_and_targets(output, adapter, target, batch_size: int):
+    """The logits and resolved targets of a forward. A dense target (:mod:`camkit.dense_targets`)
+    scores the selected model output itself; its ``(B, 1)`` scores stand in for the logits."""
+    if is_output_target(target):
+        selected = output if adapter is None else _select_output(output, adapter)[0]
+        scores = output_scores(target, selected, batch_size)
+        return scores.detach().unsqueeze(1), ResolvedTargets(None, scores.unsqueeze(1), False)
+    logits = _as_logits(output, adapter, batch_size)
+    return logits, resolve_targets(target, logits)  # in the forward's grad mode: scores need it
 
 
 def _as_logits(output, adapter, batch_size: int) -> torch.Tensor:

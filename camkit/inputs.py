@@ -176,23 +176,29 @@ def load_rgb(image, exif_transpose: bool = True) -> np.ndarray:
                     f"a PIL image, an (H, W, 3) uint8 array or a file path")
 
 
-def as_batch(images, preprocess: Optional[Preprocess]) -> Tuple[torch.Tensor, Optional[np.ndarray]]:
+def as_batch(images, preprocess: Optional[Preprocess], spatial_dims: int = 2
+             ) -> Tuple[torch.Tensor, Optional[np.ndarray]]:
     """Make a ``(B, C, H, W)`` float batch from a tensor or from raw images.
+
+    ``spatial_dims`` is the number of spatial axes of a tensor input: 2 for images (the default),
+    1 for signals ``(B, C, L)``, 3 for volumes and videos ``(B, C, D, H, W)``; one input without the
+    batch axis is accepted too. Raw images are always 2-D.
 
     Returns:
         the batch and, when raw images were given and ``preprocess`` can invert itself, their
         ``(B, H, W, 3)`` display pictures (else ``None``).
     """
     if isinstance(images, torch.Tensor):
-        batch = images.unsqueeze(0) if images.dim() == 3 else images
-        if batch.dim() != 4:
-            raise ValueError(f"images must have shape (B, C, H, W) or (C, H, W), got "
-                             f"{tuple(images.shape)}")
+        batch = images.unsqueeze(0) if images.dim() == 1 + spatial_dims else images
+        if batch.dim() != 2 + spatial_dims:
+            wanted = {1: "(B, C, L) or (C, L)", 2: "(B, C, H, W) or (C, H, W)",
+                      3: "(B, C, D, H, W) or (C, D, H, W)"}[spatial_dims]
+            raise ValueError(f"images must have shape {wanted}, got {tuple(images.shape)}")
         if not batch.is_floating_point():
             raise TypeError(f"image tensors must be floating point and already preprocessed, got "
                             f"dtype {batch.dtype}; pass a PIL image, uint8 array or path to have "
                             f"camkit preprocess it")
-        display = preprocess.to_display(batch) if hasattr(preprocess, "to_display") else None
+        display = preprocess.to_display(batch) if hasattr(preprocess, "to_display") and spatial_dims == 2 else None
         return batch, display
     items: List = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:

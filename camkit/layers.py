@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from camkit.inputs import Preprocess, as_batch, run_model
+from camkit.tokens import Layout, infer_layout, patch_size
 
 LayerLike = Union[str, nn.Module]
 
@@ -80,14 +81,40 @@ def resolve_layer(model: nn.Module, layer: LayerLike, candidates=None) -> LayerS
     raise LayerError(message + " Use camkit.list_layers(model, image) to see every layer and its shape.")
 
 
-def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
-                ) -> List[Tuple[str, Tuple[int, ...]]]:
+class LayerEntry(tuple):
+    """One row of :func:`list_layers`: the pair ``(name, output shape)``, plus :attr:`layout`
+    (how the output is read as a map: channels-first, channels-last or tokens, and its grid)."""
+
+    def __new__(cls, name: str, shape: Tuple[int, ...], layout: Optional[Layout]):
+        entry = super().__new__(cls, (name, shape))
+        entry.layout = layout
+        return entry
+
+    @property
+    def name(self) -> str:
+        return self[0]
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self[1]
+
+    def __repr__(self) -> str:
+        layout = "" if self.layout is None else f", {self.layout.describe()}"
+        return f"({self.name!r}, {self.shape}{layout})"
+
+
+def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True) -> List[LayerEntry]:
     """Run one no-grad forward and list ``(layer, output shape)`` in the order outputs are produced.
 
     Args:
-        image: ``(3, H, W)`` or ``(B, 3, H, W)`` preprocessed input (only the first image is used),
-            or a PIL image / uint8 array / path (preprocessed with :class:`camkit.Preprocess`).
-        spatial_only: keep only outputs of shape ``(B, C, h, w)`` with ``h * w > 1``.
+        image: ``(C, *S)`` or ``(B, C, *S)`` preprocessed input (only the first one is used), with
+            ``S`` = ``(H, W)`` for images, ``(L,)`` or ``(D, H, W)`` for models whose first layer says
+            so (a ``Conv1d`` / ``Conv3d``); or a PIL image / uint8 array / path (preprocessed with
+            :class:`camkit.Preprocess`).
+        spatial_only: keep only outputs that read as maps (:func:`camkit.tokens.infer_layout`):
+            ``(B, C, *grid)`` with more than one position, Swin's ``(B, h, w, C)`` and ViT tokens
+            ``(B, N, C)``; each entry's ``layout`` names which, with its grid (``tokens 1+14x14``:
+            a class token and 14x14 patch tokens).
 
     A module called several times appears once per call, as ``"name@k"``, except for its last call,
     which is listed under its plain name (the default capture point).
@@ -95,27 +122,52 @@ def list_layers(model: nn.Module, image: torch.Tensor, spatial_only: bool = True
     return _trace(model, image, spatial_only)[0]
 
 
+def _is_attention(module: nn.Module) -> bool:
+    return isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower()
+
+
+def input_rank(model: nn.Module) -> int:
+    """The spatial rank the model's first convolution expects: 1 (``Conv1d``), 3 (``Conv3d``) or 2."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d):
+            return 1
+        if isinstance(module, nn.Conv3d):
+            return 3
+        if isinstance(module, nn.Conv2d):
+            return 2
+    return 2
+
+
 def _trace(model: nn.Module, image: torch.Tensor, spatial_only: bool = True):
-    """:func:`list_layers` and ``{module: number of calls}`` from the same forward."""
+    """:func:`list_layers`, ``{module: number of calls}`` and the event index at which the last
+    attention call started (``None`` without attention), from the same forward."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     # a tensor is checked as given; a PIL image, uint8 array or path gets the ImageNet default
-    batch = as_batch(image, None if isinstance(image, torch.Tensor) else Preprocess())[0]
+    rank = input_rank(model) if isinstance(image, torch.Tensor) else 2
+    batch = as_batch(image, None if isinstance(image, torch.Tensor) else Preprocess(), spatial_dims=rank)[0]
     if batch.shape[0] == 0:
         raise ValueError(f"the input batch is empty (shape {tuple(batch.shape)}); give at least one image")
     image = batch[:1]
-    records: List[Tuple[str, int, Tuple[int, ...]]] = []
+    records: List[Tuple[str, int, Tuple[int, ...], int]] = []
     counts = {}
     modules = {}
     handles = []
+    events = [0]
+    attention_start = [None]
 
     def make_hook(name):
         def hook(module, inputs, output):
             call = counts.get(name, 0)
             counts[name] = call + 1
+            events[0] += 1
             if isinstance(output, torch.Tensor):
-                records.append((name, call, tuple(output.shape)))
+                records.append((name, call, tuple(output.shape), events[0]))
         return hook
+
+    def attention_pre_hook(module, inputs):
+        events[0] += 1
+        attention_start[0] = events[0]
 
     training = {m: m.training for m in model.modules()}
     try:
@@ -123,6 +175,8 @@ def _trace(model: nn.Module, image: torch.Tensor, spatial_only: bool = True):
             if name:
                 modules[name] = module
                 handles.append(module.register_forward_hook(make_hook(name)))
+                if _is_attention(module):
+                    handles.append(module.register_forward_pre_hook(attention_pre_hook))
         model.eval()
         with torch.no_grad():
             run_model(model, image, shown_shape=batch.shape)
@@ -131,13 +185,16 @@ def _trace(model: nn.Module, image: torch.Tensor, spatial_only: bool = True):
             handle.remove()
         for module, flag in training.items():
             module.training = flag
-    result = []
-    for name, call, shape in records:
-        if spatial_only and not (len(shape) == 4 and shape[2] * shape[3] > 1):
+    input_size, patch = tuple(image.shape[2:]), patch_size(model)
+    result, ends = [], []
+    for name, call, shape, event in records:
+        layout = infer_layout(shape, input_size, patch) if shape[:1] == (1,) else None
+        if spatial_only and layout is None:
             continue
         label = name if call == counts[name] - 1 else f"{name}@{call}"
-        result.append((label, shape))
-    return result, {modules[name]: count for name, count in counts.items()}
+        result.append(LayerEntry(label, shape, layout))
+        ends.append(event)
+    return result, {modules[name]: count for name, count in counts.items()}, (ends, attention_start[0])
 
 
 def call_counts(model: nn.Module, image: torch.Tensor) -> Dict[nn.Module, int]:
@@ -146,12 +203,26 @@ def call_counts(model: nn.Module, image: torch.Tensor) -> Dict[nn.Module, int]:
 
 
 def last_spatial_layer(model: nn.Module, image: torch.Tensor) -> Tuple[str, Dict[nn.Module, int]]:
-    """The name of the last layer (in execution order) whose output is ``(B, C, h, w)``, ``h*w > 1``,
-    and ``{module: calls per forward}`` from the same probe forward."""
-    layers, calls = _trace(model, image, spatial_only=True)
+    """The default capture point (``layers=None``) and ``{module: calls per forward}`` from the same
+    probe forward.
+
+    The rule: on a model with a class token (outputs ``(B, 1 + h*w, C)`` or ``(B, 2 + h*w, C)``,
+    ViT and DeiT), the last token layer that finishes before the last attention call starts: the
+    last block's first norm (``encoder.layers.encoder_layer_11.ln_1`` in torchvision's ``vit_b_16``),
+    whose patch tokens still reach the class token through that attention. Any later token output
+    (the last block's output, the final norm) reaches the logits only through its class token, so
+    its patch-token gradients are exactly zero. Otherwise (CNNs, Swin, MaxViT), the last layer in
+    execution order whose output reads as a map, in any layout.
+    """
+    layers, calls, (ends, attention_start) = _trace(model, image, spatial_only=True)
     if not layers:
         raise LayerError("no layer of the model outputs a spatial map (B, C, h, w) for this input; "
-                         "class activation maps need a convolutional feature map")
+                         "class activation maps need a convolutional feature map or patch tokens")
+    with_class_token = [i for i, entry in enumerate(layers)
+                        if entry.layout.kind == "tokens" and entry.layout.extra_tokens > 0]
+    if with_class_token:
+        before = [i for i in with_class_token if attention_start is not None and ends[i] < attention_start]
+        return layers[(before or with_class_token)[-1]][0], calls
     return layers[-1][0], calls
 
 
