@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "camkit"
 LAYERS = [
     ["camkit._version", "camkit.distributed", "camkit.inputs", "camkit.boxes"],
     ["camkit.layers", "camkit.heads", "camkit.targets", "camkit.postprocess", "camkit.methods", "camkit.metrics",
+     "camkit.metric_pool",
      "camkit.viz"],
     ["camkit.capture", "camkit.explanation", "camkit.models"],
     ["camkit.explain", "camkit.data", "camkit.causal"],
