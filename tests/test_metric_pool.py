@@ -172,3 +172,14 @@ def test_device_side_pxap_and_peak_iou_equal_the_numpy_host_computation():
     want_inter, want_union = _peak_curves_numpy(maps.numpy(), masks.numpy())
     np.testing.assert_array_equal(inter.numpy(), want_inter)
     np.testing.assert_array_equal(union.numpy(), want_union)
+
+
+@pytest.mark.parametrize("workers, fragment", [(-2, ">= 0"), (0.5, "whole number")])
+def test_evaluate_refuses_a_bad_metric_worker_count_before_any_batch(workers, fragment):
+    model = TinyNet()
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(ValueError) as err:
+        _evaluate(workers, model)
+    assert fragment in str(err.value) and "metric_workers" in str(err.value)
+    assert calls == [] and multiprocessing.active_children() == []
