@@ -15,17 +15,19 @@ wsolevaluation.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from camkit.boxes import iou_curves, thresholds_for_interval
+from camkit.boxes import thresholds_for_interval
 from camkit.data.views import EvaluationView
 from camkit.data.wsol import collate_wsol
 from camkit.distributed import world
 from camkit.explain import Explainer
 from camkit.explanation import MapKey
+from camkit.metric_pool import MetricPool, default_metric_workers, maps_to_uint8
 from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
 
@@ -43,6 +45,10 @@ class LocalizationEvaluator:
         iou_thresholds: the IoU levels (percent) of MaxBoxAcc.
         cam_curve_interval: the CAM threshold step (thresholds ``arange(0, 1, interval)``).
         fixed_threshold: also report GT-known / Top-k Loc at this one threshold.
+        pool: a :class:`camkit.metric_pool.MetricPool` computing the box curves (default: in this
+            process, at once). With worker processes, :meth:`update` only sends the batch's uint8 maps
+            and returns; the curves are merged in submission order (so the counts equal the serial
+            path's) as they arrive, at most ``max_pending`` batches x pairs behind.
 
     Call :meth:`update` per batch, :meth:`all_reduce` once under ``torch.distributed``, then
     :meth:`compute`. The metrics are made at the first update: box metrics unless that batch is
@@ -50,13 +56,16 @@ class LocalizationEvaluator:
     """
 
     def __init__(self, iou_thresholds: Sequence[int] = (30, 50, 70), cam_curve_interval: float = 0.001,
-                 fixed_threshold: Optional[float] = None):
+                 fixed_threshold: Optional[float] = None, pool: Optional[MetricPool] = None, max_pending: int = 64):
         self.iou_thresholds = tuple(iou_thresholds)
         self.cam_curve_interval = cam_curve_interval
         self.fixed_threshold = fixed_threshold
         self.thresholds = thresholds_for_interval(cam_curve_interval)
         self.metrics: Dict[MapKey, Dict[str, Any]] = {}
         self.with_boxes = True
+        self.pool = pool if pool is not None else MetricPool(0)
+        self.max_pending = max_pending
+        self._pending: list = []   # (metrics, future of (v1, v2) or None, logits, labels), in order
 
     def _new_metrics(self, with_boxes: bool, with_masks: bool) -> Dict[str, Any]:
         metrics: Dict[str, Any] = {}
@@ -96,20 +105,38 @@ class LocalizationEvaluator:
                 self.metrics[key] = self._new_metrics(self.with_boxes, masks is not None)
             metrics = self.metrics[key]
             maps = maps.detach()
-            if "v2" in metrics:
-                maps_np = maps.float().cpu().numpy()
-                v1, v2 = zip(*[iou_curves(m, b, self.thresholds) for m, b in zip(maps_np, boxes)])
-                metrics["v2"].update_from_curves(np.stack(v2))
-                v1 = np.stack(v1)
-            else:  # no boxes: the localisation columns are meaningless, keep classification only
-                v1 = np.zeros((len(maps), len(self.thresholds)))
-            metrics["loc"].update_from_curves(v1, logits, labels)
-            if "pxap" in metrics:
+            future = None
+            if "v2" in metrics:  # the maps cross to the host as uint8, 1 byte per pixel
+                future = self.pool.submit(maps_to_uint8(maps).cpu().numpy(), boxes, self.thresholds)
+            self._pending.append((metrics, future, logits, labels))
+            if "pxap" in metrics:  # histograms on the maps' device
                 metrics["pxap"].update(maps, masks.to(maps.device))
                 metrics["peak"].update(maps, masks.to(maps.device))
+        self._merge(wait_for=len(self._pending) - self.max_pending)
+
+    def _merge(self, wait_for: int = 0) -> None:
+        """Merge the finished curves in submission order, waiting for the first ``wait_for`` entries."""
+        while self._pending:
+            metrics, future, logits, labels = self._pending[0]
+            if wait_for <= 0 and future is not None and not future.done():
+                return
+            self._pending.pop(0)
+            wait_for -= 1
+            if future is None:  # no boxes: the localisation columns are meaningless, keep classification only
+                v1 = np.zeros((len(labels), len(self.thresholds)))
+            else:
+                v1, v2 = future.result()
+                metrics["v2"].update_from_curves(v2)
+            metrics["loc"].update_from_curves(v1, logits, labels)
+
+    def flush(self) -> "LocalizationEvaluator":
+        """Wait for every submitted batch and merge it (:meth:`all_reduce` and :meth:`compute` do)."""
+        self._merge(wait_for=len(self._pending))
+        return self
 
     def all_reduce(self) -> "LocalizationEvaluator":
         """Sum every metric's counts over the ranks of ``torch.distributed`` (identity alone)."""
+        self.flush()
         for metrics in self.metrics.values():
             for metric in metrics.values():
                 metric.all_reduce()
@@ -117,6 +144,7 @@ class LocalizationEvaluator:
 
     def compute(self) -> Dict[MapKey, dict]:
         """``{(method, layer): {column: value}}`` in the order the maps were first seen."""
+        self.flush()
         if not self.metrics:
             raise ValueError("nothing was evaluated: the dataset (or this rank's shard) is empty")
         return {key: self._row(metrics) for key, metrics in self.metrics.items()}
@@ -153,7 +181,8 @@ def _check_every_image_has_a_box(boxes, indices) -> None:
 def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, layers=None, batch_size: int = 16,
              num_workers: int = 0, cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70),
              fixed_threshold: Optional[float] = None, mean=None, std=None, progress: bool = True,
-             limit: Optional[int] = None, **explainer_options) -> Dict[MapKey, dict]:
+             limit: Optional[int] = None, metric_workers: Optional[int] = None,
+             **explainer_options) -> Dict[MapKey, dict]:
     """Localisation metrics of every (method, layer) on ``dataset``.
 
     Args:
@@ -169,13 +198,15 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
         fixed_threshold: also report GT-known / Top-k Loc at this one threshold.
         progress: show a tqdm bar (rank 0 only).
         limit: evaluate only the first ``limit`` items.
+        metric_workers: worker processes computing the box curves while the engine explains the next
+            batch (:class:`camkit.metric_pool.MetricPool`); ``None`` = the available cores minus one, or 0
+            below 3 cores (:func:`camkit.metric_pool.default_metric_workers`); ``0`` = in this process. The results do not depend on it. Under ``torchrun`` each
+            rank has its own pool.
         explainer_options: passed to ``camkit.Explainer`` (``head``, ``output``, ``method_options`` ...).
 
     Returns:
         ``{(method, layer): {metric: value}}``; :func:`format_table` prints it.
     """
-    from tqdm.auto import tqdm
-
     methods = tuple(methods) if methods is not None and not isinstance(methods, str) else methods
     rank, world_size = world()
     total = len(dataset) if limit is None else min(limit, len(dataset))
@@ -190,19 +221,49 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
     norm = None
     if mean is not None and std is not None:
         norm = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
-    seen = 0
-    for batch in tqdm(loader, disable=not progress or rank != 0, desc="evaluate", unit="batch"):
-        batch["index"] = indices[seen:seen + len(batch["label"])]
-        seen += len(batch["label"])
-        images = batch["image"]
-        if images.dtype == torch.uint8:
-            images = images.float() / 255
-            if norm is not None:
-                images = (images - norm[0]) / norm[1]
-        evaluator.update(explainer(images, target=batch["label"]), batch)  # ground-truth-class maps
-    if world_size > 1:
-        evaluator.all_reduce()
-    return evaluator.compute()
+    workers = default_metric_workers() if metric_workers is None else metric_workers
+    with MetricPool(workers) as pool:
+        evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold, pool=pool)
+        _run_batches(loader, indices, explainer, evaluator, norm, progress and rank == 0)
+        if world_size > 1:
+            evaluator.all_reduce()
+        return evaluator.compute()
+
+
+def _run_batches(loader, indices, explainer, evaluator, norm, progress: bool) -> None:
+    """Explain every batch and feed the evaluator; the bar shows images/s and the engine's share of the time
+    (the rest: data loading and the metric stage, including waits for the metric workers)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(indices), disable=not progress, desc="evaluate", unit="img")
+    seen, engine_s, metric_s = 0, 0.0, 0.0
+    try:
+        for batch in loader:
+            batch["index"] = indices[seen:seen + len(batch["label"])]
+            seen += len(batch["label"])
+            images = batch["image"]
+            if images.dtype == torch.uint8:
+                images = images.float() / 255
+                if norm is not None:
+                    images = (images - norm[0]) / norm[1]
+            start = time.perf_counter()
+            explanation = explainer(images, target=batch["label"])  # ground-truth-class maps
+            middle = time.perf_counter()
+            evaluator.update(explanation, batch)
+            engine_s, metric_s = engine_s + middle - start, metric_s + time.perf_counter() - middle
+            bar.update(len(batch["label"]))
+            bar.set_postfix_str(_time_shares(engine_s, metric_s), refresh=False)
+        start = time.perf_counter()
+        evaluator.flush()
+        bar.set_postfix_str(_time_shares(engine_s, metric_s + time.perf_counter() - start), refresh=False)
+    finally:
+        bar.close()
+
+
+def _time_shares(engine_s: float, metric_s: float) -> str:
+    """``"engine 80% | metrics 20%"``: the shares of the time the loop spent explaining and in the metrics."""
+    total = max(engine_s + metric_s, 1e-12)
+    return f"engine {100 * engine_s / total:.0f}% | metrics {100 * metric_s / total:.0f}%"
 
 
 def localization_evaluator(methods: Sequence[str] = ("cam",), layers=None, transform: Optional[Callable] = None,

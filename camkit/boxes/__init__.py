@@ -18,7 +18,7 @@ OpenCV's order, V2 (``multi_contour=True``) every contour's box, holes included.
 Box extraction is an edge of the data path, done on the CPU with numpy; torch tensors are accepted and
 moved to the CPU.
 """
-from camkit.boxes.curves import best_iou_per_threshold, iou_curves
+from camkit.boxes.curves import best_iou_per_threshold, iou_curves, iou_curves_of_uint8
 from camkit.boxes.iou import box_iou, resize_boxes, validate_boxes
 from camkit.boxes.threshold import (BOX_RULES, boxes_cicam, boxes_fixed_threshold, boxes_from_map,
                                     boxes_percentile_threshold, get_box_rule, integer_thresholds,
@@ -27,5 +27,5 @@ from camkit.boxes.threshold import (BOX_RULES, boxes_cicam, boxes_fixed_threshol
 __all__ = [
     "boxes_from_map", "box_iou", "resize_boxes", "scoremap_to_uint8", "thresholds_for_interval",
     "best_iou_per_threshold", "boxes_fixed_threshold", "boxes_percentile_threshold", "boxes_cicam",
-    "validate_boxes", "integer_thresholds", "iou_curves", "BOX_RULES", "get_box_rule",
+    "validate_boxes", "integer_thresholds", "iou_curves", "iou_curves_of_uint8", "BOX_RULES", "get_box_rule",
 ]

@@ -30,7 +30,7 @@ from camkit.boxes.threshold import (_EIGHT, _FOUR, _check_multi_contour, _checke
                                     _Contours, _twice_polygon_area, integer_thresholds, scoremap_to_uint8,
                                     thresholds_for_interval)
 
-__all__ = ["iou_curves", "best_iou_per_threshold"]
+__all__ = ["iou_curves", "iou_curves_of_uint8", "best_iou_per_threshold"]
 
 _MAX_DIRECT_HOLE_LEVELS = 12   # up to this many thresholds with holes: label them directly, no min-tree
 _N_LEVELS = 257                # integer thresholds 0..255, and 256 for "above the maximum"
@@ -191,8 +191,12 @@ def _tree_curves(u, gt, levels, want_v1, want_v2, best1, best2):
 
 def _curves(score_map, gt_boxes, thresholds, want_v1, want_v2):
     """(V1, V2) best-IoU curves (T,) float64; the one not wanted is left at the no-contour value."""
+    return _curves_of_uint8(scoremap_to_uint8(score_map), gt_boxes, thresholds, want_v1, want_v2)
+
+
+def _curves_of_uint8(u, gt_boxes, thresholds, want_v1, want_v2):
+    """:func:`_curves` of a map already converted by ``scoremap_to_uint8``: ``u`` (H, W) uint8."""
     thresholds = thresholds_for_interval() if thresholds is None else _checked_thresholds(thresholds)
-    u = scoremap_to_uint8(score_map)
     gt = validate_boxes(gt_boxes)
     h, w = u.shape
     thr = integer_thresholds(int(u.max()), thresholds)
@@ -223,6 +227,23 @@ def iou_curves(score_map, gt_boxes, thresholds=None):
         ``box_iou(boxes_from_map(map, tau, multi_contour), gt).max()`` threshold by threshold.
     """
     return _curves(score_map, gt_boxes, thresholds, want_v1=True, want_v2=True)
+
+
+def iou_curves_of_uint8(u, gt_boxes, thresholds=None):
+    """:func:`iou_curves` of a map already converted to ``u = uint8(255 * map)`` (the metric workers' input).
+
+    Args:
+        u: (H, W) uint8 numpy array, :func:`camkit.boxes.scoremap_to_uint8` of the score map (or the same
+            bytes computed on the map's device).
+        gt_boxes, thresholds: as in :func:`iou_curves`.
+    Returns:
+        ``(v1, v2)``, each (T,) float64, equal to ``iou_curves(map, gt_boxes, thresholds)``.
+    """
+    u = np.asarray(u)
+    if u.dtype != np.uint8 or u.ndim != 2 or u.size == 0:
+        raise ValueError(f"u must be a non-empty (H, W) uint8 array (scoremap_to_uint8 of the map), got "
+                         f"dtype {u.dtype} and shape {u.shape}")
+    return _curves_of_uint8(u, gt_boxes, thresholds, want_v1=True, want_v2=True)
 
 
 def best_iou_per_threshold(score_map, gt_boxes, thresholds=None, multi_contour=True):
