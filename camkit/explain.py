@@ -29,6 +29,7 @@ from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weig
 from camkit.inputs import Preprocess, as_batch, run_model
 from camkit.layers import LayerSpec, last_spatial_layer, resolve_layer, resolve_layers
 from camkit.methods import STANDARD_METHODS, LayerInputs, get_method
+from camkit.methods.perturbation import ModelForward
 from camkit.targets import ResolvedTargets, check_target, resolve_targets
 
 
@@ -156,8 +157,10 @@ class Explainer:
                 targets=targets.classes, model=self.model,
                 gradients=_compute_dtype(grad), guided_gradients=_compute_dtype(guided_grad),
                 head_weight=head_weight, layer=spec.key,
-                class_weights=None if head_weight is None else head_weight[targets.classes])
-            raw = torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods])
+                class_weights=None if head_weight is None else head_weight[targets.classes],
+                forward=self._model_forward(batch, spec) if "forward" in needs else None)
+            with _eval_mode(self.model, self.eval_mode):   # extra forwards run as the first one
+                raw = torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods])
             if upsample:
                 raw = postprocess.upsample(raw, tuple(batch.shape[-2:]))
             if normalize:
@@ -202,6 +205,12 @@ class Explainer:
                                     output_scale=1 / targets.scores.detach())
         unguided = "guided_gradients" in needs and capture.guided_clamps == 0
         return activations, logits, targets, gradients, guided, unguided
+
+    def _model_forward(self, batch: torch.Tensor, spec) -> ModelForward:
+        """What the perturbation methods need for their extra forwards of ``spec``'s layer."""
+        total = self._call_totals.get(_shape_key(batch))[spec.module]
+        return ModelForward(self.model, batch.detach(), spec, spec.call if spec.call >= 0 else total + spec.call,
+                            lambda output, size: _as_logits(output, self.output, size))
 
     def _head_weights(self, needs, specs, activations, logits, targets, optional: bool
                       ) -> Tuple[dict, List[str]]:

@@ -1,4 +1,4 @@
-"""Gradient-weighted methods: Grad-CAM, Grad-CAM++ and PCS (= HiResCAM).
+"""Gradient-weighted methods: Grad-CAM, Grad-CAM++, PCS (= HiResCAM), XGrad-CAM and LayerCAM.
 
 Notation: ``A`` is the layer output ``(B, C, h, w)``, ``g = dS_c/dA`` is ``(B, T, C, h, w)``.
 """
@@ -74,3 +74,50 @@ def pcs(inputs: LayerInputs) -> torch.Tensor:
         exp["pcs"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
     return (inputs.gradients * inputs.activations.unsqueeze(1)).sum(dim=2).relu()
+
+
+@register("xgradcam", needs=("gradients",), options=(), aliases=("xgrad-cam",),
+          description="ReLU(sum_k w_k A_k), w_k = sum_m (A_k(m) / sum_m' A_k(m')) g_k(m): "
+                      "activation-weighted gradients (w_k = 0 where sum_m A_k = 0)",
+          reference="Fu et al., Axiom-based Grad-CAM (XGrad-CAM), BMVC 2020")
+def xgradcam(inputs: LayerInputs) -> torch.Tensor:
+    """XGrad-CAM: ``w_k = sum_m (A_k(m) / sum_m' A_k(m')) g_k(m)``, map ``ReLU(sum_k w_k A_k)``.
+
+    A channel whose activations sum to 0 gets ``w_k = 0`` (no epsilon; pytorch-grad-cam adds 1e-7 to
+    the denominator, which differs only for such channels when their activations are not all zero).
+
+    Returns:
+        ``(B, T, h, w)`` raw maps.
+
+    Example::
+
+        model = torchvision.models.resnet18().eval()
+        exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="xgradcam", layers="layer4")
+        exp["xgradcam"].shape   # (2, 224, 224), min-max normalised to [0, 1]
+    """
+    activations = inputs.activations
+    sums = activations.sum(dim=(-2, -1), keepdim=True)                      # (B, C, 1, 1)
+    safe = sums != 0
+    shares = torch.where(safe, activations / torch.where(safe, sums, torch.ones_like(sums)),
+                         torch.zeros_like(activations))
+    weights = (inputs.gradients * shares.unsqueeze(1)).sum(dim=(-2, -1))   # (B, T, C)
+    return channel_weighted_sum(weights, activations).relu()
+
+
+@register("layercam", needs=("gradients",), options=(), aliases=("layer-cam",),
+          description="ReLU(sum_k ReLU(g_k(m)) A_k(m)): activations weighted by their positive gradient",
+          reference="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
+                    "Localization, IEEE TIP 2021")
+def layercam(inputs: LayerInputs) -> torch.Tensor:
+    """LayerCAM: ``ReLU(sum_k ReLU(g_k(m)) * A_k(m))``, a position-wise positive-gradient weighting.
+
+    Returns:
+        ``(B, T, h, w)`` raw maps.
+
+    Example::
+
+        model = torchvision.models.resnet18().eval()
+        exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="layercam", layers="layer3")
+        exp["layercam"].shape   # (2, 224, 224), min-max normalised to [0, 1]
+    """
+    return (inputs.gradients.relu() * inputs.activations.unsqueeze(1)).sum(dim=2).relu()
