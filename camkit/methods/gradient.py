@@ -26,6 +26,17 @@ def gradcam(inputs: LayerInputs) -> torch.Tensor:
     return channel_weighted_sum(weights, inputs.activations).relu()
 
 
+def gradcam_plus_plus_alpha(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Eq. 19's ``alpha = g^2 / (2 g^2 + (sum_m A_k(m)) g^3)`` ``(B, T, C, h, w)`` from ``g``
+    ``(B, T, C, h, w)`` and ``A`` ``(B, C, h, w)``; 0 where the denominator is 0."""
+    activation_sums = activations.sum(dim=(-2, -1))[:, None, :, None, None]  # (B, 1, C, 1, 1)
+    grads_squared = grads.square()
+    denominator = 2 * grads_squared + activation_sums * grads_squared * grads
+    safe = denominator != 0
+    return torch.where(safe, grads_squared / torch.where(safe, denominator, torch.ones_like(denominator)),
+                       torch.zeros_like(denominator))
+
+
 @register("gradcam++", needs=("gradients",), options=(), aliases=("gradcampp", "grad-cam++"),
           description="eq. 19 of Grad-CAM++ (exponential score): alpha = g^2/(2g^2 + sum_m(A) g^3), "
                       "w_k = sum_m alpha ReLU(g)",
@@ -47,13 +58,7 @@ def gradcam_plus_plus(inputs: LayerInputs) -> torch.Tensor:
         exp["gradcam++"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
     grads = inputs.gradients
-    activation_sums = inputs.activations.sum(dim=(-2, -1))[:, None, :, None, None]  # (B, 1, C, 1, 1)
-    grads_squared = grads.square()
-    denominator = 2 * grads_squared + activation_sums * grads_squared * grads
-    safe = denominator != 0
-    alpha = torch.where(safe, grads_squared / torch.where(safe, denominator, torch.ones_like(denominator)),
-                        torch.zeros_like(denominator))
-    weights = (alpha * grads.relu()).sum(dim=(-2, -1))
+    weights = (gradcam_plus_plus_alpha(grads, inputs.activations) * grads.relu()).sum(dim=(-2, -1))
     return channel_weighted_sum(weights, inputs.activations).relu()
 
 
