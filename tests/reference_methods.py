@@ -431,42 +431,34 @@ def eigen_projection(X, center=False):
 
 
 def ablation_weights(model64, layer, image, c):
-    """``w_k = (S_c - S_c^(k)) / S_c``, ``S_c^(k)`` with channel ``k`` of ``layer``'s output zeroed."""
+    """``w_k = (S_c - S_c^(k)) / S_c``, ``S_c^(k)`` with channel ``k`` of ``layer``'s output zeroed:
+    one float64 forward of ``C`` copies of the image, copy ``k`` with its channel ``k`` zeroed."""
     module = dict(model64.named_modules())[layer]
     x = image.detach().to(torch.float64).reshape(1, *image.shape[-3:])
     with torch.no_grad():
         score = model64(x)[0, c]
-        channels = None
-        kept = []
-        handle = module.register_forward_hook(lambda m, i, o: kept.append(o.shape[1]))
+        sizes = []
+        handle = module.register_forward_hook(lambda m, i, o: sizes.append(o.shape[1]))
         model64(x)
         handle.remove()
-        channels = kept[0]
-        weights = []
-        for k in range(channels):
-            def zero_k(_m, _i, output, k=k):
-                output = output.clone()
-                output[:, k] = 0
-                return output
-            handle = module.register_forward_hook(zero_k)
-            try:
-                weights.append((score - model64(x)[0, c]) / score)
-            finally:
-                handle.remove()
-    return torch.stack(weights)
+        keep = 1.0 - torch.eye(sizes[0], dtype=torch.float64)[:, :, None, None]   # copy k: channel k off
+        handle = module.register_forward_hook(lambda m, i, o: o * keep)
+        try:
+            ablated = model64(x.expand(sizes[0], -1, -1, -1))[:, c]
+        finally:
+            handle.remove()
+    return (score - ablated) / score
 
 
 def score_gains(model64, A, image, c, masked_inputs):
-    """``mean_i softmax(f(x_i))_c - softmax(f(0))_c`` for each channel's list of masked inputs."""
+    """``mean_i softmax(f(x_i))_c - softmax(f(0))_c`` for each channel ``k``'s masked inputs
+    ``masked_inputs(x, k)`` (lists of the same length), in one float64 forward."""
     x = image.detach().to(torch.float64).reshape(1, *image.shape[-3:])
     with torch.no_grad():
         baseline = torch.softmax(model64(torch.zeros_like(x)), dim=1)[0, c]
-        weights = []
-        for k in range(A.shape[0]):
-            gains = [torch.softmax(model64(inp.reshape(1, *x.shape[1:])), dim=1)[0, c] - baseline
-                     for inp in masked_inputs(x[0], k)]
-            weights.append(sum(gains) / len(gains))
-    return torch.stack(weights)
+        per_channel = [torch.stack(masked_inputs(x[0], k)) for k in range(A.shape[0])]
+        probabilities = torch.softmax(model64(torch.cat(per_channel)), dim=1)[:, c]
+    return (probabilities - baseline).reshape(A.shape[0], -1).mean(dim=1)
 
 
 def channel_mask(A_k, size):
