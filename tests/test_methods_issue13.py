@@ -1,5 +1,5 @@
 """Issue 13's methods: XGrad-CAM, LayerCAM, Eigen-CAM, EigenGrad-CAM, Score-CAM, SS-CAM, IS-CAM,
-Ablation-CAM and BagCAMs' weighting ablation.
+Ablation-CAM, SmoothGrad-CAM++ and BagCAMs' weighting ablation.
 
 Three kinds of test per method: a hand oracle on ``TinyGapNet`` (tests/test_methods_oracle.py: at its
 ``relu`` layer ``R1 = [[2, 0], [0.5, 1.5]]``, ``R2 = [[0, 2], [0.5, 0]]``, ``S0 = 15/8`` and
@@ -153,6 +153,32 @@ def test_scorecam_peer_form_is_a_softmax_over_channel_logits():
     torch.testing.assert_close(got, (w[0] * R1 + w[1] * R2).clamp(min=0), rtol=1e-5, atol=1e-7)
 
 
+def _smoothgrad_plus_plus(A, grads):
+    """SmoothGrad-CAM++ from the paper's equations: ``A`` ``(C, h, w)``, ``grads`` a list of ``(C, h, w)``."""
+    d1 = sum(grads) / len(grads)
+    d2 = sum(g ** 2 for g in grads) / len(grads)
+    d3 = sum(g ** 3 for g in grads) / len(grads)
+    denominator = 2 * d2 + A.sum((1, 2), keepdim=True) * d3
+    alpha = torch.where(denominator != 0, d2 / torch.where(denominator != 0, denominator, 1.0), 0.0)
+    weights = (alpha * d1.clamp(min=0)).sum((1, 2))
+    return ref.weighted_relu_map(weights, A)
+
+
+def test_smoothgradcam_plus_plus_hand_oracle_at_the_conv():
+    """At ``conv`` (before the ReLU) dS0/dA_k(m) = W[0, k] / 4 * 1[A_k(m) > 0] on the noisy input:
+    conv channel 1 reads x0, channel 2 is 1 - x0. The noise is s z_i, s = 0.15 * (9 - (-1)) = 1.5."""
+    x = _input()[0].double()
+    z = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(5)).double()
+    grads = []
+    for zi in z:
+        x0 = (x + 1.5 * zi)[0, ::2, ::2]
+        grads.append(torch.stack([0.5 * (x0 > 0).double(), -0.25 * ((1 - x0) > 0).double()]))
+    A = torch.stack([x[0, ::2, ::2], 1 - x[0, ::2, ::2]])
+    want, _ = _smoothgrad_plus_plus(A, grads)
+    got = _raw(TinyGapNet().eval(), _input(), "smoothgradcam++", "conv", {"num_samples": 3, "seed": 5})[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------
 # BagCAMs' weighting ablation.
 # --------------------------------------------------------------------------------------------------
@@ -230,6 +256,22 @@ def test_gradient_methods_match_the_float64_reference(gradient_case, method):
             _assert_close_to_terms(got[b], want, magnitude, f"{method}@{layer} image {b}")
 
 
+def test_smoothgradcam_plus_plus_matches_the_float64_reference(gradient_case):
+    model, layers, images = gradient_case
+    model64 = ref.float64_copy(model)
+    z = torch.randn(2, *images.shape[1:], generator=torch.Generator().manual_seed(0))
+    for layer in layers:
+        got = _raw(model, images, "smoothgradcam++", layer, {"num_samples": 2, "noise_level": 0.1})
+        classes = ref.reference_logits(model, images).argmax(1)
+        for b in range(images.shape[0]):
+            A, _, _ = ref.gradients_of_float64_model(model64, layer, images[b], [])
+            s = 0.1 * (images[b].max() - images[b].min())
+            grads = [ref.gradients_of_float64_model(model64, layer, images[b] + s * zi, [int(classes[b])])[2][0]
+                     for zi in z]
+            want, magnitude = _smoothgrad_plus_plus(A, grads)
+            _assert_close_to_terms(got[b], want, magnitude, f"smoothgradcam++@{layer} image {b}")
+
+
 @pytest.mark.parametrize("method", ["scorecam", "ablationcam", "iscam"])
 def test_forward_methods_match_the_float64_reference(forward_case, method):
     model, layers, images = forward_case
@@ -257,7 +299,7 @@ def test_forward_methods_match_the_float64_reference(forward_case, method):
 # --------------------------------------------------------------------------------------------------
 NEW_METHODS = {"xgradcam": None, "layercam": None, "eigencam": None, "eigengradcam": None,
                "scorecam": None, "iscam": {"num_samples": 2}, "sscam": {"num_samples": 2, "std": 0.1},
-               "ablationcam": {"batch_size": 5}}
+               "ablationcam": {"batch_size": 5}, "smoothgradcam++": {"num_samples": 2, "batch_size": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +348,7 @@ def test_model_is_left_untouched_and_no_hook_stays(small_resnet, method):
 
 
 def test_perturbation_methods_are_listed_as_needing_forwards():
-    assert camkit.list_methods(needs="forward") == ["ablationcam", "iscam", "scorecam", "sscam"]
+    assert camkit.list_methods(needs="forward") == ["ablationcam", "iscam", "scorecam", "smoothgradcam++", "sscam"]
     needs = {m.name: m.needs for m in camkit.describe_methods()}
     assert "forward" not in needs["xgradcam"] and "forward" in needs["scorecam"]
 
@@ -319,6 +361,7 @@ BAD_OPTIONS = [
     ("sscam", {"noise_on": "both"}, ValueError, "noise_on"),
     ("eigencam", {"center": "yes"}, ValueError, "center"),
     ("bagcams", {"weighting": "max"}, ValueError, "weighting"),
+    ("smoothgradcam++", {"num_samples": -1}, ValueError, "num_samples"),
     ("scorecam", {"steps": 3}, ValueError, "unknown option"),
 ]
 

@@ -29,6 +29,7 @@ from camkit.methods import causal as _causal  # noqa: E402,F401
 from camkit.methods import eigen as _eigen  # noqa: E402,F401
 from camkit.methods import score as _score  # noqa: E402,F401
 from camkit.methods import ablation as _ablation  # noqa: E402,F401
+from camkit.methods import smoothgrad as _smoothgrad  # noqa: E402,F401
 
 __all__ = ["register", "get_method", "list_methods", "describe_methods", "LayerInputs", "Method",
            "channel_weighted_sum", "STANDARD_METHODS", "NEEDS"]

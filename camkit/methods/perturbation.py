@@ -1,4 +1,4 @@
-"""Extra forwards for the perturbation methods (Score-CAM, SS-CAM, IS-CAM, Ablation-CAM).
+"""Extra forwards for the perturbation methods (Score-CAM, SS-CAM, IS-CAM, Ablation-CAM, SmoothGrad-CAM++).
 
 A method that declares ``needs=("forward",)`` receives a :class:`ModelForward` in
 ``LayerInputs.forward``. Every extra forward goes through :func:`perturbed_logits`, the one batched
@@ -7,6 +7,8 @@ model's device under ``torch.no_grad()``, either with the input replaced (``inpu
 layer's output multiplied by a mask (``layer_masks_of``, through a forward hook that lives only for
 the call and is removed in ``finally``). Parameters, ``requires_grad``, ``.grad`` and training flags
 are never touched (the engine runs methods in the mode of its own forward, eval by default).
+SmoothGrad-CAM++ needs gradients at the layer for perturbed inputs: :func:`perturbed_layer_gradients`
+chunks the same ``(b, n)`` pairs and differentiates with ``torch.autograd.grad`` to a per-call leaf.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch import nn
 
 from camkit.layers import LayerSpec
 
-__all__ = ["ModelForward", "perturbed_logits", "target_classes", "checked_batch_size"]
+__all__ = ["ModelForward", "perturbed_logits", "perturbed_layer_gradients", "target_classes", "checked_batch_size"]
 
 IndexFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -72,8 +74,7 @@ def perturbed_logits(forward: ModelForward, count: int, *, batch_size: int,
       at its ``call`` (broadcasting), through a forward hook removed when the chunk is done.
     """
     images = forward.images
-    pairs_b = torch.arange(images.shape[0], device=images.device).repeat_interleave(count)
-    pairs_n = torch.arange(count, device=images.device).repeat(images.shape[0])
+    pairs_b, pairs_n = _pairs(images, count)
     chunks = []
     with torch.no_grad():
         for start in range(0, pairs_b.numel(), batch_size):
@@ -99,3 +100,55 @@ def _forward_once(forward: ModelForward, batch: torch.Tensor, layer_mask: Option
         return forward.logits_of(forward.model(batch), batch.shape[0])
     finally:
         handle.remove()
+
+
+def _pairs(images: torch.Tensor, count: int):
+    pairs_b = torch.arange(images.shape[0], device=images.device).repeat_interleave(count)
+    return pairs_b, torch.arange(count, device=images.device).repeat(images.shape[0])
+
+
+def perturbed_layer_gradients(forward: ModelForward, count: int, classes: torch.Tensor, *, batch_size: int,
+                              inputs_of: IndexFn) -> torch.Tensor:
+    """Gradients of the target logits to the layer for ``count`` perturbed inputs per image.
+
+    ``inputs_of(b, n) -> (N, C, H, W)`` as in :func:`perturbed_logits`; ``classes`` ``(B, T)``.
+    The layer's output at its ``call`` is replaced by a detached leaf for the forward (a hook removed
+    in ``finally``), so nothing upstream is recorded and no parameter gets a ``.grad``.
+
+    Returns:
+        ``(B, count, T, C, h, w)``.
+    """
+    pairs_b, pairs_n = _pairs(forward.images, count)
+    chunks = []
+    for start in range(0, pairs_b.numel(), batch_size):
+        b, n = pairs_b[start:start + batch_size], pairs_n[start:start + batch_size]
+        with torch.no_grad():
+            batch = inputs_of(b, n)
+        chunks.append(_layer_gradients(forward, batch, classes[b]))
+    grads = torch.cat(chunks)
+    return grads.reshape(forward.images.shape[0], count, *grads.shape[1:])
+
+
+def _layer_gradients(forward: ModelForward, batch: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``(N, T, C, h, w)`` gradients of ``logits[i, classes[i, t]]`` to the layer's output."""
+    leaves, calls = [], [0]
+
+    def leaf_output(_module, _inputs, output):
+        call, calls[0] = calls[0], calls[0] + 1
+        if call != forward.call:
+            return None
+        leaves.append(output.detach().requires_grad_(True))
+        torch.set_grad_enabled(True)
+        return leaves[-1].clone()          # an in-place op downstream changes the clone, not the leaf
+
+    handle = forward.layer.module.register_forward_hook(leaf_output)
+    grad_mode = torch.is_grad_enabled()
+    try:
+        torch.set_grad_enabled(False)      # nothing upstream of the layer is recorded
+        scores = forward.logits_of(forward.model(batch), batch.shape[0]).gather(1, classes)
+    finally:
+        handle.remove()
+        torch.set_grad_enabled(grad_mode)
+    grads = [torch.autograd.grad(scores[:, t].sum(), leaves[0], retain_graph=t + 1 < scores.shape[1])[0]
+             for t in range(scores.shape[1])]
+    return torch.stack(grads, dim=1)
