@@ -7,10 +7,10 @@ by default, on CUDA when available. Both methods need one forward per (image, ch
   chunk of ``batch_size`` images (no masking, no hooks, no bookkeeping): what any implementation pays.
 * **camkit**: one ``camkit.explain`` call of the method (first forward and backward included).
 
-Each variant runs ``--rounds`` times after one warm-up; the best round is reported (other load only
+Each variant runs ``--rounds`` times after ``--warmup`` untimed rounds (default 1); the best round is reported (other load only
 adds time). pytorch-grad-cam's ScoreCAM / AblationCAM are timed as well when the package is importable.
 
-    python benchmarks/bench_perturbation.py [--batch 8] [--size 224] [--rounds 2] [--chunk 64]
+    PYTHONPATH=. python benchmarks/bench_perturbation.py [--batch 8] [--size 224] [--rounds 2] [--chunk 64]
 """
 import argparse
 import time
@@ -26,8 +26,9 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def _best_time(fn, rounds, device):
-    fn()
+def _best_time(fn, rounds, device, warmup=1):
+    for _ in range(warmup):
+        fn()
     _synchronize(device)
     best = float("inf")
     for _ in range(rounds):
@@ -63,6 +64,7 @@ def main(argv=None):
                                                               "batch_size option (default 64)")
     parser.add_argument("--methods", nargs="+", default=["scorecam", "ablationcam"],
                         choices=["scorecam", "ablationcam"], help="methods to time")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -79,20 +81,20 @@ def main(argv=None):
             for start in range(0, forwards, args.chunk):
                 model(chunk[:min(args.chunk, forwards - start)])
 
-    floor_s = _best_time(floor, args.rounds, device)
+    floor_s = _best_time(floor, args.rounds, device, args.warmup)
     print(f"device {device}, ResNet-50 layer4, batch {args.batch} at {args.size}x{args.size}, "
           f"{forwards} forwards in chunks of {args.chunk}")
     print(f"| variant | seconds | / floor |\n|---|---|---|\n| floor ({forwards} bare forwards) | {floor_s:.3f} | 1.00 |")
     for method in args.methods:
         options = {method: {"batch_size": args.chunk}}
         seconds = _best_time(lambda: camkit.explain(model, images, methods=method, layers="layer4",
-                                                    method_options=options), args.rounds, device)
+                                                    method_options=options), args.rounds, device, args.warmup)
         print(f"| camkit {method} | {seconds:.3f} | {seconds / floor_s:.2f} |")
         peer = _peer_timer(model, images, method, args.chunk)
         if peer is None:
             print(f"| pytorch-grad-cam {method} | not installed | – |")
         else:
-            peer_s = _best_time(peer, args.rounds, device)
+            peer_s = _best_time(peer, args.rounds, device, args.warmup)
             print(f"| pytorch-grad-cam {method} | {peer_s:.3f} | {peer_s / floor_s:.2f} |")
 
 
