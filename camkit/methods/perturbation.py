@@ -93,7 +93,7 @@ def _forward_once(forward: ModelForward, batch: torch.Tensor, layer_mask: Option
 
     def mask_output(_module, _inputs, output):
         call, calls[0] = calls[0], calls[0] + 1
-        return output * layer_mask if call == forward.call else None
+        return output * layer_mask.to(output.dtype) if call == forward.call else None
 
     handle = forward.layer.module.register_forward_hook(mask_output)
     try:

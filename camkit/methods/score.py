@@ -98,7 +98,7 @@ def scorecam(inputs: LayerInputs) -> torch.Tensor:
 
     def masked(b, k, _i):
         return images[b] * channel_masks(activations[b, k], images.shape[-2:], align_corners=peer,
-                                         eps=1e-8 if peer else 0.0)
+                                         eps=1e-8 if peer else 0.0).to(images.dtype)
 
     if form == "paper":
         weights = _probability_gains(inputs, "scorecam", 1, masked)
@@ -149,7 +149,7 @@ def sscam(inputs: LayerInputs) -> torch.Tensor:
     noise = (std * torch.randn(samples, *shape, generator=generator, dtype=images.dtype)).to(images.device)
 
     def masked(b, k, i):
-        masks = channel_masks(activations[b, k], images.shape[-2:])
+        masks = channel_masks(activations[b, k], images.shape[-2:]).to(images.dtype)
         if noise_on == "input":
             return (images[b] + noise[i]) * masks
         return images[b] * (masks + noise[i])
@@ -183,6 +183,6 @@ def iscam(inputs: LayerInputs) -> torch.Tensor:
 
     def masked(b, k, i):
         scale = ((i + 1).to(images.dtype) / samples).reshape(-1, 1, 1, 1)
-        return images[b] * scale * channel_masks(activations[b, k], images.shape[-2:])
+        return images[b] * scale * channel_masks(activations[b, k], images.shape[-2:]).to(images.dtype)
 
     return channel_weighted_sum(_probability_gains(inputs, "iscam", samples, masked), activations).relu()
