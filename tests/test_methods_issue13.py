@@ -381,3 +381,25 @@ def test_callable_target_is_refused_by_the_perturbation_methods():
     with pytest.raises(ValueError, match="class targets"):
         camkit.explain(model, _input(), methods="scorecam", layers="relu", target=lambda logits: logits[:, 0])
     assert_unchanged(model, before)
+
+
+class FailsOnBigBatches(TinyGapNet):
+    """TinyGapNet that refuses batches of more than one image (the perturbed chunks)."""
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            raise RuntimeError("no batches here")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("method", ["ablationcam", "smoothgradcam++"])
+def test_a_failing_perturbed_forward_leaves_no_hook(method):
+    """The layer hook of Ablation-CAM (and SmoothGrad-CAM++'s leaf hook) is attached when the
+    perturbed forward fails: it must still be removed, and the train flag restored."""
+    model = FailsOnBigBatches().train()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="no batches here"):
+        camkit.explain(model, _input(), methods=method, layers="relu",
+                       method_options={method: {"batch_size": 2, "num_samples": 2} if method != "ablationcam"
+                                       else {"batch_size": 2}})
+    assert_unchanged(model, before)
