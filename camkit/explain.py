@@ -12,7 +12,6 @@ is off) and every module's ``training`` flag is restored afterwards.
 """
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -28,8 +27,10 @@ from camkit.explanation import Explanation
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
 from camkit.inputs import Preprocess, as_batch, run_model
+from camkit.outputs import as_logits, check_output_adapter, select_output
 from camkit.layers import LayerError, LayerSpec, input_rank, last_spatial_layer, resolve_layer, resolve_layers
 from camkit.methods import STANDARD_METHODS, LayerInputs, get_method
+from camkit.methods.perturbation import ModelForward
 from camkit.targets import ResolvedTargets, check_target, resolve_targets
 
 
@@ -95,7 +96,7 @@ class Explainer:
         self.methods, self.optional_methods = _method_selection(methods)
         self.layers = layers
         self.head = resolve_head(model, head)
-        self.output = _checked_output_adapter(output)
+        self.output = check_output_adapter(output)
         self.preprocess = _checked_preprocess(preprocess)
         self.class_names = class_names
         self.eval_mode = eval_mode
@@ -165,9 +166,11 @@ class Explainer:
                 targets=targets.classes, model=self.model,
                 gradients=_compute_dtype(grad), guided_gradients=_compute_dtype(guided_grad),
                 head_weight=head_weight, layer=spec.key,
-                class_weights=None if head_weight is None else head_weight[targets.classes])
-            raw = tokens.unfold_from_2d(
-                torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods]), grid)
+                class_weights=None if head_weight is None else head_weight[targets.classes],
+                forward=self._model_forward(batch, spec) if "forward" in needs else None)
+            with _eval_mode(self.model, self.eval_mode):   # extra forwards run as the first one
+                raw = tokens.unfold_from_2d(
+                    torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods]), grid)
             if upsample:
                 raw = postprocess.upsample(raw, tuple(batch.shape[2:]))
             if normalize:
@@ -227,6 +230,12 @@ class Explainer:
             except ValueError as error:
                 raise LayerError(str(error)) from None
         return [list(column) for column in zip(*results)]
+
+    def _model_forward(self, batch: torch.Tensor, spec) -> ModelForward:
+        """What the perturbation methods need for their extra forwards of ``spec``'s layer."""
+        total = self._call_totals.get(_shape_key(batch))[spec.module]
+        return ModelForward(self.model, batch.detach(), spec, spec.call if spec.call >= 0 else total + spec.call,
+                            lambda output, size: as_logits(output, self.output, size))
 
     def _head_weights(self, needs, specs, activations, logits, targets, optional: bool
                       ) -> Tuple[dict, List[str]]:
@@ -379,16 +388,6 @@ def _method_names(methods) -> List[str]:
     return canonical
 
 
-def _checked_output_adapter(output):
-    """``output`` as given to :class:`Explainer`, after checking its type."""
-    if output is None or callable(output) or isinstance(output, str) or (
-            isinstance(output, int) and not isinstance(output, bool)):
-        return output
-    raise TypeError(f"output must be None (the model returns the logits), a key or field name (str), an "
-                    f"index (int) or a callable output -> (B, K) logits; got {output!r} "
-                    f"({type(output).__name__})")
-
-
 def _checked_preprocess(preprocess):
     """``preprocess`` as given to :class:`Explainer`: ``None`` is :class:`camkit.Preprocess` ()."""
     if preprocess is None:
@@ -492,74 +491,11 @@ def _logits_and_targets(output, adapter, target, batch_size: int):
     """The logits and resolved targets of a forward. A dense target (:mod:`camkit.dense_targets`)
     scores the selected model output itself; its ``(B, 1)`` scores stand in for the logits."""
     if is_output_target(target):
-        selected = output if adapter is None else _select_output(output, adapter)[0]
+        selected = output if adapter is None else select_output(output, adapter)[0]
         scores = output_scores(target, selected, batch_size)
         return scores.detach().unsqueeze(1), ResolvedTargets(None, scores.unsqueeze(1), False)
-    logits = _as_logits(output, adapter, batch_size)
+    logits = as_logits(output, adapter, batch_size)
     return logits, resolve_targets(target, logits)  # in the forward's grad mode: scores need it
-
-
-def _as_logits(output, adapter, batch_size: int) -> torch.Tensor:
-    """The ``(B, K)`` logits in the model ``output``, through ``adapter`` (see ``Explainer(output=)``)."""
-    source = "the model"
-    if adapter is not None:
-        output, source = _select_output(output, adapter)
-    if isinstance(output, Mapping):
-        raise TypeError(f"the model returns a dict with keys {list(output)}; pass output=KEY "
-                        f"(or a callable) to say which entry holds the (B, K) logits")
-    fields = _field_names(output)
-    if fields is not None:
-        raise TypeError(f"the model returns a {type(output).__name__} with fields {list(fields)}; pass "
-                        f"output=FIELD (or a callable) to say which field holds the (B, K) logits")
-    if isinstance(output, (tuple, list)):
-        raise TypeError(f"the model returns a {type(output).__name__} of {len(output)} items; pass "
-                        f"output=INDEX (or a callable) to say which item holds the (B, K) logits")
-    if (not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != batch_size
-            or output.shape[1] == 0):
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ValueError(f"expected (B, K) = ({batch_size}, K) logits with K >= 1 from {source}, got "
-                         f"{shape}; pass output= (a key, index or callable) to adapt the model output")
-    return output
-
-
-def _select_output(output, adapter) -> Tuple[Any, str]:
-    """``adapter`` applied to the model ``output``, and how to name the result in errors."""
-    if callable(adapter):
-        return adapter(output), "the output= callable"
-    what = f"output={adapter!r}"
-    if isinstance(output, torch.Tensor):
-        raise TypeError(f"{what} selects an entry of the model output, but the model returns a tensor of "
-                        f"shape {tuple(output.shape)}; drop output= (a (B, K) tensor is taken as the "
-                        f"logits) or pass a callable")
-    if isinstance(output, Mapping):
-        if adapter not in output:
-            raise ValueError(f"{what}: the model's {type(output).__name__} output has no such key; its "
-                             f"keys are {list(output)}")
-        return output[adapter], f"output[{adapter!r}]"
-    fields = _field_names(output)
-    if isinstance(adapter, str) and fields is not None:
-        if adapter not in fields:
-            raise ValueError(f"{what}: the model's {type(output).__name__} output has no field "
-                             f"{adapter!r}; its fields are {list(fields)}")
-        return getattr(output, adapter), f"output.{adapter}"
-    if isinstance(adapter, int) and isinstance(output, (tuple, list)):
-        if not -len(output) <= adapter < len(output):
-            raise ValueError(f"{what} is out of range: the model returns a {type(output).__name__} of "
-                             f"{len(output)} items (indices 0..{len(output) - 1})")
-        return output[adapter], f"output[{adapter}]"
-    kind = "a key or field name" if isinstance(adapter, str) else "an index"
-    raise TypeError(f"{what} is {kind}, which a {type(output).__name__} model output does not have; pass "
-                    f"output= a key (dict), a field name (dataclass, named tuple), an index (tuple, list) "
-                    f"or a callable")
-
-
-def _field_names(output) -> Optional[Tuple[str, ...]]:
-    """The field names of a dataclass instance or named tuple, else ``None``."""
-    if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        return tuple(f.name for f in dataclasses.fields(output))
-    if isinstance(output, tuple) and hasattr(output, "_fields"):
-        return tuple(output._fields)
-    return None
 
 
 def _gradients(scores: torch.Tensor, activations: List[torch.Tensor], specs: List[LayerSpec],

@@ -398,3 +398,75 @@ def slow_standardize(x, eps=1e-5):
         var = sum((v - mean) ** 2 for v in values) / len(values)
         out[n] = (x[n].double() - mean) / math.sqrt(var + eps)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 13's methods, one image and one class at a time, float64, from their formulas.
+# --------------------------------------------------------------------------------------------------
+def xgradcam(A, g):
+    """XGrad-CAM: ``ReLU(sum_k w_k A_k)``, ``w_k = sum_m (A_k(m) / sum_m' A_k(m')) g_k(m)`` (0 if the sum is 0)."""
+    weights = []
+    for k in range(A.shape[0]):
+        total = A[k].sum()
+        weights.append(0.0 * total if total == 0 else (A[k] / total * g[k]).sum())
+    return (torch.stack(weights)[:, None, None] * A).sum(0).clamp(min=0.0)
+
+
+def layercam(A, g):
+    """LayerCAM: ``ReLU(sum_k ReLU(g_k(m)) A_k(m))``."""
+    return (g.clamp(min=0.0) * A).sum(0).clamp(min=0.0)
+
+
+def eigen_projection(X, center=False):
+    """``X`` ``(C, h, w)`` as ``(hw, C)`` projected on its first right singular vector, from the
+    eigenvectors of ``X^T X`` (not an SVD), sign making ``v . sum_m X(m) > 0``."""
+    C, h, w = X.shape
+    rows = X.reshape(C, h * w).T.to(torch.float64)
+    factor = rows - rows.mean(0) if center else rows
+    _, vectors = torch.linalg.eigh(factor.T @ factor)
+    v = vectors[:, -1]
+    if (rows.sum(0) @ v) < 0:
+        v = -v
+    return (factor @ v).reshape(h, w)
+
+
+def ablation_weights(model64, layer, image, c):
+    """``w_k = (S_c - S_c^(k)) / S_c``, ``S_c^(k)`` with channel ``k`` of ``layer``'s output zeroed:
+    one float64 forward of ``C`` copies of the image, copy ``k`` with its channel ``k`` zeroed."""
+    module = dict(model64.named_modules())[layer]
+    x = image.detach().to(torch.float64).reshape(1, *image.shape[-3:])
+    with torch.no_grad():
+        score = model64(x)[0, c]
+        sizes = []
+        handle = module.register_forward_hook(lambda m, i, o: sizes.append(o.shape[1]))
+        model64(x)
+        handle.remove()
+        keep = 1.0 - torch.eye(sizes[0], dtype=torch.float64)[:, :, None, None]   # copy k: channel k off
+        handle = module.register_forward_hook(lambda m, i, o: o * keep)
+        try:
+            ablated = model64(x.expand(sizes[0], -1, -1, -1))[:, c]
+        finally:
+            handle.remove()
+    return (score - ablated) / score
+
+
+def score_gains(model64, A, image, c, masked_inputs):
+    """``mean_i softmax(f(x_i))_c - softmax(f(0))_c`` for each channel ``k``'s masked inputs
+    ``masked_inputs(x, k)`` (lists of the same length), in one float64 forward."""
+    x = image.detach().to(torch.float64).reshape(1, *image.shape[-3:])
+    with torch.no_grad():
+        baseline = torch.softmax(model64(torch.zeros_like(x)), dim=1)[0, c]
+        per_channel = [torch.stack(masked_inputs(x[0], k)) for k in range(A.shape[0])]
+        probabilities = torch.softmax(model64(torch.cat(per_channel)), dim=1)[:, c]
+    return (probabilities - baseline).reshape(A.shape[0], -1).mean(dim=1)
+
+
+def channel_mask(A_k, size):
+    """Score-CAM's ``H_k``: bilinear upsampling (align_corners=False) then min-max (constant -> 0)."""
+    return min_max(upsample_bilinear(A_k, size))
+
+
+def weighted_relu_map(weights, A):
+    """``ReLU(sum_k w_k A_k)`` and its term magnitude ``sum_k |w_k A_k|``."""
+    terms = weights[:, None, None] * A
+    return terms.sum(0).clamp(min=0.0), term_magnitude(terms)

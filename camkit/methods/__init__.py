@@ -12,7 +12,8 @@ live elsewhere. Adding a method is one function::
         return torch.einsum("btc,bchw->bthw", weights, inputs.activations)
 
 ``needs`` tells the engine what to compute: ``"gradients"`` (one backward), ``"guided_gradients"``
-(a second, guided backward of log-scores) and ``"head"`` (the classifier weights). ``options`` names
+(a second, guided backward of log-scores), ``"head"`` (the classifier weights) and ``"forward"``
+(extra forwards of perturbed inputs, through :mod:`camkit.methods.perturbation`). ``options`` names
 the keys a method reads from ``LayerInputs.options``, so that a misspelt option is refused.
 """
 from camkit.methods.registry import (  # noqa: F401
@@ -25,6 +26,10 @@ from camkit.methods import cam as _cam  # noqa: E402,F401
 from camkit.methods import gradient as _gradient  # noqa: E402,F401
 from camkit.methods import bagcams as _bagcams  # noqa: E402,F401
 from camkit.methods import causal as _causal  # noqa: E402,F401
+from camkit.methods import eigen as _eigen  # noqa: E402,F401
+from camkit.methods import score as _score  # noqa: E402,F401
+from camkit.methods import ablation as _ablation  # noqa: E402,F401
+from camkit.methods import smoothgrad as _smoothgrad  # noqa: E402,F401
 
 __all__ = ["register", "get_method", "list_methods", "describe_methods", "LayerInputs", "Method",
            "channel_weighted_sum", "STANDARD_METHODS", "NEEDS"]

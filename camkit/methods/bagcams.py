@@ -1,10 +1,27 @@
 """BagCAMs (Zhu et al., ECCV 2022), as the authors' released code computes it."""
 import torch
 
+from camkit.methods.gradient import gradcam_plus_plus_alpha
 from camkit.methods.registry import LayerInputs, register
 
+#: The weightings of BagCAMs' ablation (Table 8 of the paper): how a channel's regional terms are weighted.
+BAG_WEIGHTINGS = ("bag", "mean", "gradcam++")
 
-@register("bagcams", needs=("guided_gradients",), options=(),
+
+def _regional_terms(guided: torch.Tensor, activations: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The regional terms ``v_k(m) A_k(m)`` ``(B, T, C, h, w)``, before the ReLU and the channel sum."""
+    if weighting == "bag":
+        terms = guided * activations
+        return (1 + terms.mean(dim=(-2, -1), keepdim=True)) * terms
+    if weighting == "mean":
+        return guided.mean(dim=(-2, -1), keepdim=True) * activations
+    if weighting == "gradcam++":
+        alpha = gradcam_plus_plus_alpha(guided, activations.squeeze(1))
+        return (alpha * guided.relu()).sum(dim=(-2, -1), keepdim=True) * activations
+    raise ValueError(f"method_options['bagcams']['weighting'] must be one of {BAG_WEIGHTINGS}, got {weighting!r}")
+
+
+@register("bagcams", needs=("guided_gradients",), options=("weighting",),
           description="sum_k ReLU(t_k g^_k A_k), t_k = 1 + mean_m(g^_k A_k), g^ = guided d log(S_c)/dA",
           reference="Zhu et al., Bagging Regional Classification Activation Maps for Weakly "
                     "Supervised Object Localization, ECCV 2022")
@@ -21,6 +38,12 @@ def bagcams(inputs: LayerInputs) -> torch.Tensor:
     authors' code does the same (its forward ``log`` is NaN but its backward is finite); camkit
     keeps that behaviour and flags such targets in ``Explanation.negative_target_logit``.
 
+    Options:
+        weighting: the ablation of the paper's Table 8, the map being ``sum_k ReLU(v_k(m) A_k(m))``:
+            ``"bag"`` (default) ``v_k(m) = t_k g^_k(m)``; ``"mean"`` ``v_k = mean_m(g^_k)`` (Grad-CAM's
+            global average of the same guided gradients); ``"gradcam++"`` ``v_k = sum_m alpha_k(m)
+            ReLU(g^_k(m))`` with Grad-CAM++'s eq. 19 ``alpha`` of ``g^``.
+
     Returns:
         ``(B, T, h, w)`` raw maps.
 
@@ -30,6 +53,6 @@ def bagcams(inputs: LayerInputs) -> torch.Tensor:
         exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="bagcams", layers="layer3")
         exp["bagcams"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
-    terms = inputs.guided_gradients * inputs.activations.unsqueeze(1)  # (B, T, C, h, w)
-    bag_weights = 1 + terms.mean(dim=(-2, -1), keepdim=True)
-    return (bag_weights * terms).relu().sum(dim=2)
+    activations = inputs.activations.unsqueeze(1)                          # (B, 1, C, h, w)
+    terms = _regional_terms(inputs.guided_gradients, activations, inputs.options.get("weighting", "bag"))
+    return terms.relu().sum(dim=2)

@@ -1,4 +1,4 @@
-"""Gradient-weighted methods: Grad-CAM, Grad-CAM++ and PCS (= HiResCAM).
+"""Gradient-weighted methods: Grad-CAM, Grad-CAM++, PCS (= HiResCAM), XGrad-CAM and LayerCAM.
 
 Notation: ``A`` is the layer output ``(B, C, h, w)``, ``g = dS_c/dA`` is ``(B, T, C, h, w)``.
 """
@@ -26,6 +26,17 @@ def gradcam(inputs: LayerInputs) -> torch.Tensor:
     return channel_weighted_sum(weights, inputs.activations).relu()
 
 
+def gradcam_plus_plus_alpha(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Eq. 19's ``alpha = g^2 / (2 g^2 + (sum_m A_k(m)) g^3)`` ``(B, T, C, h, w)`` from ``g``
+    ``(B, T, C, h, w)`` and ``A`` ``(B, C, h, w)``; 0 where the denominator is 0."""
+    activation_sums = activations.sum(dim=(-2, -1))[:, None, :, None, None]  # (B, 1, C, 1, 1)
+    grads_squared = grads.square()
+    denominator = 2 * grads_squared + activation_sums * grads_squared * grads
+    safe = denominator != 0
+    return torch.where(safe, grads_squared / torch.where(safe, denominator, torch.ones_like(denominator)),
+                       torch.zeros_like(denominator))
+
+
 @register("gradcam++", needs=("gradients",), options=(), aliases=("gradcampp", "grad-cam++"),
           description="eq. 19 of Grad-CAM++ (exponential score): alpha = g^2/(2g^2 + sum_m(A) g^3), "
                       "w_k = sum_m alpha ReLU(g)",
@@ -47,13 +58,7 @@ def gradcam_plus_plus(inputs: LayerInputs) -> torch.Tensor:
         exp["gradcam++"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
     grads = inputs.gradients
-    activation_sums = inputs.activations.sum(dim=(-2, -1))[:, None, :, None, None]  # (B, 1, C, 1, 1)
-    grads_squared = grads.square()
-    denominator = 2 * grads_squared + activation_sums * grads_squared * grads
-    safe = denominator != 0
-    alpha = torch.where(safe, grads_squared / torch.where(safe, denominator, torch.ones_like(denominator)),
-                        torch.zeros_like(denominator))
-    weights = (alpha * grads.relu()).sum(dim=(-2, -1))
+    weights = (gradcam_plus_plus_alpha(grads, inputs.activations) * grads.relu()).sum(dim=(-2, -1))
     return channel_weighted_sum(weights, inputs.activations).relu()
 
 
@@ -74,3 +79,50 @@ def pcs(inputs: LayerInputs) -> torch.Tensor:
         exp["pcs"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
     return (inputs.gradients * inputs.activations.unsqueeze(1)).sum(dim=2).relu()
+
+
+@register("xgradcam", needs=("gradients",), options=(), aliases=("xgrad-cam",),
+          description="ReLU(sum_k w_k A_k), w_k = sum_m (A_k(m) / sum_m' A_k(m')) g_k(m): "
+                      "activation-weighted gradients (w_k = 0 where sum_m A_k = 0)",
+          reference="Fu et al., Axiom-based Grad-CAM (XGrad-CAM), BMVC 2020")
+def xgradcam(inputs: LayerInputs) -> torch.Tensor:
+    """XGrad-CAM: ``w_k = sum_m (A_k(m) / sum_m' A_k(m')) g_k(m)``, map ``ReLU(sum_k w_k A_k)``.
+
+    A channel whose activations sum to 0 gets ``w_k = 0`` (no epsilon; pytorch-grad-cam adds 1e-7 to
+    the denominator, which differs only for such channels when their activations are not all zero).
+
+    Returns:
+        ``(B, T, h, w)`` raw maps.
+
+    Example::
+
+        model = torchvision.models.resnet18().eval()
+        exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="xgradcam", layers="layer4")
+        exp["xgradcam"].shape   # (2, 224, 224), min-max normalised to [0, 1]
+    """
+    activations = inputs.activations
+    sums = activations.sum(dim=(-2, -1), keepdim=True)                      # (B, C, 1, 1)
+    safe = sums != 0
+    shares = torch.where(safe, activations / torch.where(safe, sums, torch.ones_like(sums)),
+                         torch.zeros_like(activations))
+    weights = (inputs.gradients * shares.unsqueeze(1)).sum(dim=(-2, -1))   # (B, T, C)
+    return channel_weighted_sum(weights, activations).relu()
+
+
+@register("layercam", needs=("gradients",), options=(), aliases=("layer-cam",),
+          description="ReLU(sum_k ReLU(g_k(m)) A_k(m)): activations weighted by their positive gradient",
+          reference="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
+                    "Localization, IEEE TIP 2021")
+def layercam(inputs: LayerInputs) -> torch.Tensor:
+    """LayerCAM: ``ReLU(sum_k ReLU(g_k(m)) * A_k(m))``, a position-wise positive-gradient weighting.
+
+    Returns:
+        ``(B, T, h, w)`` raw maps.
+
+    Example::
+
+        model = torchvision.models.resnet18().eval()
+        exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="layercam", layers="layer3")
+        exp["layercam"].shape   # (2, 224, 224), min-max normalised to [0, 1]
+    """
+    return (inputs.gradients.relu() * inputs.activations.unsqueeze(1)).sum(dim=2).relu()

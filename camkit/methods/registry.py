@@ -10,7 +10,10 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Optional
 import torch
 from torch import nn
 
-NEEDS = frozenset({"gradients", "guided_gradients", "head"})
+#: What a method may ask the engine for: ``"gradients"`` (one backward), ``"guided_gradients"`` (a guided
+#: backward of log-scores), ``"head"`` (the classifier weights) and ``"forward"`` (extra forwards of
+#: perturbed inputs: the engine passes a :class:`camkit.methods.perturbation.ModelForward`).
+NEEDS = frozenset({"gradients", "guided_gradients", "head", "forward"})
 
 
 #: The five classic methods, in the papers' order: what the CLI, evaluate and benchmark run by default.
@@ -31,6 +34,8 @@ class LayerInputs:
         targets: ``(B, T)`` class indices, or ``None`` for a callable target.
         model: the explained model.
         layer: the layer key (``"name"`` or ``"name@k"``).
+        forward: for methods that need ``"forward"``, the model, the input batch, the layer and the
+            output adapter for extra forwards (:class:`camkit.methods.perturbation.ModelForward`).
         options: this method's options (``explain(..., method_options={name: {...}})``), plus
             ``"context"`` when ``explain(..., context=...)`` is given.
     """
@@ -45,6 +50,7 @@ class LayerInputs:
     class_weights: Optional[torch.Tensor] = None
     options: dict = field(default_factory=dict)
     layer: Optional[str] = None
+    forward: Optional[object] = None
 
 
 @dataclass(frozen=True)
@@ -104,9 +110,12 @@ def get_method(name: str) -> Method:
     raise ValueError(f"unknown method {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}")
 
 
-def list_methods() -> List[str]:
-    """Names of all registered methods."""
-    return sorted(_REGISTRY)
+def list_methods(needs: Optional[str] = None) -> List[str]:
+    """Names of all registered methods, or of those whose ``needs`` include ``needs`` (e.g.
+    ``list_methods(needs="forward")``: the methods that run extra forwards of perturbed inputs)."""
+    if needs is not None and needs not in NEEDS:
+        raise ValueError(f"unknown need {needs!r}; choose from {sorted(NEEDS)}")
+    return sorted(name for name, method in _REGISTRY.items() if needs is None or needs in method.needs)
 
 
 def describe_methods() -> List[Method]:
