@@ -12,7 +12,7 @@ __all__ = ["Explanation", "MapKey"]
 MapKey = Tuple[str, str]
 
 
-@dataclass
+@dataclass(repr=False)
 class Explanation:
     """The result of one explanation call.
 
@@ -100,15 +100,52 @@ class Explanation:
             out.append(boxes)
         return out
 
-    def figure(self, index: int = 0, **kwargs):
-        """A matplotlib figure: the image, each map and each overlay (see :mod:`camkit.viz`)."""
-        from camkit.viz import explanation_figure
-        return explanation_figure(self, index=index, **kwargs)
+    def __repr__(self) -> str:
+        """A few lines: batch and map shapes, methods, layers, the explained classes by name, notes."""
+        first = next(iter(self.maps.values()), None)
+        map_shape = tuple(first.shape) if first is not None else None
+        lines = [f"Explanation(images={tuple(self.images.shape)}, logits={tuple(self.logits.shape)}, "
+                 f"maps={len(self.maps)} x {map_shape},",
+                 f"  methods={list(self.methods)},", f"  layers={list(self.layers)},",
+                 f"  targets={self._targets_text()}"]
+        if self.notes:
+            lines[-1] += ","
+            lines.append(f"  notes={len(self.notes)} (see .notes)")
+        return "\n".join(lines) + ")"
 
-    def save(self, path, index: int = 0, dpi: int = 110, **kwargs) -> None:
-        """Write :meth:`figure` to ``path`` (PNG, PDF, ... by extension)."""
+    def _targets_text(self, limit: int = 4) -> str:
+        if self.targets is None:
+            return "a callable score"
+        flat = self.targets.detach().reshape(self.targets.shape[0], -1)[:, 0].tolist()
+        shown = [f"{index} {self.class_name(index)!r}" if self.class_names is not None else str(index)
+                 for index in flat[:limit]]
+        more = f", ... ({len(flat)} images)" if len(flat) > limit else ""
+        per_image = f" (first of {self.targets.shape[1]} per image)" if self.targets.dim() == 2 else ""
+        return f"[{', '.join(shown)}{more}]{per_image}"
+
+    def figure(self, index: Optional[int] = None, **kwargs):
+        """A matplotlib figure, one row per image: the photo, then one overlay per (method, layer).
+
+        ``index`` draws that image only (default: every image of the batch); ``kwargs`` go to
+        :func:`camkit.viz.explanation_grid` (``methods``, ``layers``, ``layer_labels``, ``cmap``,
+        ``alpha``, ``show_maps``, ``boxes``, ``gt_boxes``, ``rank``).
+        """
+        from camkit.viz import explanation_grid
+        return explanation_grid(self, indices=None if index is None else [index], **kwargs)
+
+    def save(self, path, index: Optional[int] = None, dpi: int = 110, **kwargs) -> None:
+        """Write :meth:`figure` to ``path`` (PNG, PDF, ... by extension): every image of the batch, one
+        row each, or image ``index`` alone."""
         from camkit.viz import save_figure
         save_figure(self.figure(index=index, **kwargs), path, dpi=dpi)
+
+    def _repr_png_(self) -> bytes:
+        """The PNG bytes of :meth:`figure`, so that a notebook shows the explanation."""
+        import io
+
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        return buffer.getvalue()
 
 
 def _rescale_inclusive(boxes: np.ndarray, frame: Tuple[int, int], size: Tuple[int, int]) -> np.ndarray:

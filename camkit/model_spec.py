@@ -94,6 +94,16 @@ class LoadedModel(NamedTuple):
     spec: str = ""
     layers: Optional[List[str]] = None
 
+    def __repr__(self) -> str:
+        """One line: the specifier, the model's class and size, the preprocess, the class count and layers."""
+        parameters = sum(p.numel() for p in self.model.parameters())
+        classes = "unknown" if self.class_names is None else (
+            f"{len(self.class_names)} ({', '.join(map(repr, self.class_names[:3]))}"
+            f"{', ...' if len(self.class_names) > 3 else ''})")
+        return (f"LoadedModel(spec={self.spec!r}, model={type(self.model).__name__} "
+                f"({parameters / 1e6:.2f}M parameters), preprocess={self.preprocess!r}, "
+                f"class_names={classes}, layers={self.layers})")
+
 
 def imagenet_class_names() -> List[str]:
     """The 1000 ImageNet class names in torchvision order (shipped with torchvision; offline)."""

@@ -104,9 +104,20 @@ def get_method(name: str) -> Method:
     raise ValueError(f"unknown method {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}")
 
 
-def list_methods() -> List[str]:
-    """Names of all registered methods."""
-    return sorted(_REGISTRY)
+def list_methods(details: bool = False) -> List:
+    """Names of all registered methods, sorted; with ``details=True`` one dict per method instead.
+
+    Each dict has ``name``, ``aliases`` (sorted), ``needs`` (sorted, from :data:`NEEDS`: ``"head"`` means
+    a linear classifier after global average pooling), ``options`` (sorted, or ``None`` when
+    unchecked), ``description`` and ``reference``.
+    """
+    if not details:
+        return sorted(_REGISTRY)
+    return [{"name": name, "aliases": sorted(a for a, target in _ALIASES.items() if target == name),
+             "needs": sorted(method.needs),
+             "options": None if method.options is None else sorted(method.options),
+             "description": method.description, "reference": method.reference}
+            for name, method in sorted(_REGISTRY.items())]
 
 
 def describe_methods() -> List[Method]:
