@@ -147,10 +147,8 @@ def _show(ax, rgb, title: Optional[str] = None, fontsize: float = 8):
         ax.set_title(title, fontsize=fontsize)
 
 
-def _not_available(ax, title: Optional[str], aspect: Optional[Tuple[int, int]] = None):
-    """A blank panel for a (method, layer) without a map, ``aspect = (h, w)`` like its neighbours."""
-    if aspect is not None:
-        ax.imshow(np.ones(tuple(aspect) + (3,)), vmin=0, vmax=1)
+def _not_available(ax, title: Optional[str]):
+    """A blank panel for a (method, layer) without a map."""
     ax.set_xticks([])
     ax.set_yticks([])
     ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, fontsize=9, color="gray")
@@ -267,7 +265,7 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
 
     Panels keep the photo's aspect ratio. Columns are titled with the method and the layer's label
     (``layer_labels[layer]``, default the layer key); a (method, layer) without a map (e.g. CAM where
-    the classifier does not fit) is a blank "n/a" panel of the same size.
+    the classifier does not fit, see ``exp.notes``) has no column.
 
     Args:
         exp: a camkit ``Explanation``.
@@ -286,7 +284,7 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
     batch = _to_numpy(next(iter(exp.maps.values()))).shape[0]
     indices = list(range(batch) if indices is None else indices)
     images = _images_rgb(exp)
-    pairs = [(m, l) for l in layers for m in methods]
+    pairs = [(m, l) for l in layers for m in methods if (m, l) in exp.maps]   # CAM skipped: see exp.notes
     per_pair = 2 if show_maps else 1
     n_rows, n_cols = len(indices), 1 + per_pair * len(pairs)
     height, width = (images[indices[0]].shape[:2] if images is not None else
@@ -304,10 +302,6 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
         for column, (method, layer) in enumerate(pairs):
             cells = axes[row][1 + per_pair * column: 1 + per_pair * (column + 1)]
             title = f"{method}\n{labels.get(layer, layer)}" if row == 0 else None
-            if (method, layer) not in exp.maps:
-                for ax in cells:
-                    _not_available(ax, title, aspect=(height, width))
-                continue
             saliency = as_map(_map_of(exp, method, layer, index, rank))
             if rgb is not None and saliency.shape != rgb.shape[:2]:
                 saliency = _resize_bilinear(saliency, rgb.shape[:2])
