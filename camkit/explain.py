@@ -26,7 +26,7 @@ from camkit import postprocess
 from camkit.explanation import Explanation
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
-from camkit.inputs import Preprocess, as_batch, run_model
+from camkit.inputs import Preprocess, as_photo_batch, run_model
 from camkit.layers import LayerSpec, last_spatial_layer, resolve_layer, resolve_layers
 from camkit.methods import STANDARD_METHODS, LayerInputs, get_method, list_methods
 from camkit.targets import ResolvedTargets, check_target, names_to_classes, resolve_targets
@@ -133,7 +133,7 @@ class Explainer:
         else:
             names, optional = _method_names(methods), frozenset()
         method_list = [get_method(name) for name in names]
-        batch, display = as_batch(images, self.preprocess)
+        batch, display, photos, frames = as_photo_batch(images, self.preprocess)
         device = _model_device(self.model, batch.device)
         batch = batch.to(device)
         _check_input(batch)
@@ -176,6 +176,7 @@ class Explainer:
                        if m.name not in optional or any(key[0] == m.name for key in maps)]
         explanation = self._explanation(maps, logits, targets, method_list, specs, batch, display)
         explanation.notes.extend(notes)
+        explanation.photos, explanation.frames = photos, frames
         if unguided:
             explanation.notes.append(
                 "BagCAMs: no nn.ReLU/nn.ReLU6 module (guided_modules) ran after the captured layer(s), so "

@@ -21,6 +21,7 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from camkit.inputs import boxes_to_photo
 from camkit.pixels import _colormap, _resize_bilinear, _to_numpy, as_map, as_rgb_image, colorize, overlay, to_uint8
 
 __all__ = [
@@ -283,7 +284,8 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
     labels = dict(layer_labels or {})
     batch = _to_numpy(next(iter(exp.maps.values()))).shape[0]
     indices = list(range(batch) if indices is None else indices)
-    images = _images_rgb(exp)
+    photos, frames = getattr(exp, "photos", None), getattr(exp, "frames", None)
+    images = _images_rgb(exp) if photos is None else [photo / 255.0 for photo in photos]
     pairs = [(m, l) for l in layers for m in methods if (m, l) in exp.maps]   # CAM skipped: see exp.notes
     per_pair = 2 if show_maps else 1
     n_rows, n_cols = len(indices), 1 + per_pair * len(pairs)
@@ -295,6 +297,7 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
     axes = figure.subplots(n_rows, n_cols, squeeze=False)
     for row, index in enumerate(indices):
         rgb = as_rgb_image(images[index]) if images is not None else None
+        frame = frames[index] if photos is not None else None
         if rgb is not None:
             _show(axes[row][0], rgb, _class_label(exp, index, rank), fontsize=7)
         else:
@@ -303,18 +306,45 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
             cells = axes[row][1 + per_pair * column: 1 + per_pair * (column + 1)]
             title = f"{method}\n{labels.get(layer, layer)}" if row == 0 else None
             saliency = as_map(_map_of(exp, method, layer, index, rank))
-            if rgb is not None and saliency.shape != rgb.shape[:2]:
-                saliency = _resize_bilinear(saliency, rgb.shape[:2])
-            blended = overlay(rgb, saliency, cmap, alpha) if rgb is not None else colorize(saliency, cmap)
-            _show(cells[0], blended, title, fontsize=7)
+            if frame is not None:
+                _show_on_photo(cells[0], rgb, saliency, frame, cmap, alpha, title)
+            else:
+                if rgb is not None and saliency.shape != rgb.shape[:2]:
+                    saliency = _resize_bilinear(saliency, rgb.shape[:2])
+                blended = overlay(rgb, saliency, cmap, alpha) if rgb is not None else colorize(saliency, cmap)
+                _show(cells[0], blended, title, fontsize=7)
             if show_maps:
                 _show(cells[1], colorize(saliency, cmap), "map" if row == 0 else None, fontsize=7)
-            if gt_boxes is not None:
-                add_boxes(cells[0], gt_boxes[index], color="white", linestyle="--", linewidth=1.0)
-            if boxes is not None and (method, layer) in boxes:
-                add_boxes(cells[0], boxes[(method, layer)][index], color="lime", linewidth=1.0)
+            for given, colour, style in ((None if gt_boxes is None else gt_boxes[index], "white", "--"),
+                                         (boxes[(method, layer)][index] if boxes and (method, layer) in boxes
+                                          else None, "lime", "-")):
+                if given is not None:
+                    shown = given if frame is None else boxes_to_photo(given, frame, saliency.shape)
+                    add_boxes(cells[0], shown, color=colour, linestyle=style, linewidth=1.0)
     _shared_colorbar(figure, axes, cmap)
     return figure
+
+
+def _show_on_photo(ax, photo, saliency, frame, cmap, alpha: float, title: Optional[str]) -> None:
+    """The whole photo, the map blended over the part the model saw (``frame.box``), outlined dotted."""
+    x0, y0, x1, y1 = frame.box
+    ax.imshow(photo, interpolation="nearest")
+    ax.imshow(_colormap(cmap)(saliency)[..., :3], extent=(x0 - 0.5, x1 - 0.5, y1 - 0.5, y0 - 0.5), alpha=alpha, interpolation="bilinear")
+    ax.add_patch(_rectangle((x0, y0, x1, y1), "white"))
+    ax.set_xlim(-0.5, frame.width - 0.5)
+    ax.set_ylim(frame.height - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def _rectangle(edges, colour):
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = edges
+    return Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linestyle=":",
+                     linewidth=0.8)
 
 
 def _shared_colorbar(figure, axes, cmap) -> None:
