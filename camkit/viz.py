@@ -148,13 +148,15 @@ def _show(ax, rgb, title: Optional[str] = None, fontsize: float = 8):
         ax.set_title(title, fontsize=fontsize)
 
 
-def _not_available(ax, title: Optional[str]):
-    """A blank panel for a (method, layer) without a map."""
+def _not_available(ax, title: Optional[str], picture=None):
+    """A panel for a (method, layer) without a map: ``picture`` greyed (when given), marked "n/a"."""
+    if picture is not None:
+        ax.imshow(0.6 + 0.4 * np.clip(picture, 0, 1).mean(axis=2), cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, fontsize=9, color="gray")
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=7)
 
 
 def _class_label(exp, index: int, rank: int = 0) -> Optional[str]:
@@ -262,49 +264,58 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
                      cmap="jet", alpha: float = 0.5, boxes: Optional[Mapping] = None, gt_boxes=None,
                      rank: int = 0, panel_size: float = 1.8, show_maps: bool = False,
                      layer_labels: Optional[Mapping[str, str]] = None):
-    """One row per image: the photo, then one overlay per (method, layer), and a shared colourbar.
+    """One row per image and layer: the photo, then one overlay per method; a shared colourbar.
 
-    Panels keep the photo's aspect ratio. Columns are titled with the method and the layer's label
-    (``layer_labels[layer]``, default the layer key); a (method, layer) without a map (e.g. CAM where
-    the classifier does not fit, see ``exp.notes``) has no column.
+    Panels keep the photo's aspect ratio; with camkit's preprocessing the maps are drawn back onto the
+    whole photo (the dotted frame is the centre crop the model saw, :attr:`Explanation.frames`).
+    Columns are titled with the method, rows with the layer's label (``layer_labels[layer]``, default
+    the layer key). A method without a map at a layer (e.g. CAM where no linear head fits, see
+    ``exp.notes``) gets a greyed photo marked "n/a", aligned with the others.
 
     Args:
         exp: a camkit ``Explanation``.
         indices: images of the batch to show (default: all).
-        boxes: optional ``{(method, layer): per-image list of (N, 4) boxes}`` (indexed by batch index).
+        boxes: optional ``{(method, layer): per-image list of (N, 4) boxes}`` (indexed by batch index,
+            in the input's pixels).
         gt_boxes: optional per-image list of ``(N, 4)`` ground-truth boxes (indexed by batch index).
         show_maps: also draw each map alone (colour only), after its overlay.
-        layer_labels: ``{layer key: readable label}`` for the titles, e.g. ``{"_swish": "last block"}``.
+        layer_labels: ``{layer key: readable label}``, e.g. ``{"_swish": "last conv block (_swish)"}``.
 
     Returns:
         a ``matplotlib.figure.Figure``.
     """
-    methods = list(methods or exp.methods)
     layers = list(layers or exp.layers)
+    methods = [m for m in (methods or exp.methods) if any((m, l) in exp.maps for l in layers)]
     labels = dict(layer_labels or {})
     batch = _to_numpy(next(iter(exp.maps.values()))).shape[0]
     indices = list(range(batch) if indices is None else indices)
     photos, frames = getattr(exp, "photos", None), getattr(exp, "frames", None)
     images = _images_rgb(exp) if photos is None else [photo / 255.0 for photo in photos]
-    pairs = [(m, l) for l in layers for m in methods if (m, l) in exp.maps]   # CAM skipped: see exp.notes
-    per_pair = 2 if show_maps else 1
-    n_rows, n_cols = len(indices), 1 + per_pair * len(pairs)
+    per_method = 2 if show_maps else 1
+    rows = [(index, layer) for index in indices for layer in layers]
+    n_cols = 1 + per_method * len(methods)
     height, width = (images[indices[0]].shape[:2] if images is not None else
                      _to_numpy(next(iter(exp.maps.values()))).shape[-2:])
-    panel_width = panel_size * width / height
-    figure = new_figure(panel_width * n_cols + 0.8, panel_size * n_rows + 0.6)
+    figure = new_figure(panel_size * width / height * n_cols + 0.8, panel_size * len(rows) + 0.6)
     figure.set_layout_engine("constrained")
-    axes = figure.subplots(n_rows, n_cols, squeeze=False)
-    for row, index in enumerate(indices):
+    axes = figure.subplots(len(rows), n_cols, squeeze=False)
+    for row, (index, layer) in enumerate(rows):
         rgb = as_rgb_image(images[index]) if images is not None else None
         frame = frames[index] if photos is not None else None
+        first = axes[row][0]
         if rgb is not None:
-            _show(axes[row][0], rgb, _class_label(exp, index, rank), fontsize=7)
+            _show(first, rgb, _class_label(exp, index, rank) if layer == layers[0] else None, fontsize=7)
         else:
-            axes[row][0].axis("off")
-        for column, (method, layer) in enumerate(pairs):
-            cells = axes[row][1 + per_pair * column: 1 + per_pair * (column + 1)]
-            title = f"{method}\n{labels.get(layer, layer)}" if row == 0 else None
+            first.set_xticks([])
+            first.set_yticks([])
+        first.set_ylabel(labels.get(layer, layer), fontsize=7)
+        for column, method in enumerate(methods):
+            cells = axes[row][1 + per_method * column: 1 + per_method * (column + 1)]
+            title = method if row == 0 else None
+            if (method, layer) not in exp.maps:
+                for ax in cells:
+                    _not_available(ax, title, rgb)
+                continue
             saliency = as_map(_map_of(exp, method, layer, index, rank))
             if frame is not None:
                 _show_on_photo(cells[0], rgb, saliency, frame, cmap, alpha, title)

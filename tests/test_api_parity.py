@@ -143,3 +143,17 @@ def test_loaded_model_repr_is_one_short_line():
     text = repr(loaded)
     assert "\n" not in text and len(text) < 300
     assert "1000 ('class 0', 'class 1', 'class 2', ...)" in text and "spec='tiny'" in text
+
+
+def test_figure_rows_are_image_by_layer_and_a_skipped_cam_is_an_aligned_na_panel():
+    with pytest.warns(camkit.CAMHeadWarning):
+        exp = camkit.explain(tiny_model(), images(2), methods=None, layers=("3", "1"))
+    assert ("cam", "1") not in exp.maps and ("cam", "3") in exp.maps
+    figure = exp.figure(layer_labels={"3": "last block"})
+    figure.canvas.draw()
+    row_positions, panels = _image_rows(figure)
+    assert len(row_positions) == 2 * 2                          # 2 images x 2 layers
+    assert len(panels) == 4 * (1 + 5)                           # photo + the five standard methods, every row
+    na = [ax for ax in panels if any(text.get_text() == "n/a" for text in ax.texts)]
+    assert len(na) == 2                                         # CAM at layer "1", one per image
+    assert {ax.get_ylabel() for ax in panels if ax.get_ylabel()} == {"last block", "1"}
