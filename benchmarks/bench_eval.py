@@ -87,9 +87,10 @@ def opencv_loop(cv2, m, gt):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--per-tau-maps", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=int, default=200, help="random maps (with boxes and masks) to evaluate")
+    parser.add_argument("--per-tau-maps", type=int, default=3,
+                        help="maps also checked and timed with the slow per-threshold Python reference")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random maps")
     args = parser.parse_args()
     maps, gts = make_maps(args.n, args.seed)
 

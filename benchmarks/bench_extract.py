@@ -51,9 +51,9 @@ def variants(model, batch):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8, help="images per call")
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (the best is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = parser.parse_args(argv)
     if args.threads:
