@@ -52,8 +52,8 @@ TF_MEAN = TF_STD = (0.5, 0.5, 0.5)
 
 MOBILENET_V2_LAYERS = ["features.4", "features.6", "features.10", "features.13", "features.16",
                        "features.18"]
-EFFICIENTNET_LITE0_LAYERS = ["_blocks.2", "_blocks.4", "_blocks.7", "_blocks.10", "_blocks.15",
-                             "_swish@1"]
+#: ``_swish`` is the head's (last) call of the ReLU6 that the stem reuses: the name ``explain`` reports
+EFFICIENTNET_LITE0_LAYERS = ["_blocks.2", "_blocks.4", "_blocks.7", "_blocks.10", "_blocks.15", "_swish"]
 _TORCHVISION_LAYERS = {
     "resnet": ["layer1", "layer2", "layer3", "layer4"],
     "wide_resnet": ["layer1", "layer2", "layer3", "layer4"],

@@ -157,3 +157,11 @@ def test_figure_rows_are_image_by_layer_and_a_skipped_cam_is_an_aligned_na_panel
     na = [ax for ax in panels if any(text.get_text() == "n/a" for text in ax.texts)]
     assert len(na) == 2                                         # CAM at layer "1", one per image
     assert {ax.get_ylabel() for ax in panels if ax.get_ylabel()} == {"last block", "1"}
+
+
+def test_a_layer_has_one_display_name_across_commands():
+    """load_model's suggested layers (benchmark, evaluate) name EfficientNet-Lite0's head as explain does."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    loaded = camkit.load_model("efficientnet-lite0")
+    exp = camkit.explain(loaded.model, torch.zeros(1, 3, 64, 64), layers=None)
+    assert exp.layers == ["_swish"] and loaded.layers[-1] == "_swish"
