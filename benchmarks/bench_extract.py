@@ -80,10 +80,11 @@ def build(name, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("resnet50", "vit_b_16"), default="resnet50")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", choices=("resnet50", "vit_b_16"), default="resnet50",
+                        help="the model to time (random init): ResNet-50 at layer1-4, or ViT-B/16 at its last ln_1")
+    parser.add_argument("--batch", type=int, default=8, help="images per call")
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (the best is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = parser.parse_args(argv)
     if args.threads:

@@ -6,7 +6,7 @@ to ``outputs/benchmark/``::
 
     python benchmarks/run_all.py
     python benchmarks/run_all.py --model efficientnet-lite0 --data ../shared/assets/imagenet-val-dev50 \\
-        --layers _blocks.4 _blocks.10 _swish@1 --out outputs/benchmark-lite0
+        --layers _blocks.4 _blocks.10 _swish --out outputs/benchmark-lite0
 
 Timings are measured side by side (each method against the bare forward + grad floor, interleaved);
 absolute images/s depend on the machine, which the report records.

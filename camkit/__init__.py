@@ -7,29 +7,50 @@ pictures in :mod:`camkit.viz`, datasets in :mod:`camkit.data`, backbones and CI-
 :mod:`camkit.models`, the post-hoc causal correction in :mod:`camkit.causal` and training in
 :mod:`camkit.train`.
 
-This module is the top of the import graph: nothing in camkit imports it. The engine's names are
-imported here; the heavier rooms (training, models, datasets, the causal correction, evaluation)
-load on first use, so ``import camkit`` stays light.
+This module is the top of the import graph: nothing in camkit imports it. Every name loads on first
+use (``camkit.explain`` imports the engine then), so ``import camkit`` and ``camkit --help`` stay light.
 """
 import importlib
+import sys
+import types
 
 from camkit._version import __version__
-from camkit.boxes import best_iou_per_threshold, box_iou, boxes_from_map, resize_boxes
-from camkit.explain import Explainer, Explanation, explain
-from camkit.heads import CAMHeadWarning, HeadNotFoundError
-from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from camkit.layers import LayerError, list_layers
-from camkit.methods import describe_methods, list_methods, register
-from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
-from camkit.model_spec import LoadedModel, ModelSpecError, load_model
-from camkit.dense_targets import BoxScoreTarget, SegmentationTarget
-from camkit.targets import TopK
-from camkit.viz import overlay
 
-#: names loaded on first access: ``name -> module`` (a subpackage when the name is the module's)
-_LAZY = {"evaluate": "camkit.evaluation", "CausalContext": "camkit.causal", "fit_context": "camkit.causal",
-         "data": "camkit.data", "models": "camkit.models", "train": "camkit.train", "causal": "camkit.causal",
-         "evaluation": "camkit.evaluation", "bench": "camkit.bench", "distributed": "camkit.distributed"}
+#: every public name -> the module it lives in (a subpackage when the name is the module's). Nothing
+#: is imported until first use, so ``import camkit`` (and ``camkit --help``) does not load torch.
+_LAZY = {
+    **dict.fromkeys(("Explainer", "Explanation", "explain"), "camkit.explain"),
+    **dict.fromkeys(("best_iou_per_threshold", "box_iou", "boxes_from_map", "resize_boxes"), "camkit.boxes"),
+    **dict.fromkeys(("CAMHeadWarning", "HeadNotFoundError"), "camkit.heads"),
+    **dict.fromkeys(("IMAGENET_MEAN", "IMAGENET_STD", "Preprocess"), "camkit.inputs"),
+    **dict.fromkeys(("LayerError", "list_layers"), "camkit.layers"),
+    **dict.fromkeys(("describe_methods", "list_methods", "register"), "camkit.methods"),
+    **dict.fromkeys(("LocalizationAccuracy", "MaxBoxAcc", "PeakIoU", "PxAP"), "camkit.metrics"),
+    **dict.fromkeys(("LoadedModel", "ModelSpecError", "load_model"), "camkit.model_spec"),
+    "TopK": "camkit.targets", "overlay": "camkit.viz",
+    **dict.fromkeys(("BoxScoreTarget", "SegmentationTarget"), "camkit.dense_targets"),
+    "evaluate": "camkit.evaluation", "CausalContext": "camkit.causal", "fit_context": "camkit.causal",
+    "data": "camkit.data", "models": "camkit.models", "train": "camkit.train", "causal": "camkit.causal",
+    "evaluation": "camkit.evaluation", "bench": "camkit.bench", "distributed": "camkit.distributed",
+    "viz": "camkit.viz", "methods": "camkit.methods", "metrics": "camkit.metrics", "boxes": "camkit.boxes",
+}
+
+
+class _Face(types.ModuleType):
+    """The package's module type: ``camkit.explain`` is the function even after ``import camkit.explain``
+    (which sets the submodule as the package's attribute; that assignment is ignored here)."""
+
+    @property
+    def explain(self):
+        from camkit.explain import explain
+        return explain
+
+    @explain.setter
+    def explain(self, value):
+        pass
+
+
+sys.modules[__name__].__class__ = _Face
 
 
 def __getattr__(name):

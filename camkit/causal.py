@@ -35,6 +35,7 @@ from torch import nn
 
 from camkit.capture import ActivationCapture
 from camkit.heads import find_head
+from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD
 from camkit.layers import resolve_layer
 from camkit.models.cicam import CausalContextPool
 
@@ -179,6 +180,30 @@ def _plain(value):
     return value
 
 
+def _as_batches(loader, batch_size: int) -> Iterable:
+    """A map-style dataset -> a ``DataLoader`` of ``batch_size`` (in order); any other iterable as is."""
+    dataset = torch.utils.data
+    if isinstance(loader, dataset.Dataset) and not isinstance(loader, dataset.IterableDataset):
+        return dataset.DataLoader(loader, batch_size=batch_size, shuffle=False)
+    return loader
+
+
+def _uint8_normalizer(preprocess) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> model input``: integer images ``/ 255`` then ``(x - mean) / std``; float images as is."""
+    mean = getattr(preprocess, "mean", IMAGENET_MEAN)
+    std = getattr(preprocess, "std", IMAGENET_STD)
+
+    def to_input(images: torch.Tensor) -> torch.Tensor:
+        if images.is_floating_point():
+            return images
+        view = (1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(view)
+        std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(view)
+        return (images.float() / 255 - mean_t) / std_t
+
+    return to_input
+
+
 def _split_batch(batch) -> Tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, dict):
         if "image" not in batch or "label" not in batch:
@@ -215,19 +240,26 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                 epochs: int = 5, lr: float = 1e-2, update_rate: float = 0.01, eps: float = 1e-5,
                 calibration_passes: int = 1, init: str = "zeros", combination="cicam-quadratic",
-                cache_limit_bytes: int = 1 << 30, seed: int = 0, device=None) -> CausalContext:
+                cache_limit_bytes: int = 1 << 30, seed: int = 0, device=None, preprocess=None,
+                batch_size: int = 32) -> CausalContext:
     """Fit a :class:`CausalContext` for ``layer`` of the frozen ``model`` on ``loader``.
 
     Args:
         model: a trained classifier whose logits are ``W . GAP(layer output) + b``.
         layer: the layer feeding global average pooling (a name, ``"name@k"`` or module).
         loader: an iterable of ``(images, labels)`` or dicts with ``"image"`` ``(B, 3, H, W)`` and
-            ``"label"`` ``(B,)``; it is iterated ``calibration_passes`` times for ``Q`` and, when
+            ``"label"`` ``(B,)``, or a map-style dataset of such samples (camkit's own datasets, e.g.
+            :func:`camkit.data.make_synthetic`), batched by ``batch_size``. Integer (uint8) images are
+            divided by 255 and normalised with ``preprocess``'s mean and std; float images are taken
+            as the model's input. It is iterated ``calibration_passes`` times for ``Q`` and, when
             the layer outputs do not fit in ``cache_limit_bytes``, once per training epoch.
         head: the classifier (``nn.Linear``, 1x1 ``nn.Conv2d``, ``(K, C)`` tensor or ``(weight, bias)``);
             found automatically like CAM's head when ``None``.
         output: key, index or callable that picks the ``(B, K)`` logits from the model output.
-        transform: applied to each image batch on the device (e.g. normalisation of uint8 images).
+        transform: applied to each image batch on the device instead of the uint8 conversion.
+        preprocess: whose ``mean`` and ``std`` normalise uint8 images (``camkit.load_model(...)
+            .preprocess``); default ImageNet's.
+        batch_size: the batch size used when ``loader`` is a dataset.
         epochs: training epochs of the projection (Adam, poly schedule ``lr (1 - e/E)^0.9``).
         lr: base learning rate of the projection.
         update_rate, eps: the pool's ``lambda`` and BatchNorm epsilon.
@@ -245,6 +277,8 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
     if epochs < 0 or calibration_passes < 1:
         raise ValueError("epochs must be >= 0 and calibration_passes >= 1")
     spec = resolve_layer(model, layer)
+    loader = _as_batches(loader, batch_size)
+    to_input = transform if transform is not None else _uint8_normalizer(preprocess)
     if device is None:
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
@@ -261,9 +295,7 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
         """Yield (features, logits, labels) for every batch of the loader, model frozen."""
         for batch in loader:
             images, labels = _split_batch(batch)
-            images = images.to(device)
-            if transform is not None:
-                images = transform(images)
+            images = to_input(images.to(device))
             labels = torch.as_tensor(labels).to(device=device, dtype=torch.long)
             with torch.no_grad(), ActivationCapture(model, [spec], start_graph_at_capture=False) as capture:
                 out = model(images)

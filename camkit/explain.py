@@ -26,12 +26,12 @@ from camkit.dense_targets import is_output_target, output_scores
 from camkit.explanation import Explanation
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
-from camkit.inputs import Preprocess, as_batch, run_model
+from camkit.inputs import Preprocess, as_photo_batch, run_model
 from camkit.outputs import as_logits, check_output_adapter, select_output
 from camkit.layers import LayerError, LayerSpec, input_rank, last_spatial_layer, resolve_layer, resolve_layers
-from camkit.methods import STANDARD_METHODS, LayerInputs, get_method
+from camkit.methods import STANDARD_METHODS, LayerInputs, get_method, list_methods
 from camkit.methods.perturbation import ModelForward
-from camkit.targets import ResolvedTargets, check_target, resolve_targets
+from camkit.targets import ResolvedTargets, check_target, names_to_classes, resolve_targets
 
 
 #: Input shapes an :class:`Explainer` remembers (auto-chosen layer, calls per forward): the most
@@ -51,7 +51,8 @@ class Explainer:
             is Linear-Hardswish-Dropout-Linear), or the target is a callable score, CAM is skipped
             with a :class:`camkit.CAMHeadWarning` and a note in ``Explanation.notes`` and left out
             of ``Explanation.methods``, and the other methods still run. A CAM named explicitly
-            raises :class:`camkit.HeadNotFoundError` when it fits none of the layers.
+            raises :class:`camkit.HeadNotFoundError` when it fits none of the layers. ``"all"`` is every
+            registered method (``camkit.list_methods()``; the standard set first), with the head methods optional as for ``None``.
         layers: module names (``"name"`` or ``"name@k"`` for the k-th call of a reused module),
             modules, or ``None`` for the last layer with spatial output (chosen per input shape and
             reported in ``Explanation.layers``).
@@ -64,7 +65,8 @@ class Explainer:
             display. Default: :class:`camkit.Preprocess` (224x224, ImageNet mean and std). Tensor
             inputs are taken as already preprocessed; their display pictures (``images_rgb``,
             figures) undo *this* preprocess's mean and std, so give the one that made them.
-        class_names: names of the ``K`` classes, for display.
+        class_names: names of the ``K`` classes, for display and for class-name targets
+            (``target="tabby"``).
         eval_mode: run the model in eval mode during the call (restored afterwards). With ``False``
             the model runs as it is: in train mode BatchNorm updates its running statistics and mixes
             the images of a batch, and dropout is random, so maps are neither reproducible nor
@@ -122,8 +124,9 @@ class Explainer:
         Args:
             images: ``(B, C, H, W)`` or ``(C, H, W)`` preprocessed tensor, or PIL image(s), uint8
                 ``(H, W, 3)`` array(s) or file path(s) (through ``preprocess``).
-            target: ``None`` (top-1), an int, ``B`` ints, a ``(B, T)`` tensor, ``camkit.TopK(k)``
-                or a callable ``logits -> (B,)`` (see :mod:`camkit.targets`).
+            target: ``None`` (top-1), an int, ``B`` ints, a class name or ``B`` names (with
+                ``class_names``), a ``(B, T)`` tensor, ``camkit.TopK(k)`` or a callable
+                ``logits -> (B,)`` (see :mod:`camkit.targets`).
             upsample: resize maps to the input size; ``False`` keeps the layer resolution.
             normalize: per-map min-max to ``[0, 1]``; ``False`` returns raw maps.
         """
@@ -133,13 +136,16 @@ class Explainer:
                                "outside the inference_mode block (torch.no_grad() is fine).")
         if methods is None:
             names, optional = self.methods, self.optional_methods
+        elif _is_all(methods):
+            names, optional = _method_selection(methods)
         else:
             names, optional = _method_names(methods), frozenset()
         method_list = [get_method(name) for name in names]
-        batch, display = as_batch(images, self.preprocess, input_rank(self.model))
+        batch, display, photos, frames = as_photo_batch(images, self.preprocess, input_rank(self.model))
         device = _model_device(self.model, batch.device)
         batch = batch.to(device)
         _check_input(batch)
+        target = names_to_classes(target, self.class_names)
         check_target(target, batch.shape[0])
         specs = self._resolve_layers(batch, layers if layers is not None else self.layers)
         _check_reshape_keys(self.reshape, specs)
@@ -183,6 +189,7 @@ class Explainer:
                        if m.name not in optional or any(key[0] == m.name for key in maps)]
         explanation = self._explanation(maps, logits, targets, method_list, specs, batch, display)
         explanation.notes.extend(notes + tokens.zero_gradient_notes([spec.key for spec in specs], gradients))
+        explanation.photos, explanation.frames = photos, frames
         if unguided:
             explanation.notes.append(
                 "BagCAMs: no nn.ReLU/nn.ReLU6 module (guided_modules) ran after the captured layer(s), so "
@@ -356,11 +363,17 @@ class ShapeCache:
 
 def _method_selection(methods) -> Tuple[List[str], FrozenSet[str]]:
     """The method names and those that may be skipped: ``None`` is the standard set, whose head
-    methods (CAM) are optional; methods named explicitly are all required."""
-    if methods is None:
-        names = list(STANDARD_METHODS)
+    methods (CAM) are optional, and so is ``"all"``: every registered method; methods named explicitly are
+    all required."""
+    if methods is None or _is_all(methods):
+        names = list(STANDARD_METHODS) + ([] if methods is None else
+                                         [m for m in list_methods() if m not in STANDARD_METHODS])
         return names, frozenset(name for name in names if "head" in get_method(name).needs)
     return _method_names(methods), frozenset()
+
+
+def _is_all(methods) -> bool:
+    return isinstance(methods, str) and methods.lower() == "all"
 
 
 def _method_names(methods) -> List[str]:

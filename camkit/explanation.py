@@ -12,7 +12,7 @@ __all__ = ["Explanation", "MapKey"]
 MapKey = Tuple[str, str]
 
 
-@dataclass
+@dataclass(repr=False)
 class Explanation:
     """The result of one explanation call.
 
@@ -28,6 +28,12 @@ class Explanation:
         negative_target_logit: ``(B,)`` / ``(B, T)`` bool, targets whose logit (or score) is ``<= 0`` (BagCAMs
             then differentiates ``log`` of a non-positive score; see :func:`camkit.methods.bagcams`).
         class_names: class names for display, when known.
+        notes: what was skipped or is worth knowing (e.g. CAM at a layer no linear head fits).
+        photos: the ``B`` original ``(H, W, 3)`` uint8 pictures, when raw images went through
+            camkit's :class:`camkit.Preprocess` (else ``None``).
+        frames: per photo, the :class:`camkit.inputs.PhotoFrame` saying where the model input (the
+            centre crop) lies on it; :meth:`photo_map`, :meth:`boxes` (``on_photo=True``) and the figures
+            use it to put the maps back onto the photos.
     """
 
     maps: Dict[MapKey, torch.Tensor]
@@ -40,6 +46,8 @@ class Explanation:
     negative_target_logit: Optional[torch.Tensor] = None
     class_names: Optional[Sequence[str]] = None
     notes: List[str] = field(default_factory=list)
+    photos: Optional[List[np.ndarray]] = None
+    frames: Optional[list] = None
 
     def __getitem__(self, key: Union[str, MapKey]) -> torch.Tensor:
         """``exp["gradcam"]`` when one layer was explained, else ``exp["gradcam", "layer4"]``."""
@@ -65,8 +73,18 @@ class Explanation:
             return str(self.class_names[index])
         return f"class {index}"
 
+    def photo_map(self, method: str, layer: Optional[str] = None, index: int = 0) -> np.ndarray:
+        """The map of image ``index`` on its original photo: ``(H, W)`` float64, ``NaN`` where the model
+        did not look (outside the centre crop). Without :attr:`frames` (tensor inputs) the map itself."""
+        from camkit.inputs import map_to_photo
+
+        maps = self[(method, layer) if layer is not None else method].detach()
+        saliency = (maps[index, 0] if maps.dim() == 4 else maps[index]).float().cpu().numpy()
+        return saliency if self.frames is None else map_to_photo(saliency, self.frames[index])
+
     def boxes(self, method: str, layer: Optional[str] = None, rule: str = "fixed",
-              sizes: Optional[Sequence[Tuple[int, int]]] = None, **options) -> List[np.ndarray]:
+              sizes: Optional[Sequence[Tuple[int, int]]] = None, on_photo: bool = False,
+              **options) -> List[np.ndarray]:
         """Boxes of one map per image, from a named box rule (:data:`camkit.boxes.BOX_RULES`).
 
         Args:
@@ -76,6 +94,8 @@ class Explanation:
             sizes: ``(H, W)`` of each original picture to map the boxes onto (an inclusive pixel edge
                 ``x1`` of a ``w`` wide map becomes ``int((x1 + 1) * W / w) - 1``). Default: the input's
                 pixels (``images.shape[-2:]``), also for maps kept at the layer's resolution.
+            on_photo: map the boxes onto the original photos through :attr:`frames` (the centre
+                crop's place on each photo) instead of ``sizes``.
             options: the rule's options.
 
         Returns:
@@ -83,6 +103,7 @@ class Explanation:
             first target's).
         """
         from camkit.boxes import get_box_rule
+        from camkit.inputs import boxes_to_photo
 
         box_rule = get_box_rule(rule)
         maps = self[(method, layer) if layer is not None else method].detach()
@@ -92,23 +113,65 @@ class Explanation:
             sizes = [tuple(self.images.shape[-2:])] * len(maps)
         if len(sizes) != len(maps):
             raise ValueError(f"sizes has {len(sizes)} entries for a batch of {len(maps)} maps")
+        if on_photo and self.frames is None:
+            raise ValueError("on_photo=True needs the photos' frames, known only when camkit preprocessed "
+                             "raw images (PIL, uint8 arrays, paths); for tensor inputs give sizes=")
         out = []
-        for size, saliency in zip(sizes, maps.float().cpu().numpy()):
+        for index, (size, saliency) in enumerate(zip(sizes, maps.float().cpu().numpy())):
             boxes = np.asarray(box_rule(saliency, **options), np.int64).reshape(-1, 4)
-            if tuple(size) != saliency.shape:
+            if on_photo:
+                boxes = boxes_to_photo(boxes, self.frames[index], saliency.shape)
+            elif tuple(size) != saliency.shape:
                 boxes = _rescale_inclusive(boxes, saliency.shape, tuple(size))
             out.append(boxes)
         return out
 
-    def figure(self, index: int = 0, **kwargs):
-        """A matplotlib figure: the image, each map and each overlay (see :mod:`camkit.viz`)."""
-        from camkit.viz import explanation_figure
-        return explanation_figure(self, index=index, **kwargs)
+    def __repr__(self) -> str:
+        """A few lines: batch and map shapes, methods, layers, the explained classes by name, notes."""
+        first = next(iter(self.maps.values()), None)
+        map_shape = tuple(first.shape) if first is not None else None
+        lines = [f"Explanation(images={tuple(self.images.shape)}, logits={tuple(self.logits.shape)}, "
+                 f"maps={len(self.maps)} x {map_shape},",
+                 f"  methods={list(self.methods)},", f"  layers={list(self.layers)},",
+                 f"  targets={self._targets_text()}"]
+        if self.notes:
+            lines[-1] += ","
+            lines.append(f"  notes={len(self.notes)} (see .notes)")
+        return "\n".join(lines) + ")"
 
-    def save(self, path, index: int = 0, dpi: int = 110, **kwargs) -> None:
-        """Write :meth:`figure` to ``path`` (PNG, PDF, ... by extension)."""
+    def _targets_text(self, limit: int = 4) -> str:
+        if self.targets is None:
+            return "a callable score"
+        flat = self.targets.detach().reshape(self.targets.shape[0], -1)[:, 0].tolist()
+        shown = [f"{index} {self.class_name(index)!r}" if self.class_names is not None else str(index)
+                 for index in flat[:limit]]
+        more = f", ... ({len(flat)} images)" if len(flat) > limit else ""
+        per_image = f" (first of {self.targets.shape[1]} per image)" if self.targets.dim() == 2 else ""
+        return f"[{', '.join(shown)}{more}]{per_image}"
+
+    def figure(self, index: Optional[int] = None, **kwargs):
+        """A matplotlib figure, one row per image: the photo, then one overlay per (method, layer).
+
+        ``index`` draws that image only (default: every image of the batch); ``kwargs`` go to
+        :func:`camkit.viz.explanation_grid` (``methods``, ``layers``, ``layer_labels``, ``cmap``,
+        ``alpha``, ``show_maps``, ``boxes``, ``gt_boxes``, ``rank``).
+        """
+        from camkit.viz import explanation_grid
+        return explanation_grid(self, indices=None if index is None else [index], **kwargs)
+
+    def save(self, path, index: Optional[int] = None, dpi: int = 110, **kwargs) -> None:
+        """Write :meth:`figure` to ``path`` (PNG, PDF, ... by extension): every image of the batch, one
+        row each, or image ``index`` alone."""
         from camkit.viz import save_figure
         save_figure(self.figure(index=index, **kwargs), path, dpi=dpi)
+
+    def _repr_png_(self) -> bytes:
+        """The PNG bytes of :meth:`figure`, so that a notebook shows the explanation."""
+        import io
+
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        return buffer.getvalue()
 
 
 def _rescale_inclusive(boxes: np.ndarray, frame: Tuple[int, int], size: Tuple[int, int]) -> np.ndarray:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -45,28 +45,79 @@ def resize_and_normalize(rgb: torch.Tensor, size: Optional[Tuple[int, int]], mea
     return (rgb - mean_t) / std_t
 
 
+class PhotoFrame(NamedTuple):
+    """Where a model input lies on the original photo.
+
+    ``height, width``: the photo's size; ``box``: ``(x0, y0, x1, y1)`` the input's edges in photo pixels
+    (floats, ``x1`` and ``y1`` exclusive), so input pixel column ``u`` of an ``S`` wide input covers photo
+    columns ``x0 + u (x1 - x0) / S`` to ``x0 + (u + 1) (x1 - x0) / S``.
+    """
+
+    height: int
+    width: int
+    box: Tuple[float, float, float, float]
+
+
 class Preprocess:
-    """Resize to ``size`` (no crop, so the map covers the whole picture) and normalise.
+    """The standard ImageNet evaluation transform by default: resize, centre crop, normalise.
+
+    The short side is resized to ``size / crop`` (256 for 224, keeping the aspect ratio, as
+    torchvision's ``Resize(256)``), then the centre ``size`` is cropped (``CenterCrop(224)``). The map of
+    a cropped input covers the centre of the photo; :meth:`frame` says where, and camkit's figures and
+    :meth:`camkit.Explanation.photo_map` draw it there. ``crop=None`` resizes the whole picture to
+    ``size`` instead (no crop, so the aspect ratio changes): the protocol of :func:`camkit.evaluate`
+    (wsolevaluation's boxes are defined on a 224x224 resize).
 
     Args:
-        size: ``(H, W)`` of the model input, or an int for a square; ``None`` keeps the size.
+        size: ``(H, W)`` of the model input, or an int for a square; ``None`` keeps the size (no crop).
         mean, std: per-channel normalisation of RGB values in ``[0, 1]`` (3 values, or 1 for all).
+        crop: the fraction of the resized picture kept by the centre crop (``0.875 = 224 / 256``), or
+            ``None`` for no crop.
 
     Calling it on a PIL image, an ``(H, W, 3)`` uint8 array or a file path returns a ``(3, H, W)``
     float tensor. :meth:`to_display` inverts the normalisation for pictures.
     """
 
     def __init__(self, size=224, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+                 std: Sequence[float] = IMAGENET_STD, crop: Optional[float] = 0.875):
         self.size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
         self.mean = _three("mean", mean)
         self.std = _three("std", std)
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
+        if crop is not None and not 0 < crop <= 1:
+            raise ValueError(f"crop must be in (0, 1] (the centre fraction kept, 0.875 = 224/256) or None "
+                             f"for no crop, got {crop!r}")
+        self.crop = None if crop is None else float(crop)
 
     def __call__(self, image) -> torch.Tensor:
         rgb = torch.from_numpy(load_rgb(image)).permute(2, 0, 1).float().div(255)
-        return resize_and_normalize(rgb, self.size, self.mean, self.std)
+        if self.size is None or self.crop is None:
+            return resize_and_normalize(rgb, self.size, self.mean, self.std)
+        (height, width), (top, left) = self._resized_size(*rgb.shape[-2:]), self._offsets(*rgb.shape[-2:])
+        resized = resize_image(rgb, (height, width))
+        cropped = resized[:, top:top + self.size[0], left:left + self.size[1]]
+        return resize_and_normalize(cropped, None, self.mean, self.std)
+
+    def frame(self, height: int, width: int) -> PhotoFrame:
+        """The :class:`PhotoFrame` of a ``height x width`` photo: where this transform's input lies on it."""
+        if self.size is None or self.crop is None:
+            return PhotoFrame(height, width, (0.0, 0.0, float(width), float(height)))
+        (resized_h, resized_w), (top, left) = self._resized_size(height, width), self._offsets(height, width)
+        sy, sx = resized_h / height, resized_w / width
+        return PhotoFrame(height, width, (left / sx, top / sy, (left + self.size[1]) / sx,
+                                          (top + self.size[0]) / sy))
+
+    def _resized_size(self, height: int, width: int) -> Tuple[int, int]:
+        """The size before the crop: the picture scaled to cover ``size / crop`` (short side exact)."""
+        target_h, target_w = (round(side / self.crop) for side in self.size)
+        scale = max(target_h / height, target_w / width)
+        return max(target_h, int(height * scale)), max(target_w, int(width * scale))
+
+    def _offsets(self, height: int, width: int) -> Tuple[int, int]:
+        """``(top, left)`` of the centre crop in the resized picture (torchvision's ``CenterCrop``)."""
+        resized_h, resized_w = self._resized_size(height, width)
+        return int(round((resized_h - self.size[0]) / 2.0)), int(round((resized_w - self.size[1]) / 2.0))
 
     def to_display(self, batch: torch.Tensor) -> Optional[np.ndarray]:
         """``(B, 3, H, W)`` normalised tensor -> ``(B, H, W, 3)`` float array in ``[0, 1]``.
@@ -81,7 +132,7 @@ class Preprocess:
         return rgb.permute(0, 2, 3, 1).cpu().numpy()
 
     def __repr__(self):
-        return f"Preprocess(size={self.size}, mean={self.mean}, std={self.std})"
+        return f"Preprocess(size={self.size}, mean={self.mean}, std={self.std}, crop={self.crop})"
 
 
 class ImageReadError(ValueError):
@@ -188,6 +239,17 @@ def as_batch(images, preprocess: Optional[Preprocess], spatial_dims: int = 2
         the batch and, when raw images were given and ``preprocess`` can invert itself, their
         ``(B, H, W, 3)`` display pictures (else ``None``).
     """
+    return as_photo_batch(images, preprocess, spatial_dims)[:2]
+
+
+def as_photo_batch(images, preprocess: Optional[Preprocess], spatial_dims: int = 2):
+    """:func:`as_batch`, plus the photos and where the inputs lie on them.
+
+    Returns:
+        ``(batch, display, photos, frames)``: ``photos`` are the ``B`` original ``(H, W, 3)`` uint8
+        pictures and ``frames`` their :class:`PhotoFrame` when raw images went through a ``preprocess``
+        with a ``frame`` method (camkit's :class:`Preprocess`), else both ``None``.
+    """
     if isinstance(images, torch.Tensor):
         batch = images.unsqueeze(0) if images.dim() == 1 + spatial_dims else images
         if batch.dim() != 2 + spatial_dims:
@@ -198,8 +260,7 @@ def as_batch(images, preprocess: Optional[Preprocess], spatial_dims: int = 2
             raise TypeError(f"image tensors must be floating point and already preprocessed, got "
                             f"dtype {batch.dtype}; pass a PIL image, uint8 array or path to have "
                             f"camkit preprocess it")
-        display = preprocess.to_display(batch) if hasattr(preprocess, "to_display") and spatial_dims == 2 else None
-        return batch, display
+        return batch, _display(batch, preprocess) if spatial_dims == 2 else None, None, None
     items: List = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise ValueError("no images given")
@@ -207,12 +268,59 @@ def as_batch(images, preprocess: Optional[Preprocess], spatial_dims: int = 2
         if len({tuple(item.shape) for item in items}) != 1 or items[0].dim() != 3:
             raise ValueError(f"a list of image tensors must hold (C, H, W) tensors of one shape, got "
                              f"{sorted({tuple(item.shape) for item in items})}")
-        return as_batch(torch.stack(items), preprocess)
+        return as_photo_batch(torch.stack(items), preprocess, spatial_dims)
     if preprocess is None:
         raise ValueError("raw images need a preprocess callable (image -> (3, H, W) tensor)")
+    photos = frames = None
+    if callable(getattr(preprocess, "frame", None)):
+        photos = [load_rgb(item) for item in items]     # decoded once; the transform reads the array
+        frames = [preprocess.frame(*photo.shape[:2]) for photo in photos]
+        items = photos
     batch = _stack_preprocessed([preprocess(item) for item in items])
-    display = preprocess.to_display(batch) if hasattr(preprocess, "to_display") else None
-    return batch, display
+    return batch, _display(batch, preprocess), photos, frames
+
+
+def boxes_to_photo(boxes, frame: PhotoFrame, input_size: Tuple[int, int]) -> np.ndarray:
+    """Inclusive ``(n, 4)`` pixel boxes on an ``input_size = (h, w)`` input -> the same pixels' boxes on
+    the photo of ``frame`` (inclusive, clipped to the photo): ``x0 -> int(bx0 + x0 s)``,
+    ``x1 -> int(bx0 + (x1 + 1) s) - 1`` with ``s`` the photo pixels per input pixel."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    (h, w), (bx0, by0, bx1, by1) = input_size, frame.box
+    sx, sy = (bx1 - bx0) / w, (by1 - by0) / h
+    out = np.stack([bx0 + boxes[:, 0] * sx, by0 + boxes[:, 1] * sy,
+                    bx0 + (boxes[:, 2] + 1) * sx, by0 + (boxes[:, 3] + 1) * sy], axis=1)
+    out = np.floor(out + 1e-9).astype(np.int64)
+    out[:, 2:] -= 1
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, frame.width - 1)
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, frame.height - 1)
+    return out
+
+
+def _display(batch: torch.Tensor, preprocess) -> Optional[np.ndarray]:
+    return preprocess.to_display(batch) if hasattr(preprocess, "to_display") else None
+
+
+def map_to_photo(saliency: np.ndarray, frame: PhotoFrame) -> np.ndarray:
+    """An ``(h, w)`` map of a model input -> ``(H, W)`` on the photo of ``frame``; ``NaN`` outside the input.
+
+    Each photo pixel whose centre lies inside the input's box takes the bilinear value of the map at
+    that point (``align_corners=False``); the rest of the photo was not seen by the model.
+    """
+    saliency = np.asarray(saliency, dtype=np.float64)
+    x0, y0, x1, y1 = frame.box
+    h, w = saliency.shape
+    u = (np.arange(frame.width) + 0.5 - x0) * w / (x1 - x0) - 0.5      # map coordinates of pixel centres
+    v = (np.arange(frame.height) + 0.5 - y0) * h / (y1 - y0) - 0.5
+    inside_u, inside_v = (u > -0.5) & (u < w - 0.5), (v > -0.5) & (v < h - 0.5)
+    u, v = np.clip(u, 0, w - 1), np.clip(v, 0, h - 1)
+    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    u1, v1 = np.minimum(u0 + 1, w - 1), np.minimum(v0 + 1, h - 1)
+    fu, fv = (u - u0)[None, :], (v - v0)[:, None]
+    top = saliency[v0][:, u0] * (1 - fu) + saliency[v0][:, u1] * fu
+    bottom = saliency[v1][:, u0] * (1 - fu) + saliency[v1][:, u1] * fu
+    out = top * (1 - fv) + bottom * fv
+    out[~(inside_v[:, None] & inside_u[None, :])] = np.nan
+    return out
 
 
 def _stack_preprocessed(images: List) -> torch.Tensor:

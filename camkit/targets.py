@@ -4,6 +4,9 @@ Accepted by :func:`camkit.explain` as ``target=``:
 
 * ``None``: the top-1 predicted class of each image;
 * an ``int``: the same class for every image;
+* a class name (``"tabby"``) or ``B`` names, when the class names are known (``class_names=`` of
+  :class:`camkit.Explainer`, or :func:`camkit.load_model`'s); matched case-insensitively, and an
+  unknown name is refused with the closest names;
 * a sequence or tensor of ``B`` ints: one class per image;
 * a ``(B, T)`` integer tensor: ``T`` classes per image (``T`` maps each);
 * :class:`TopK` ``(k)``: the ``k`` highest-scoring classes of each image (``k`` maps each);
@@ -12,6 +15,7 @@ Accepted by :func:`camkit.explain` as ``target=``:
 """
 from __future__ import annotations
 
+import difflib
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 
-TARGET_FORMS = "None (top-1), an int, B ints, a (B, T) int tensor, camkit.TopK(k) or a callable logits -> (B,)"
+TARGET_FORMS = "None (top-1), an int, B ints, a class name or B names (with class_names), a (B, T) int tensor, camkit.TopK(k) or a callable logits -> (B,)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,51 @@ class ResolvedTargets(NamedTuple):
     classes: Optional[torch.Tensor]
     scores: torch.Tensor
     per_image: bool
+
+
+def names_to_classes(target, class_names: Optional[Sequence[str]]):
+    """Class names in ``target`` -> their indices in ``class_names``; any other target is returned as is.
+
+    Args:
+        target: a class name (``str``) or a list / tuple of names, one per image.
+        class_names: the model's ``K`` class names, or ``None`` when unknown.
+
+    Returns:
+        an ``int`` for one name, a list of ``B`` ints for ``B`` names, else ``target`` unchanged.
+
+    Raises:
+        TypeError: a name was given but ``class_names`` is ``None``.
+        ValueError: a name that is not a class, with the closest class names.
+    """
+    names = _class_name_list(target)
+    if names is None:
+        return target
+    if class_names is None:
+        raise TypeError(f"target={_short(target)} names a class, but this model's class names are unknown; "
+                        f"pass class_names= (camkit.load_model(...).class_names gives them) or a class index")
+    lowered = {}
+    for index, name in enumerate(class_names):
+        lowered.setdefault(str(name).lower(), index)
+    classes = [_class_index(name, lowered) for name in names]
+    return classes[0] if isinstance(target, str) else classes
+
+
+def _class_name_list(target) -> Optional[list]:
+    """``[target]`` for a string, the list for a non-empty list / tuple of strings, else ``None``."""
+    if isinstance(target, str):
+        return [target]
+    if isinstance(target, (list, tuple)) and target and all(isinstance(item, str) for item in target):
+        return list(target)
+    return None
+
+
+def _class_index(name: str, lowered: dict) -> int:
+    key = name.strip().lower()
+    if key in lowered:
+        return lowered[key]
+    close = difflib.get_close_matches(key, list(lowered), n=5, cutoff=0.6)
+    hint = f"close matches: {', '.join(repr(c) for c in close)}" if close else "no close match"
+    raise ValueError(f"unknown class name {name!r} ({hint}); give one of the model's class names or a class index")
 
 
 def check_target(target, batch: int) -> None:

@@ -21,6 +21,9 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from camkit.inputs import boxes_to_photo
+from camkit.pixels import _colormap, _resize_bilinear, _to_numpy, as_map, as_rgb_image, colorize, overlay, to_uint8
+
 __all__ = [
     "as_rgb_image",
     "as_map",
@@ -40,155 +43,7 @@ __all__ = [
     "save_figure",
 ]
 
-_RANGE_TOLERANCE = 1e-3
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2 renamed trapz
-
-
-# --------------------------------------------------------------------------------------------- arrays
-def _to_numpy(x) -> np.ndarray:
-    """Tensor or array-like -> numpy array (detached, on the CPU)."""
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
-        x = x.detach().cpu()
-        if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
-            x = x.float()
-        x = x.numpy()
-    return np.asarray(x)
-
-
-def as_rgb_image(image) -> np.ndarray:
-    """Any common image layout -> ``(H, W, 3)`` float64 RGB in ``[0, 1]``.
-
-    Accepts ``(H, W, 3)``/``(H, W, 4)`` (alpha dropped), ``(3, H, W)``, ``(1, 3, H, W)``, or ``(H, W)``
-    grayscale; numpy arrays or torch tensors. Integer images are read as ``0..255``; float images must
-    already be in ``[0, 1]``. A float image outside that range is almost always a *normalised* network
-    input, so it is refused with an explanation instead of being displayed wrongly.
-    """
-    array = _to_numpy(image)
-    if array.ndim == 4:
-        if array.shape[0] != 1:
-            raise ValueError(f"expected one image, got a batch of shape {tuple(array.shape)}; "
-                             "index it first, e.g. images[0]")
-        array = array[0]
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    elif array.ndim == 3:
-        if array.shape[-1] in (3, 4):
-            array = array[..., :3]
-        elif array.shape[0] in (3, 4):
-            array = np.moveaxis(array[:3], 0, -1)
-        elif array.shape[-1] == 1:
-            array = np.repeat(array, 3, axis=-1)
-        elif array.shape[0] == 1:
-            array = np.repeat(np.moveaxis(array, 0, -1), 3, axis=-1)
-        else:
-            raise ValueError(f"cannot read an image of shape {tuple(array.shape)}; expected (H, W, 3), "
-                             "(3, H, W) or (H, W)")
-    else:
-        raise ValueError(f"cannot read an image of shape {tuple(array.shape)}; expected (H, W, 3), "
-                         "(3, H, W) or (H, W)")
-
-    if array.dtype == np.bool_:
-        return array.astype(np.float64)
-    if np.issubdtype(array.dtype, np.integer):
-        if array.size and (array.min() < 0 or array.max() > 255):
-            raise ValueError("integer images must be in 0..255 (8-bit); got values in "
-                             f"[{array.min()}, {array.max()}]")
-        return array.astype(np.float64) / 255.0
-    array = array.astype(np.float64)
-    if not np.all(np.isfinite(array)):
-        raise ValueError("the image contains NaN or infinite values")
-    if array.size and (array.min() < -_RANGE_TOLERANCE or array.max() > 1 + _RANGE_TOLERANCE):
-        raise ValueError(
-            f"a float image must be RGB in [0, 1]; got values in [{array.min():.3g}, {array.max():.3g}]. "
-            "This looks like a normalised network input: pass the display image instead "
-            "(e.g. Explanation.images_rgb), or undo the normalisation (x * std + mean).")
-    return np.clip(array, 0.0, 1.0)
-
-
-def as_map(saliency, size: Optional[Tuple[int, int]] = None, normalize: bool = False) -> np.ndarray:
-    """A saliency map -> ``(H, W)`` float64 in ``[0, 1]``.
-
-    Args:
-        saliency: ``(H, W)`` (or ``(1, H, W)``) array or tensor.
-        size: ``(H, W)`` to resize to, bilinearly with ``align_corners=False`` (camkit's upsampling),
-            when the map has another size. ``None`` keeps the map's size.
-        normalize: min-max normalise first (a constant map becomes zeros). Otherwise values must
-            already be in ``[0, 1]``.
-    """
-    array = _to_numpy(saliency).astype(np.float64)
-    while array.ndim > 2 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        raise ValueError(f"a map must be (H, W); got shape {tuple(array.shape)}. "
-                         "Pick one image (and one rank for top-k maps) first, e.g. exp.maps[key][0]")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("the map contains NaN or infinite values")
-    if normalize:
-        low, high = array.min(), array.max()
-        array = (array - low) / (high - low) if high > low else np.zeros_like(array)
-    elif array.size and (array.min() < -_RANGE_TOLERANCE or array.max() > 1 + _RANGE_TOLERANCE):
-        raise ValueError(f"map values must be in [0, 1]; got [{array.min():.3g}, {array.max():.3g}]. "
-                         "Pass normalize=True, or use camkit's normalised maps.")
-    array = np.clip(array, 0.0, 1.0)
-    if size is not None and tuple(array.shape) != tuple(size):
-        array = _resize_bilinear(array, tuple(size))
-    return array
-
-
-def _resize_bilinear(array: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """``(h, w)`` -> ``(H, W)`` with torch's bilinear interpolation, ``align_corners=False``."""
-    import torch
-    import torch.nn.functional as F
-
-    tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None]
-    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
-    return np.clip(resized[0, 0].numpy(), 0.0, 1.0)
-
-
-def _colormap(cmap):
-    import matplotlib
-
-    if isinstance(cmap, str):
-        return matplotlib.colormaps[cmap]
-    return cmap
-
-
-def colorize(saliency, cmap="jet") -> np.ndarray:
-    """``(H, W)`` map in ``[0, 1]`` -> ``(H, W, 3)`` float64 RGB colours of ``cmap``.
-
-    0 maps to the colormap's bottom colour ``cmap(0.0)`` and 1 to its top colour ``cmap(1.0)``.
-    """
-    values = as_map(saliency)
-    return np.asarray(_colormap(cmap)(values), dtype=np.float64)[..., :3]
-
-
-def overlay(image, map, cmap="jet", alpha: float = 0.5, normalize: bool = False) -> np.ndarray:
-    """Blend a colourised map over an RGB image.
-
-    ``result = (1 - alpha) * image + alpha * cmap(map)``, computed in float.
-
-    Args:
-        image: RGB image, ``(H, W, 3)`` float in ``[0, 1]`` or uint8, or ``(3, H, W)``.
-        map: ``(h, w)`` map in ``[0, 1]``; resized bilinearly to ``(H, W)`` if needed.
-        cmap: matplotlib colormap name or object.
-        alpha: weight of the map's colour, in ``[0, 1]``.
-        normalize: min-max normalise the map first.
-
-    Returns:
-        ``(H, W, 3)`` float64 RGB in ``[0, 1]``. Use :func:`to_uint8` to save it.
-    """
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
-    rgb = as_rgb_image(image)
-    values = as_map(map, size=rgb.shape[:2], normalize=normalize)
-    colours = colorize(values, cmap)
-    return (1.0 - alpha) * rgb + alpha * colours
-
-
-def to_uint8(rgb) -> np.ndarray:
-    """``(H, W, 3)`` float RGB in ``[0, 1]`` -> uint8, rounded and clipped (never wrapped)."""
-    array = _to_numpy(rgb).astype(np.float64)
-    return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- boxes
@@ -293,13 +148,15 @@ def _show(ax, rgb, title: Optional[str] = None, fontsize: float = 8):
         ax.set_title(title, fontsize=fontsize)
 
 
-def _not_available(ax, title: Optional[str]):
-    """A blank panel for a (method, layer) without a map."""
+def _not_available(ax, title: Optional[str], picture=None):
+    """A panel for a (method, layer) without a map: ``picture`` greyed (when given), marked "n/a"."""
+    if picture is not None:
+        ax.imshow(0.6 + 0.4 * np.clip(picture, 0, 1).mean(axis=2), cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, fontsize=9, color="gray")
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=7)
 
 
 def _class_label(exp, index: int, rank: int = 0) -> Optional[str]:
@@ -405,47 +262,111 @@ def explanation_figure(exp, index: int = 0, methods: Optional[Sequence[str]] = N
 def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
                      methods: Optional[Sequence[str]] = None, layers: Optional[Sequence[str]] = None,
                      cmap="jet", alpha: float = 0.5, boxes: Optional[Mapping] = None, gt_boxes=None,
-                     rank: int = 0, panel_size: float = 1.8):
-    """Many images at once: one row per image; columns are the image, then every (method, layer).
+                     rank: int = 0, panel_size: float = 1.8, show_maps: bool = False,
+                     layer_labels: Optional[Mapping[str, str]] = None):
+    """One row per image and layer: the photo, then one overlay per method; a shared colourbar.
+
+    Panels keep the photo's aspect ratio; with camkit's preprocessing the maps are drawn back onto the
+    whole photo (the dotted frame is the centre crop the model saw, :attr:`Explanation.frames`).
+    Columns are titled with the method, rows with the layer's label (``layer_labels[layer]``, default
+    the layer key). A method without a map at a layer (e.g. CAM where no linear head fits, see
+    ``exp.notes``) gets a greyed photo marked "n/a", aligned with the others.
 
     Args:
         exp: a camkit ``Explanation``.
         indices: images of the batch to show (default: all).
-        boxes: optional ``{(method, layer): per-image list of (N, 4) boxes}`` (indexed by batch index).
+        boxes: optional ``{(method, layer): per-image list of (N, 4) boxes}`` (indexed by batch index,
+            in the input's pixels).
         gt_boxes: optional per-image list of ``(N, 4)`` ground-truth boxes (indexed by batch index).
+        show_maps: also draw each map alone (colour only), after its overlay.
+        layer_labels: ``{layer key: readable label}``, e.g. ``{"_swish": "last conv block (_swish)"}``.
 
     Returns:
         a ``matplotlib.figure.Figure``.
     """
-    methods = list(methods or exp.methods)
     layers = list(layers or exp.layers)
+    methods = [m for m in (methods or exp.methods) if any((m, l) in exp.maps for l in layers)]
+    labels = dict(layer_labels or {})
     batch = _to_numpy(next(iter(exp.maps.values()))).shape[0]
     indices = list(range(batch) if indices is None else indices)
-    images = _images_rgb(exp)
-    pairs = [(m, l) for m in methods for l in layers]
-    n_rows, n_cols = len(indices), 1 + len(pairs)
-    figure = new_figure(panel_size * n_cols, panel_size * n_rows + 0.4)
-    axes = figure.subplots(n_rows, n_cols, squeeze=False)
-    for row, index in enumerate(indices):
+    photos, frames = getattr(exp, "photos", None), getattr(exp, "frames", None)
+    images = _images_rgb(exp) if photos is None else [photo / 255.0 for photo in photos]
+    per_method = 2 if show_maps else 1
+    rows = [(index, layer) for index in indices for layer in layers]
+    n_cols = 1 + per_method * len(methods)
+    height, width = (images[indices[0]].shape[:2] if images is not None else
+                     _to_numpy(next(iter(exp.maps.values()))).shape[-2:])
+    figure = new_figure(panel_size * width / height * n_cols + 0.8, panel_size * len(rows) + 0.6)
+    figure.set_layout_engine("constrained")
+    axes = figure.subplots(len(rows), n_cols, squeeze=False)
+    for row, (index, layer) in enumerate(rows):
         rgb = as_rgb_image(images[index]) if images is not None else None
+        frame = frames[index] if photos is not None else None
+        first = axes[row][0]
         if rgb is not None:
-            _show(axes[row][0], rgb, _class_label(exp, index, rank), fontsize=7)
+            _show(first, rgb, _class_label(exp, index, rank) if layer == layers[0] else None, fontsize=7)
         else:
-            axes[row][0].axis("off")
-        for column, (method, layer) in enumerate(pairs):
+            first.set_xticks([])
+            first.set_yticks([])
+        first.set_ylabel(labels.get(layer, layer), fontsize=7)
+        for column, method in enumerate(methods):
+            cells = axes[row][1 + per_method * column: 1 + per_method * (column + 1)]
+            title = method if row == 0 else None
             if (method, layer) not in exp.maps:
-                _not_available(axes[row][1 + column], f"{method}\n@ {layer}" if row == 0 else None)
+                for ax in cells:
+                    _not_available(ax, title, rgb)
                 continue
             saliency = as_map(_map_of(exp, method, layer, index, rank))
-            blended = overlay(rgb, saliency, cmap, alpha) if rgb is not None else colorize(saliency, cmap)
-            ax = axes[row][1 + column]
-            _show(ax, blended, f"{method}\n@ {layer}" if row == 0 else None, fontsize=7)
-            if gt_boxes is not None:
-                add_boxes(ax, gt_boxes[index], color="white", linestyle="--", linewidth=1.0)
-            if boxes is not None and (method, layer) in boxes:
-                add_boxes(ax, boxes[(method, layer)][index], color="lime", linewidth=1.0)
-    figure.tight_layout()
+            if frame is not None:
+                _show_on_photo(cells[0], rgb, saliency, frame, cmap, alpha, title)
+            else:
+                if rgb is not None and saliency.shape != rgb.shape[:2]:
+                    saliency = _resize_bilinear(saliency, rgb.shape[:2])
+                blended = overlay(rgb, saliency, cmap, alpha) if rgb is not None else colorize(saliency, cmap)
+                _show(cells[0], blended, title, fontsize=7)
+            if show_maps:
+                _show(cells[1], colorize(saliency, cmap), "map" if row == 0 else None, fontsize=7)
+            for given, colour, style in ((None if gt_boxes is None else gt_boxes[index], "white", "--"),
+                                         (boxes[(method, layer)][index] if boxes and (method, layer) in boxes
+                                          else None, "lime", "-")):
+                if given is not None:
+                    shown = given if frame is None else boxes_to_photo(given, frame, saliency.shape)
+                    add_boxes(cells[0], shown, color=colour, linestyle=style, linewidth=1.0)
+    _shared_colorbar(figure, axes, cmap)
     return figure
+
+
+def _show_on_photo(ax, photo, saliency, frame, cmap, alpha: float, title: Optional[str]) -> None:
+    """The whole photo, the map blended over the part the model saw (``frame.box``), outlined dotted."""
+    x0, y0, x1, y1 = frame.box
+    ax.imshow(photo, interpolation="nearest")
+    ax.imshow(_colormap(cmap)(saliency)[..., :3], extent=(x0 - 0.5, x1 - 0.5, y1 - 0.5, y0 - 0.5), alpha=alpha, interpolation="bilinear")
+    ax.add_patch(_rectangle((x0, y0, x1, y1), "white"))
+    ax.set_xlim(-0.5, frame.width - 0.5)
+    ax.set_ylim(frame.height - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def _rectangle(edges, colour):
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = edges
+    return Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linestyle=":",
+                     linewidth=0.8)
+
+
+def _shared_colorbar(figure, axes, cmap) -> None:
+    """One colourbar for every map of a figure (maps are in ``[0, 1]``)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=_colormap(cmap))
+    bar = figure.colorbar(mappable, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, shrink=0.9)
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("map (0 = low, 1 = high)", fontsize=7)
 
 
 def _curves(curves) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:

@@ -70,16 +70,17 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=int, default=2000, help="training images (habitat p=0.8)")
     parser.add_argument("--test", type=int, default=500, help="images per test split")
-    parser.add_argument("--classes", type=int, default=4)
-    parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--habitat-p", type=float, default=0.8)
+    parser.add_argument("--classes", type=int, default=4, help="number of synthetic classes")
+    parser.add_argument("--size", type=int, default=96, help="image side in pixels")
+    parser.add_argument("--habitat-p", type=float, default=0.8,
+                        help="probability that a training image shows its class's own habitat (the confounder)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs of both trainings (preset: 8)")
     parser.add_argument("--context-epochs", type=int, default=5, help="fit_context projection epochs")
     parser.add_argument("--weights", default="cicam-quadratic",
                         help="combination weights of the causal rows (camkit.methods.combinational)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs/cicam_synthetic")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of both trainings")
+    parser.add_argument("--out", default="outputs/cicam_synthetic", help="folder for the runs, tables and figures")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     return parser.parse_args()
 
 

@@ -36,16 +36,20 @@ METHODS = ["cam", "gradcam", "gradcam++", "pcs", "bagcams"]
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default=str(ASSETS / "weights" / "mobilenet_v2_imagenet.pth"))
-    parser.add_argument("--data", default=str(ASSETS / "imagenet-val-dev50"))
-    parser.add_argument("--layers", nargs="+", default=LAYERS)
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--weights", default=str(ASSETS / "weights" / "mobilenet_v2_imagenet.pth"),
+                        help="the MobileNetV2 state_dict (TF-trained, inputs in [-1, 1])")
+    parser.add_argument("--data", default=str(ASSETS / "imagenet-val-dev50"),
+                        help="an annotated folder (annotations.json + images/)")
+    parser.add_argument("--layers", nargs="+", default=LAYERS, help="layers to explain, shallow to deep")
+    parser.add_argument("--methods", nargs="+", default=METHODS, help="methods to compare (camkit.list_methods())")
     parser.add_argument("--symmetric-padding", action="store_true",
                         help="keep torchvision's symmetric padding (weaker for these TF-trained weights)")
-    parser.add_argument("--out", default=str(ROOT / "outputs" / "compare_methods_layers"))
-    parser.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "compare_methods_layers"),
+                        help="folder for report.md, the CSV/JSON tables and the plots")
+    parser.add_argument("--figures", default=str(ROOT / "docs" / "figures"),
+                        help="folder for the two README figures")
     parser.add_argument("--example-image", type=int, default=0, help="dev image shown in the grid figure")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     args = parser.parse_args(argv)
 
     if not Path(args.weights).is_file() or not Path(args.data).is_dir():

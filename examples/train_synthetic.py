@@ -110,13 +110,15 @@ def save_figure(path, test, maps, predictions, indices, config):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="outputs/train_synthetic")
-    parser.add_argument("--train-images", type=int, default=3000)
-    parser.add_argument("--test-images", type=int, default=400)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--habitat-p", type=float, default=0.8)
-    parser.add_argument("--part-radius", type=float, default=0.25)
+    parser.add_argument("--out", default="outputs/train_synthetic", help="folder for the run, tables and figures")
+    parser.add_argument("--train-images", type=int, default=3000, help="training images")
+    parser.add_argument("--test-images", type=int, default=400, help="images per test split")
+    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs")
+    parser.add_argument("--habitat-p", type=float, default=0.8,
+                        help="probability that a training image shows its class's own habitat (the confounder)")
+    parser.add_argument("--part-radius", type=float, default=0.25,
+                        help="radius of the coloured discriminative part (make_synthetic's part_radius; 0: none)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; the tiny CNN is fastest on 1, especially on a shared machine")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")

@@ -147,7 +147,7 @@ def test_explanation_grid_and_boxes_patches():
     exp.logits, exp.targets = torch.zeros(2, 3), torch.tensor([0, 2])
     figure = viz.explanation_grid(exp, boxes={("gradcam", "a"): [[[1, 1, 3, 3]], [[0, 0, 7, 7]]]},
                                   gt_boxes=[[[2, 2, 4, 4]], []])
-    assert len(figure.axes) == 2 * 3
+    assert len(figure.axes) == (2 * 2) * 2 + 1     # rows: image x layer; photo + gradcam; the colourbar
     patches = figure.axes[1].patches  # row 0, (gradcam, a)
     corners = sorted((p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in patches)
     assert corners == [(0.5, 0.5, 3.0, 3.0), (1.5, 1.5, 3.0, 3.0)]

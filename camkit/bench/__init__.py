@@ -29,7 +29,7 @@ one dataset:
     p = loaded.preprocess
     dataset = open_dataset("../shared/assets/imagenet-val-dev50", image_size=p.size[0],
                            normalize=(p.mean, p.std))
-    write_outputs(run_benchmark(loaded, dataset, layers=["_blocks.10", "_swish@1"]), "bench/")
+    write_outputs(run_benchmark(loaded, dataset, layers=["_blocks.10", "_swish"]), "bench/")
 """
 from camkit.bench.cost import CostRow, PeakMemory, environment, floor_pass, measure_cost, synchronize
 from camkit.bench.peers import PEERS, compare_peers

@@ -35,7 +35,7 @@ Peers (pytorch-grad-cam, torchcam, captum) run when importable; --no-peers skips
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``camkit benchmark`` flags, the shared model and data flags included."""
-    from camkit.methods import STANDARD_METHODS
+    from camkit.constants import STANDARD_METHODS
 
     add_model_arguments(parser)
     add_data_arguments(parser, split="test")

@@ -33,7 +33,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 def model_epilog(epilog: str) -> str:
     """``epilog`` followed by the list of model specifiers."""
-    from camkit.model_spec import SPEC_FORMS
+    from camkit.constants import SPEC_FORMS
 
     return epilog.rstrip("\n") + f"\n\nmodel specifiers (--model):\n{SPEC_FORMS}\n"
 
@@ -100,7 +100,7 @@ def load_model_from_args(args, device=None):
 
 def add_data_arguments(parser: argparse.ArgumentParser, split: str = "test") -> None:
     """``--data SPEC`` and ``--metadata DIR``: the one grammar of :func:`camkit.data.open.open_dataset`."""
-    from camkit.data.open import DATA_FORMS
+    from camkit.constants import DATA_FORMS
 
     parser.add_argument("--data", required=True, metavar="SPEC",
                         help="synthetic[:KEY=VALUE,...], a folder with annotations.json, or a wsolevaluation "

@@ -29,7 +29,7 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``camkit evaluate``."""
-    from camkit.methods import STANDARD_METHODS
+    from camkit.constants import STANDARD_METHODS
 
     add_model_arguments(parser)
     add_data_arguments(parser, split="test")

@@ -144,7 +144,8 @@ def _write_batch(exp, paths, originals, spec, target, args, out: Path, used_stem
     probabilities, classes = exp.top_k(args.top_k)
     sizes = [original.shape[:2] for original in originals]
     boxes_input = {key: exp.boxes(*key, rule="fixed", fraction=args.box_threshold) for key in exp.maps}
-    boxes_image = {key: exp.boxes(*key, rule="fixed", fraction=args.box_threshold, sizes=sizes)
+    on_photo = {"on_photo": True} if exp.frames is not None else {"sizes": sizes}   # the crop's place
+    boxes_image = {key: exp.boxes(*key, rule="fixed", fraction=args.box_threshold, **on_photo)
                    for key in exp.maps}
     for index, (path, original) in enumerate(zip(paths, originals)):
         stem = _unique(_safe(Path(path).stem), used_stems)
@@ -165,7 +166,10 @@ def _write_batch(exp, paths, originals, spec, target, args, out: Path, used_stem
             entry = {"npy": f"{base}.npy", "boxes_input": boxes_input[method, layer][index].tolist(),
                      "boxes_image": boxes_image[method, layer][index].tolist()}
             if not args.no_figures:
-                picture = viz.overlay(original, saliency, cmap=args.cmap, alpha=args.alpha)
+                on_image = exp.photo_map(method, layer, index) if exp.frames is not None else saliency
+                seen = ~np.isnan(on_image) if on_image.shape == original.shape[:2] else True
+                picture = viz.overlay(original, np.nan_to_num(on_image), cmap=args.cmap, alpha=args.alpha)
+                picture = np.where(np.atleast_3d(seen), picture, original / 255.0)   # the uncropped border
                 thickness = max(1, round(min(original.shape[:2]) / 150))
                 picture = viz.draw_boxes(picture, entry["boxes_image"], (0.0, 1.0, 0.0), thickness)
                 _save_png(out / f"{base}_overlay.png", viz.to_uint8(picture))

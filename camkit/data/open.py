@@ -30,17 +30,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from camkit.constants import DATA_FORMS  # noqa: F401  (re-exported; torch-free for the CLI's help)
 from camkit.data.views import EvaluationView
 
 __all__ = ["open_dataset", "parse_options", "num_classes_of", "DATA_FORMS"]
-
-DATA_FORMS = """\
-  synthetic[:KEY=VALUE,...]  camkit's synthetic WSOL benchmark (keys of camkit.data.make_synthetic,
-                             e.g. synthetic:num_images=2000,habitat_p=0.8); the test split uses seed+1,
-                             uniform context and at most 1000 images
-  DIR                        a folder with annotations.json (as ../shared/assets/imagenet-val-dev50)
-  DIR [--metadata META]      a wsolevaluation dataset root; META holds image_ids.txt, class_labels.txt,
-                             image_sizes.txt and localization.txt (default DIR/metadata/<split>)"""
 
 MAX_SYNTHETIC_TEST_IMAGES = 1000
 DATA_FORMS_SHORT = "synthetic[:KEY=VALUE,...], an annotated folder or a wsolevaluation root"

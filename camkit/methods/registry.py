@@ -10,14 +10,12 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Optional
 import torch
 from torch import nn
 
+from camkit.constants import STANDARD_METHODS  # noqa: F401  (re-exported; torch-free for the CLI's help)
+
 #: What a method may ask the engine for: ``"gradients"`` (one backward), ``"guided_gradients"`` (a guided
 #: backward of log-scores), ``"head"`` (the classifier weights) and ``"forward"`` (extra forwards of
 #: perturbed inputs: the engine passes a :class:`camkit.methods.perturbation.ModelForward`).
 NEEDS = frozenset({"gradients", "guided_gradients", "head", "forward"})
-
-
-#: The five classic methods, in the papers' order: what the CLI, evaluate and benchmark run by default.
-STANDARD_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 
 
 @dataclass
@@ -110,12 +108,24 @@ def get_method(name: str) -> Method:
     raise ValueError(f"unknown method {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}")
 
 
-def list_methods(needs: Optional[str] = None) -> List[str]:
-    """Names of all registered methods, or of those whose ``needs`` include ``needs`` (e.g.
-    ``list_methods(needs="forward")``: the methods that run extra forwards of perturbed inputs)."""
+def list_methods(details: bool = False, needs: Optional[str] = None) -> List:
+    """Names of all registered methods, sorted; with ``details=True`` one dict per method instead.
+
+    ``needs`` keeps the methods whose needs include it (e.g. ``list_methods(needs="forward")``: the
+    methods that run extra forwards of perturbed inputs). Each dict has ``name``, ``aliases`` (sorted),
+    ``needs`` (sorted, from :data:`NEEDS`: ``"head"`` means a linear classifier after global average
+    pooling), ``options`` (sorted, or ``None`` when unchecked), ``description`` and ``reference``.
+    """
     if needs is not None and needs not in NEEDS:
         raise ValueError(f"unknown need {needs!r}; choose from {sorted(NEEDS)}")
-    return sorted(name for name, method in _REGISTRY.items() if needs is None or needs in method.needs)
+    chosen = sorted((name, method) for name, method in _REGISTRY.items() if needs is None or needs in method.needs)
+    if not details:
+        return [name for name, _ in chosen]
+    return [{"name": name, "aliases": sorted(a for a, target in _ALIASES.items() if target == name),
+             "needs": sorted(method.needs),
+             "options": None if method.options is None else sorted(method.options),
+             "description": method.description, "reference": method.reference}
+            for name, method in chosen]
 
 
 def describe_methods() -> List[Method]:

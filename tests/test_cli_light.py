@@ -1,0 +1,32 @@
+"""``camkit --help`` loads no torch: the package face and the command line import it only inside commands."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("code", [
+    "import camkit",
+    "import camkit.cli; camkit.cli.build_parser()",
+    "import camkit.cli; camkit.cli.build_parser().parse_args(['explain', 'x.jpg', '--model', 'efficientnet-lite0'])",
+])
+def test_no_torch_until_a_command_runs(code):
+    check = f"{code}\nimport sys\nloaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n" \
+            f"assert not loaded, loaded[:5]"
+    subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True)
+
+
+def test_the_face_still_gives_every_public_name():
+    import camkit
+    for name in camkit.__all__:
+        assert getattr(camkit, name) is not None, name
+    assert callable(camkit.explain) and camkit.list_methods()
+
+
+def test_camkit_explain_stays_the_function_after_its_module_is_imported():
+    code = ("import camkit.explain, camkit\nfrom camkit.explain import Explainer\n"
+            "assert callable(camkit.explain) and camkit.explain.__module__ == 'camkit.explain', camkit.explain")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
