@@ -12,6 +12,7 @@ is off) and every module's ``training`` flag is restored afterwards.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from collections import OrderedDict
@@ -22,7 +23,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tup
 import torch
 from torch import nn
 
-from camkit import postprocess
+from camkit import postprocess, smoothing
 from camkit.explanation import Explanation
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
@@ -70,6 +71,10 @@ class Explainer:
         guided_modules: module types that BagCAMs' guided backward passes through.
         method_options: ``{method: {option: value}}``, e.g. ``{"cam": {"clamp_negative_weights": True}}``.
         context: a fitted causal context for the ``causal`` method (see :mod:`camkit.causal`).
+        aug_smooth: ``True`` or a :class:`camkit.smoothing.AugSmooth`: average the maps of scaled and
+            flipped copies on the input frame (targets resolved on the input; needs ``upsample=True``).
+        eigen_smooth: replace each map by the first principal component of the method's weighted
+            activations (see :mod:`camkit.smoothing`); refused for methods that are not channel sums.
 
     Arguments are checked here, and images and targets at the start of a call, before any hook
     is attached: a wrong value raises an error that says what to give instead and leaves the model
@@ -82,7 +87,7 @@ class Explainer:
                  layers=None, head=None, output=None, preprocess: Optional[Callable] = None,
                  class_names: Optional[Sequence[str]] = None, eval_mode: bool = True,
                  guided_modules=DEFAULT_GUIDED_MODULES, method_options: Optional[dict] = None,
-                 context: Any = None):
+                 context: Any = None, aug_smooth=False, eigen_smooth: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -96,6 +101,9 @@ class Explainer:
         self.guided_modules = _guided_module_types(guided_modules)
         self.method_options = _checked_method_options(method_options)
         self.context = context
+        self.aug_smooth = smoothing.checked_aug_smooth(aug_smooth)
+        smoothing.check_eigen_smooth([get_method(n) for n in self.methods], eigen_smooth)
+        self.eigen_smooth = eigen_smooth
         self._auto_layer = ShapeCache(SHAPE_CACHE_SIZE)     # per input shape (see _shape_key)
         self._call_totals = ShapeCache(SHAPE_CACHE_SIZE)
 
@@ -128,6 +136,9 @@ class Explainer:
         else:
             names, optional = _method_names(methods), frozenset()
         method_list = [get_method(name) for name in names]
+        smoothing.check_eigen_smooth(method_list, self.eigen_smooth)
+        if self.aug_smooth is not None:
+            return self._aug_smoothed(images, target, methods, layers, upsample, normalize)
         batch, display = as_batch(images, self.preprocess)
         device = _model_device(self.model, batch.device)
         batch = batch.to(device)
@@ -157,7 +168,8 @@ class Explainer:
                 gradients=_compute_dtype(grad), guided_gradients=_compute_dtype(guided_grad),
                 head_weight=head_weight, layer=spec.key,
                 class_weights=None if head_weight is None else head_weight[targets.classes])
-            raw = torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods])
+            raw = torch.stack([smoothing.method_map(m, _with_options(inputs, m.name, self), self.eigen_smooth)
+                               for m in layer_methods])
             if upsample:
                 raw = postprocess.upsample(raw, tuple(batch.shape[-2:]))
             if normalize:
@@ -175,6 +187,27 @@ class Explainer:
                 "BagCAMs: no nn.ReLU/nn.ReLU6 module (guided_modules) ran after the captured layer(s), so "
                 "its backward was not guided (e.g. SiLU/GELU or functional relu); pass guided_modules=")
         return explanation
+
+    def _aug_smoothed(self, images, target, methods, layers, upsample, normalize) -> Explanation:
+        """:class:`camkit.smoothing.AugSmooth` maps: targets resolved on the input, then every view."""
+        if not upsample:
+            raise ValueError("aug_smooth averages maps on the input frame: use upsample=True")
+        batch, display = as_batch(images, self.preprocess)
+        batch = batch.to(_model_device(self.model, batch.device))
+        _check_input(batch)
+        check_target(target, batch.shape[0])
+        with torch.no_grad(), _eval_mode(self.model, self.eval_mode):
+            logits = _as_logits(run_model(self.model, batch), self.output, batch.shape[0])
+        resolved = resolve_targets(target, logits)
+        classes = resolved.classes if resolved.per_image or resolved.classes is None else resolved.classes[:, 0]
+        single = _without_aug_smooth(self)
+        maps, first = smoothing.aug_smoothed_maps(
+            lambda view, view_target: single(view, view_target, methods, layers, True, normalize), batch,
+            target if classes is None else classes, self.aug_smooth, normalize)
+        size = batch.shape[0]
+        return dataclasses.replace(first, maps=maps, logits=logits, images=batch, images_rgb=display,
+                                   targets=None if first.targets is None else first.targets[:size],
+                                   negative_target_logit=first.negative_target_logit[:size])
 
     def _passes(self, batch, specs, needs, target, call_totals=None):
         """The forward and the backward(s): activations, logits, targets, gradients, guided
@@ -319,6 +352,13 @@ class ShapeCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _without_aug_smooth(explainer: Explainer) -> Explainer:
+    """A shallow copy of ``explainer`` (same model, options and caches) that explains one view."""
+    single = copy.copy(explainer)
+    single.aug_smooth = None
+    return single
 
 
 def _method_selection(methods) -> Tuple[List[str], FrozenSet[str]]:

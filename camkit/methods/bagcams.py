@@ -4,7 +4,14 @@ import torch
 from camkit.methods.registry import LayerInputs, register
 
 
-@register("bagcams", needs=("guided_gradients",), options=(),
+def bagcams_terms(inputs: LayerInputs) -> torch.Tensor:
+    """BagCAMs' summed terms ``ReLU(t_k g^_k(m) A_k(m))`` (see :func:`bagcams`): ``(B, T, C, h, w)``."""
+    terms = inputs.guided_gradients * inputs.activations.unsqueeze(1)  # (B, T, C, h, w)
+    bag_weights = 1 + terms.mean(dim=(-2, -1), keepdim=True)
+    return (bag_weights * terms).relu()
+
+
+@register("bagcams", needs=("guided_gradients",), options=(), weighted_activations=bagcams_terms,
           description="sum_k ReLU(t_k g^_k A_k), t_k = 1 + mean_m(g^_k A_k), g^ = guided d log(S_c)/dA",
           reference="Zhu et al., Bagging Regional Classification Activation Maps for Weakly "
                     "Supervised Object Localization, ECCV 2022")
@@ -30,6 +37,4 @@ def bagcams(inputs: LayerInputs) -> torch.Tensor:
         exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="bagcams", layers="layer3")
         exp["bagcams"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
-    terms = inputs.guided_gradients * inputs.activations.unsqueeze(1)  # (B, T, C, h, w)
-    bag_weights = 1 + terms.mean(dim=(-2, -1), keepdim=True)
-    return (bag_weights * terms).relu().sum(dim=2)
+    return bagcams_terms(inputs).sum(dim=2)
