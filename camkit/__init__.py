@@ -16,11 +16,13 @@ import importlib
 from camkit._version import __version__
 from camkit.boxes import best_iou_per_threshold, box_iou, boxes_from_map, resize_boxes
 from camkit.explain import Explainer, Explanation, explain
+from camkit.fusion import fuse
 from camkit.heads import CAMHeadWarning, HeadNotFoundError
 from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from camkit.layers import LayerError, list_layers
 from camkit.methods import describe_methods, list_methods, register
-from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
+from camkit.metrics import AverageDrop, DeletionInsertion, LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP, ROAD
+from camkit.smoothing import AugSmooth
 from camkit.model_spec import LoadedModel, ModelSpecError, load_model
 from camkit.targets import TopK
 from camkit.viz import overlay
@@ -49,5 +51,6 @@ __all__ = [
     "register", "list_layers", "LayerError", "HeadNotFoundError", "CAMHeadWarning", "IMAGENET_MEAN",
     "IMAGENET_STD", "evaluate", "boxes_from_map", "box_iou", "resize_boxes", "best_iou_per_threshold",
     "MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "load_model", "LoadedModel",
-    "ModelSpecError", "overlay", "CausalContext", "fit_context", "__version__",
+    "ModelSpecError", "overlay", "CausalContext", "fit_context", "__version__", "fuse", "AugSmooth",
+    "DeletionInsertion", "ROAD", "AverageDrop",
 ]

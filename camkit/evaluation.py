@@ -24,8 +24,10 @@ from camkit.boxes import iou_curves, thresholds_for_interval
 from camkit.data.views import EvaluationView
 from camkit.data.wsol import collate_wsol
 from camkit.distributed import world
-from camkit.explain import Explainer
+from camkit.explain import Explainer, _select_output
 from camkit.explanation import MapKey
+from camkit.faithfulness import FaithfulnessEvaluator
+from camkit.fusion import FUSION_RULES, fuse
 from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
 
@@ -33,7 +35,7 @@ __all__ = ["evaluate", "LocalizationEvaluator", "localization_evaluator", "forma
 
 
 COLUMNS = ("MaxBoxAccV2", "MaxBoxAcc@50", "GT-known", "Top-1 Loc", "Top-5 Loc", "PxAP", "pIoU", "PeakIoU",
-           "Top-1 Cls", "Top-5 Cls")
+           "Top-1 Cls", "Top-5 Cls", "Deletion", "Insertion", "ROAD", "Average Drop", "Increase in Confidence")
 
 
 class LocalizationEvaluator:
@@ -153,7 +155,8 @@ def _check_every_image_has_a_box(boxes, indices) -> None:
 def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, layers=None, batch_size: int = 16,
              num_workers: int = 0, cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70),
              fixed_threshold: Optional[float] = None, mean=None, std=None, progress: bool = True,
-             limit: Optional[int] = None, **explainer_options) -> Dict[MapKey, dict]:
+             limit: Optional[int] = None, faithfulness: bool = False, faithfulness_options: Optional[dict] = None,
+             fuse_rules: Sequence[str] = (), **explainer_options) -> Dict[MapKey, dict]:
     """Localisation metrics of every (method, layer) on ``dataset``.
 
     Args:
@@ -169,6 +172,12 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
         fixed_threshold: also report GT-known / Top-k Loc at this one threshold.
         progress: show a tqdm bar (rank 0 only).
         limit: evaluate only the first ``limit`` items.
+        faithfulness: also compute :class:`camkit.faithfulness.FaithfulnessEvaluator`'s columns
+            (Deletion, Insertion, ROAD-MoRF/LeRF per percentile and combined, Average Drop, Increase in
+            Confidence) with the model, on the ground-truth class; ``faithfulness_options`` are its
+            options (``steps``, ``percentiles``, ``batch_size``, ...).
+        fuse_rules: fusion rules (:func:`camkit.fuse`) applied to all explained layers of each batch,
+            adding ``(method, "fused:<rule>")`` rows.
         explainer_options: passed to ``camkit.Explainer`` (``head``, ``output``, ``method_options`` ...).
 
     Returns:
@@ -177,6 +186,10 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
     from tqdm.auto import tqdm
 
     methods = tuple(methods) if methods is not None and not isinstance(methods, str) else methods
+    fuse_rules = [fuse_rules] if isinstance(fuse_rules, str) else list(fuse_rules)
+    unknown = [rule for rule in fuse_rules if rule not in FUSION_RULES]
+    if unknown:
+        raise ValueError(f"unknown fusion rule(s) {unknown}; choose from {', '.join(map(repr, FUSION_RULES))}")
     rank, world_size = world()
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total < world_size:  # every rank sees this, so all of them stop (none waits in all_reduce)
@@ -187,6 +200,11 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
                                          collate_fn=collate_wsol)
     explainer = Explainer(model, methods=methods, layers=layers, **explainer_options)
     evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold)
+    faithful = None
+    if faithfulness:
+        adapter = explainer_options.get("output")
+        faithful = FaithfulnessEvaluator(model, None if adapter is None else
+                                         (lambda out: _select_output(out, adapter)[0]), **(faithfulness_options or {}))
     norm = None
     if mean is not None and std is not None:
         norm = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
@@ -199,10 +217,21 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
             images = images.float() / 255
             if norm is not None:
                 images = (images - norm[0]) / norm[1]
-        evaluator.update(explainer(images, target=batch["label"]), batch)  # ground-truth-class maps
+        explanation = explainer(images, target=batch["label"])  # ground-truth-class maps
+        for rule in fuse_rules:
+            explanation = fuse(explanation, rule=rule)
+        evaluator.update(explanation, batch)
+        if faithful is not None:
+            faithful.update(explanation, batch["label"])
     if world_size > 1:
         evaluator.all_reduce()
-    return evaluator.compute()
+        if faithful is not None:
+            faithful.all_reduce()
+    table = evaluator.compute()
+    if faithful is not None:
+        for key, row in faithful.compute().items():
+            table[key].update(row)
+    return table
 
 
 def localization_evaluator(methods: Sequence[str] = ("cam",), layers=None, transform: Optional[Callable] = None,
@@ -241,9 +270,11 @@ def format_table(results: Dict[MapKey, dict], columns: Sequence[str] = COLUMNS) 
     cols = [c for c in columns if any(c in r for r in results.values())]
     width_m = max([len("method")] + [len(m) for m, _ in results])
     width_l = max([len("layer")] + [len(str(l)) for _, l in results])
-    head = f"{'method':<{width_m}}  {'layer':<{width_l}}  " + "  ".join(f"{c:>12}" for c in cols)
+    widths = [max(12, len(c)) for c in cols]
+    head = f"{'method':<{width_m}}  {'layer':<{width_l}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths))
     lines = [head, "-" * len(head)]
     for (m, l), row in results.items():
-        cells = "  ".join(f"{row[c]:>12.2f}" if c in row and row[c] is not None else f"{'-':>12}" for c in cols)
+        cells = "  ".join(f"{row[c]:>{w}.2f}" if c in row and row[c] is not None else f"{'-':>{w}}"
+                          for c, w in zip(cols, widths))
         lines.append(f"{m:<{width_m}}  {str(l):<{width_l}}  {cells}")
     return "\n".join(lines)

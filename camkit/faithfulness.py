@@ -368,3 +368,50 @@ class AverageDrop(_Summed):
     def compute(self) -> Dict[str, float]:
         drop = self._means()[0].item()
         return {"Average Drop": 100 * drop, "Increase in Confidence": 100 * int(self.increased) / int(self.count)}
+
+
+# -------------------------------------------------------------------------------- per-map table
+class FaithfulnessEvaluator:
+    """All faithfulness metrics for every ``(method, layer)`` map of a stream of explanations.
+
+    Args:
+        model: the explained model (any callable ``images -> output``).
+        output: ``model output -> (B, K) logits`` (default: the output is the logits).
+        steps, deletion_baseline, insertion_baseline: :class:`DeletionInsertion`'s options.
+        percentiles, noise, seed: :class:`ROAD`'s options.
+        score, batch_size: the score of an image and the chunk of perturbed copies per forward.
+
+    Call :meth:`update` per batch, :meth:`all_reduce` once under ``torch.distributed``, then
+    :meth:`compute` for ``{(method, layer): {column: value}}``.
+    """
+
+    def __init__(self, model: Callable, output: Optional[Callable] = None, steps: int = 20,
+                 deletion_baseline: str = "zeros", insertion_baseline: str = "blur",
+                 percentiles: Sequence[float] = (10, 30, 50, 70, 90), noise: float = 0.01, seed: int = 0,
+                 score: str = "softmax", batch_size: int = 64):
+        self.model = model
+        self._factories = (
+            lambda: DeletionInsertion(steps, deletion_baseline, insertion_baseline, score, batch_size, output),
+            lambda: ROAD(percentiles, noise, seed, score, batch_size, output),
+            lambda: AverageDrop(score, batch_size, output))
+        for factory in self._factories:   # check every option now, before any update
+            factory()
+        self.metrics: Dict = {}
+
+    def update(self, explanation, targets) -> None:
+        """Add one batch: an explanation of ``targets`` (``(B,)`` classes), maps ``(B, H, W)`` at the
+        input size, whose ``images`` are the model input."""
+        for key, maps in explanation.maps.items():
+            metrics = self.metrics.setdefault(key, [factory() for factory in self._factories])
+            for metric in metrics:
+                metric.update(self.model, explanation.images, maps, targets)
+
+    def all_reduce(self) -> "FaithfulnessEvaluator":
+        for metrics in self.metrics.values():
+            for metric in metrics:
+                metric.all_reduce()
+        return self
+
+    def compute(self) -> Dict:
+        return {key: {k: v for metric in metrics for k, v in metric.compute().items()}
+                for key, metrics in self.metrics.items()}

@@ -16,9 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "camkit"
 LAYERS = [
     ["camkit._version", "camkit.distributed", "camkit.inputs", "camkit.boxes"],
     ["camkit.layers", "camkit.heads", "camkit.targets", "camkit.postprocess", "camkit.methods", "camkit.metrics",
-     "camkit.viz"],
+     "camkit.viz", "camkit.faithfulness", "camkit.smoothing"],
     ["camkit.capture", "camkit.explanation", "camkit.models"],
-    ["camkit.explain", "camkit.data", "camkit.causal"],
+    ["camkit.explain", "camkit.data", "camkit.causal", "camkit.fusion"],
     ["camkit.evaluation"],
     ["camkit.train"],
     ["camkit.model_spec"],
