@@ -222,8 +222,17 @@ class DeletionInsertion(_Summed):
 
 # ------------------------------------------------------------------------------------------ ROAD
 def _neighbour_sum(x: torch.Tensor) -> torch.Tensor:
-    """``sum_j w_j x_j`` over the 8 neighbours (zero outside the image): ``(N, 1, H, W)``."""
-    return F.conv2d(F.pad(x, (1, 1, 1, 1)), _ROAD_KERNEL.to(x).view(1, 1, 3, 3))
+    """``sum_j w_j x_j`` over the 8 neighbours (zero outside the image): ``(N, 1, H, W)``, by shifted
+    slices (a float64 conv is slow on CPU)."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1))
+    total = torch.zeros_like(x)
+    for dy in range(3):
+        for dx in range(3):
+            weight = float(_ROAD_KERNEL[dy, dx])
+            if weight:
+                total = total + weight * padded[..., dy:dy + h, dx:dx + w]
+    return total
 
 
 def noisy_linear_impute(images: torch.Tensor, removed: torch.Tensor, noise: float = 0.01,

@@ -11,6 +11,8 @@ from torch import nn
 from camkit.faithfulness import ROAD, AverageDrop, DeletionInsertion, FaithfulnessEvaluator, noisy_linear_impute
 from untouched import assert_unchanged, snapshot
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 C, H, W, K = 2, 4, 4, 3
 
 

@@ -12,7 +12,7 @@ from camkit.fusion import fuse
 from camkit.smoothing import AugSmooth
 from untouched import assert_unchanged, snapshot
 
-pytestmark = pytest.mark.filterwarnings("ignore::camkit.heads.CAMHeadWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::camkit.heads.CAMHeadWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 class SmallNet(nn.Module):
