@@ -192,6 +192,9 @@ class DeletionInsertion(_Summed):
     def update(self, model: Callable, images: torch.Tensor, maps: torch.Tensor, targets) -> None:
         """Add ``B`` images: ``(B, C, H, W)`` inputs, ``(B, H, W)`` maps, ``(B,)`` classes."""
         images, maps, targets = _checked_batch(images, maps, targets)
+        if "blur" in (self.deletion_baseline, self.insertion_baseline) and min(images.shape[-2:]) < 6:
+            raise ValueError(f"the 'blur' baseline (kernel 11, reflect padding) needs images of at least 6x6, got "
+                             f"{tuple(images.shape[-2:])}; use deletion_baseline / insertion_baseline='zeros'")
         order = _relevance_order(maps)
         aucs = []
         for start, finish in (("image", self.deletion_baseline), (self.insertion_baseline, "image")):

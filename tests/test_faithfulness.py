@@ -205,6 +205,7 @@ def test_road_scores_the_imputed_images():
      "every original score must be > 0"),
     (lambda: AverageDrop().update_from_scores(torch.tensor([0.5]), torch.tensor([0.1, 0.2])), ValueError,
      "two (N,) tensors of one length"),
+    (lambda: DeletionInsertion().update(linear_model(), *batch()), ValueError, "needs images of at least 6x6"),
     (lambda: noisy_linear_impute(torch.zeros(1, 1, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool)), ValueError,
      "every pixel removed"),
 ])

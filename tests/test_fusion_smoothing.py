@@ -140,8 +140,10 @@ def test_eigen_smooth_of_a_rank_one_activation_by_hand():
 
 def test_eigen_smooth_runs_for_every_standard_method():
     model, images = SmallNet(), torch.randn(2, 3, 8, 8)
+    before = snapshot(model)
     exp = camkit.explain(model, images, methods=("cam", "gradcam", "gradcam++", "pcs", "bagcams"), layers="block",
-                         eigen_smooth=True)
+                         eigen_smooth=True, aug_smooth=True)
+    assert_unchanged(model, before)
     assert all(m.shape == (2, 8, 8) and bool(torch.isfinite(m).all()) for m in exp.maps.values())
 
 
