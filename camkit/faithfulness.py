@@ -291,6 +291,8 @@ class ROAD(_Summed):
     generator seeded with ``seed`` at construction. :meth:`compute` returns ``ROAD-MoRF@p`` and
     ``ROAD-LeRF@p`` per percentile, their means over the percentiles (``ROAD-MoRF``, ``ROAD-LeRF``)
     and ``ROAD`` = mean of (LeRF - MoRF) / 2 (pytorch-grad-cam's ROADCombined; higher is better).
+    Under ``torch.distributed`` every rank draws its noise from the same seed, so a sharded run equals
+    one process exactly only with ``noise=0``.
     """
 
     def __init__(self, percentiles: Sequence[float] = (10, 30, 50, 70, 90), noise: float = 0.01, seed: int = 0,
