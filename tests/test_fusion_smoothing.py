@@ -134,7 +134,8 @@ def test_eigen_smooth_of_a_rank_one_activation_by_hand():
     u = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]]]])
     exp = camkit.explain(RankOne(), u.repeat(2, 1, 1, 1), methods="cam", layers="conv", target=torch.tensor([0, 1]),
                          eigen_smooth=True, upsample=False, normalize=False)
-    expected = torch.stack([torch.tensor([[0.0, 0.0], [0.0, 9.0]]), math.sqrt(2) * torch.tensor([[2.0, 1.0], [0.0, 0.0]])])
+    expected = torch.stack([torch.tensor([[0.0, 0.0], [0.0, 9.0]]),
+                            math.sqrt(2) * torch.tensor([[2.0, 1.0], [0.0, 0.0]])])
     torch.testing.assert_close(exp["cam"], expected, atol=1e-5, rtol=1e-5)
 
 

@@ -10,7 +10,8 @@ def cam_weights(inputs: LayerInputs) -> torch.Tensor:
     return weights.clamp(min=0) if inputs.options.get("clamp_negative_weights", False) else weights
 
 
-@register("cam", needs=("head",), options=("clamp_negative_weights",), weighted_activations=channel_weighted(cam_weights),
+@register("cam", needs=("head",), options=("clamp_negative_weights",),
+          weighted_activations=channel_weighted(cam_weights),
           description="sum_k W[c,k] A_k: the linear head after global average pooling, no ReLU, no bias",
           reference="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016")
 def cam(inputs: LayerInputs) -> torch.Tensor:
