@@ -29,6 +29,8 @@ _LAZY = {
     **dict.fromkeys(("LoadedModel", "ModelSpecError", "load_model"), "camkit.model_spec"),
     "TopK": "camkit.targets", "overlay": "camkit.viz",
     **dict.fromkeys(("BoxScoreTarget", "SegmentationTarget"), "camkit.dense_targets"),
+    **dict.fromkeys(("AverageDrop", "DeletionInsertion", "ROAD"), "camkit.faithfulness"),
+    "fuse": "camkit.fusion", "AugSmooth": "camkit.smoothing",
     "evaluate": "camkit.evaluation", "CausalContext": "camkit.causal", "fit_context": "camkit.causal",
     "data": "camkit.data", "models": "camkit.models", "train": "camkit.train", "causal": "camkit.causal",
     "evaluation": "camkit.evaluation", "bench": "camkit.bench", "distributed": "camkit.distributed",
@@ -71,5 +73,6 @@ __all__ = [
     "register", "list_layers", "LayerError", "HeadNotFoundError", "CAMHeadWarning", "IMAGENET_MEAN",
     "IMAGENET_STD", "evaluate", "boxes_from_map", "box_iou", "resize_boxes", "best_iou_per_threshold",
     "MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "load_model", "LoadedModel",
-    "ModelSpecError", "overlay", "CausalContext", "fit_context", "__version__",
+    "ModelSpecError", "overlay", "CausalContext", "fit_context", "__version__", "fuse", "AugSmooth",
+    "DeletionInsertion", "ROAD", "AverageDrop",
 ]

@@ -26,8 +26,11 @@ from camkit.data.views import EvaluationView
 from camkit.data.wsol import collate_wsol
 from camkit.distributed import world
 from camkit.explain import Explainer
+from camkit.outputs import select_output
 from camkit.explanation import MapKey
 from camkit.metric_pool import MetricPool, default_metric_workers, maps_to_uint8
+from camkit.faithfulness import FaithfulnessEvaluator
+from camkit.fusion import FUSION_RULES, fuse
 from camkit.methods import STANDARD_METHODS as DEFAULT_METHODS
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
 
@@ -35,7 +38,7 @@ __all__ = ["evaluate", "LocalizationEvaluator", "localization_evaluator", "forma
 
 
 COLUMNS = ("MaxBoxAccV2", "MaxBoxAcc@50", "GT-known", "Top-1 Loc", "Top-5 Loc", "PxAP", "pIoU", "PeakIoU",
-           "Top-1 Cls", "Top-5 Cls")
+           "Top-1 Cls", "Top-5 Cls", "Deletion", "Insertion", "ROAD", "Average Drop", "Increase in Confidence")
 
 
 class LocalizationEvaluator:
@@ -181,7 +184,8 @@ def _check_every_image_has_a_box(boxes, indices) -> None:
 def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, layers=None, batch_size: int = 16,
              num_workers: int = 0, cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70),
              fixed_threshold: Optional[float] = None, mean=None, std=None, progress: bool = True,
-             limit: Optional[int] = None, metric_workers: Optional[int] = None,
+             limit: Optional[int] = None, metric_workers: Optional[int] = None, faithfulness: bool = False,
+             faithfulness_options: Optional[dict] = None, fuse_rules: Sequence[str] = (),
              **explainer_options) -> Dict[MapKey, dict]:
     """Localisation metrics of every (method, layer) on ``dataset``.
 
@@ -202,12 +206,22 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
             batch (:class:`camkit.metric_pool.MetricPool`); ``None`` = the available cores minus one, or 0
             below 3 cores (:func:`camkit.metric_pool.default_metric_workers`); ``0`` = in this process. The results do not depend on it. Under ``torchrun`` each
             rank has its own pool.
+        faithfulness: also compute :class:`camkit.faithfulness.FaithfulnessEvaluator`'s columns
+            (Deletion, Insertion, ROAD-MoRF/LeRF per percentile and combined, Average Drop, Increase in
+            Confidence) with the model, on the ground-truth class; ``faithfulness_options`` are its
+            options (``steps``, ``percentiles``, ``batch_size``, ...).
+        fuse_rules: fusion rules (:func:`camkit.fuse`) applied to all explained layers of each batch,
+            adding ``(method, "fused:<rule>")`` rows.
         explainer_options: passed to ``camkit.Explainer`` (``head``, ``output``, ``method_options`` ...).
 
     Returns:
         ``{(method, layer): {metric: value}}``; :func:`format_table` prints it.
     """
     methods = tuple(methods) if methods is not None and not isinstance(methods, str) else methods
+    fuse_rules = [fuse_rules] if isinstance(fuse_rules, str) else list(fuse_rules)
+    unknown = [rule for rule in fuse_rules if rule not in FUSION_RULES]
+    if unknown:
+        raise ValueError(f"unknown fusion rule(s) {unknown}; choose from {', '.join(map(repr, FUSION_RULES))}")
     rank, world_size = world()
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total < world_size:  # every rank sees this, so all of them stop (none waits in all_reduce)
@@ -217,20 +231,30 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_wsol)
     explainer = Explainer(model, methods=methods, layers=layers, **explainer_options)
-    evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold)
     norm = None
     if mean is not None and std is not None:
         norm = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
     workers = default_metric_workers() if metric_workers is None else metric_workers
+    faithful = None
+    if faithfulness:
+        adapter = explainer_options.get("output")
+        faithful = FaithfulnessEvaluator(model, None if adapter is None else
+                                         (lambda out: select_output(out, adapter)[0]), **(faithfulness_options or {}))
     with MetricPool(workers) as pool:
         evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold, pool=pool)
-        _run_batches(loader, indices, explainer, evaluator, norm, progress and rank == 0)
+        _run_batches(loader, indices, explainer, evaluator, norm, progress and rank == 0, fuse_rules, faithful)
         if world_size > 1:
             evaluator.all_reduce()
-        return evaluator.compute()
+            if faithful is not None:
+                faithful.all_reduce()
+        table = evaluator.compute()
+    if faithful is not None:
+        for key, row in faithful.compute().items():
+            table[key].update(row)
+    return table
 
 
-def _run_batches(loader, indices, explainer, evaluator, norm, progress: bool) -> None:
+def _run_batches(loader, indices, explainer, evaluator, norm, progress: bool, fuse_rules=(), faithful=None) -> None:
     """Explain every batch and feed the evaluator; the bar shows images/s and the engine's share of the time
     (the rest: data loading and the metric stage, including waits for the metric workers)."""
     from tqdm.auto import tqdm
@@ -248,8 +272,12 @@ def _run_batches(loader, indices, explainer, evaluator, norm, progress: bool) ->
                     images = (images - norm[0]) / norm[1]
             start = time.perf_counter()
             explanation = explainer(images, target=batch["label"])  # ground-truth-class maps
+            for rule in fuse_rules:
+                explanation = fuse(explanation, rule=rule)
             middle = time.perf_counter()
             evaluator.update(explanation, batch)
+            if faithful is not None:
+                faithful.update(explanation, batch["label"])
             engine_s, metric_s = engine_s + middle - start, metric_s + time.perf_counter() - middle
             bar.update(len(batch["label"]))
             bar.set_postfix_str(_time_shares(engine_s, metric_s), refresh=False)
@@ -302,9 +330,11 @@ def format_table(results: Dict[MapKey, dict], columns: Sequence[str] = COLUMNS) 
     cols = [c for c in columns if any(c in r for r in results.values())]
     width_m = max([len("method")] + [len(m) for m, _ in results])
     width_l = max([len("layer")] + [len(str(l)) for _, l in results])
-    head = f"{'method':<{width_m}}  {'layer':<{width_l}}  " + "  ".join(f"{c:>12}" for c in cols)
+    widths = [max(12, len(c)) for c in cols]
+    head = f"{'method':<{width_m}}  {'layer':<{width_l}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths))
     lines = [head, "-" * len(head)]
     for (m, l), row in results.items():
-        cells = "  ".join(f"{row[c]:>12.2f}" if c in row and row[c] is not None else f"{'-':>12}" for c in cols)
+        cells = "  ".join(f"{row[c]:>{w}.2f}" if c in row and row[c] is not None else f"{'-':>{w}}"
+                          for c, w in zip(cols, widths))
         lines.append(f"{m:<{width_m}}  {str(l):<{width_l}}  {cells}")
     return "\n".join(lines)

@@ -12,6 +12,8 @@ is off) and every module's ``training`` flag is restored afterwards.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -21,12 +23,12 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tup
 import torch
 from torch import nn
 
-from camkit import postprocess, tokens
+from camkit import postprocess, smoothing, tokens
 from camkit.dense_targets import is_output_target, output_scores
 from camkit.explanation import Explanation
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
-from camkit.inputs import Preprocess, as_photo_batch, run_model
+from camkit.inputs import Preprocess, as_batch, as_photo_batch, run_model
 from camkit.outputs import as_logits, check_output_adapter, select_output
 from camkit.layers import LayerError, LayerSpec, input_rank, last_spatial_layer, resolve_layer, resolve_layers
 from camkit.methods import STANDARD_METHODS, LayerInputs, get_method, list_methods
@@ -79,6 +81,10 @@ class Explainer:
             ``(B, h, w, C)`` is permuted), a callable ``(B, ...) -> (B, C, *grid)`` for every layer
             (as pytorch-grad-cam's ``reshape_transform``), or ``{layer key: callable}``. Gradients go
             through the same callable, so every method works on the result.
+        aug_smooth: ``True`` or a :class:`camkit.smoothing.AugSmooth`: average the maps of scaled and
+            flipped copies on the input frame (targets resolved on the input; needs ``upsample=True``).
+        eigen_smooth: replace each map by the first principal component of the method's weighted
+            activations (see :mod:`camkit.smoothing`); refused for methods that are not channel sums.
 
     Arguments are checked here, and images and targets at the start of a call, before any hook
     is attached: a wrong value raises an error that says what to give instead and leaves the model
@@ -91,7 +97,7 @@ class Explainer:
                  layers=None, head=None, output=None, preprocess: Optional[Callable] = None,
                  class_names: Optional[Sequence[str]] = None, eval_mode: bool = True,
                  guided_modules=DEFAULT_GUIDED_MODULES, method_options: Optional[dict] = None,
-                 context: Any = None, reshape=None):
+                 context: Any = None, reshape=None, aug_smooth=False, eigen_smooth: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -106,6 +112,9 @@ class Explainer:
         self.method_options = _checked_method_options(method_options)
         self.context = context
         self.reshape = tokens.checked_reshape(reshape)
+        self.aug_smooth = smoothing.checked_aug_smooth(aug_smooth)
+        smoothing.check_eigen_smooth([get_method(n) for n in self.methods], eigen_smooth)
+        self.eigen_smooth = eigen_smooth
         self._auto_layer = ShapeCache(SHAPE_CACHE_SIZE)     # per input shape (see _shape_key)
         self._call_totals = ShapeCache(SHAPE_CACHE_SIZE)
 
@@ -141,6 +150,9 @@ class Explainer:
         else:
             names, optional = _method_names(methods), frozenset()
         method_list = [get_method(name) for name in names]
+        smoothing.check_eigen_smooth(method_list, self.eigen_smooth)
+        if self.aug_smooth is not None:
+            return self._aug_smoothed(images, target, methods, layers, upsample, normalize)
         batch, display, photos, frames = as_photo_batch(images, self.preprocess, input_rank(self.model))
         device = _model_device(self.model, batch.device)
         batch = batch.to(device)
@@ -175,8 +187,9 @@ class Explainer:
                 class_weights=None if head_weight is None else head_weight[targets.classes],
                 forward=self._model_forward(batch, spec) if "forward" in needs else None)
             with _eval_mode(self.model, self.eval_mode):   # extra forwards run as the first one
-                raw = tokens.unfold_from_2d(
-                    torch.stack([m.fn(_with_options(inputs, m.name, self)) for m in layer_methods]), grid)
+                raw = tokens.unfold_from_2d(torch.stack(
+                    [smoothing.method_map(m, _with_options(inputs, m.name, self), self.eigen_smooth)
+                     for m in layer_methods]), grid)
             if upsample:
                 raw = postprocess.upsample(raw, tuple(batch.shape[2:]))
             if normalize:
@@ -197,6 +210,28 @@ class Explainer:
                 "In a GELU network (ViT, Swin) there is no ReLU to guide: BagCAMs is then the same formula "
                 "with the unguided gradient of log(S)")
         return explanation
+
+    def _aug_smoothed(self, images, target, methods, layers, upsample, normalize) -> Explanation:
+        """:class:`camkit.smoothing.AugSmooth` maps: targets resolved on the input, then every view."""
+        if not upsample:
+            raise ValueError("aug_smooth averages maps on the input frame: use upsample=True")
+        batch, display = as_batch(images, self.preprocess)
+        batch = batch.to(_model_device(self.model, batch.device))
+        _check_input(batch)
+        target = names_to_classes(target, self.class_names)
+        check_target(target, batch.shape[0])
+        with torch.no_grad(), _eval_mode(self.model, self.eval_mode):
+            logits = as_logits(run_model(self.model, batch), self.output, batch.shape[0])
+        resolved = resolve_targets(target, logits)
+        classes = resolved.classes if resolved.per_image or resolved.classes is None else resolved.classes[:, 0]
+        single = _without_aug_smooth(self)
+        maps, first = smoothing.aug_smoothed_maps(
+            lambda view, view_target: single(view, view_target, methods, layers, True, normalize), batch,
+            target if classes is None else classes, self.aug_smooth, normalize)
+        size = batch.shape[0]
+        return dataclasses.replace(first, maps=maps, logits=logits, images=batch, images_rgb=display,
+                                   targets=None if first.targets is None else first.targets[:size],
+                                   negative_target_logit=first.negative_target_logit[:size])
 
     def _passes(self, batch, specs, needs, target, call_totals=None):
         """The forward and the backward(s): activations, logits, targets, gradients, guided
@@ -359,6 +394,13 @@ class ShapeCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _without_aug_smooth(explainer: Explainer) -> Explainer:
+    """A shallow copy of ``explainer`` (same model, options and caches) that explains one view."""
+    single = copy.copy(explainer)
+    single.aug_smooth = None
+    return single
 
 
 def _method_selection(methods) -> Tuple[List[str], FrozenSet[str]]:

@@ -226,11 +226,44 @@ def last_spatial_layer(model: nn.Module, image: torch.Tensor) -> Tuple[str, Dict
     return layers[-1][0], calls
 
 
+#: ``layers=ALL_STAGES``: the last layer of every spatial resolution (see :func:`stage_layers`)
+ALL_STAGES = "all-stages"
+
+
+def stage_layers(model: nn.Module, image: torch.Tensor) -> List[str]:
+    """The last layer of every spatial resolution, shallow to deep (one no-grad forward).
+
+    The spatial outputs, in execution order, are cut into runs of one resolution ``(h, w)``; from each
+    run the last output of the least nested module (fewest dots in its name) is taken, so a block
+    (``features.13``, ``layer3``) is preferred to its last sub-layer, and the first layer of the next
+    stage, which often still runs at the old resolution (an expansion 1x1 conv), is not picked.
+    """
+    runs: List[Tuple[Tuple[int, int], List[str]]] = []
+    for label, shape in list_layers(model, image):
+        if runs and runs[-1][0] == shape[2:]:
+            runs[-1][1].append(label)
+        else:
+            runs.append((shape[2:], [label]))
+    if not runs:
+        raise LayerError("no layer of the model outputs a spatial map (B, C, h, w) for this input; "
+                         "class activation maps need a convolutional feature map")
+    picked = []
+    for _, labels in runs:
+        depth = min(label.count(".") for label in labels)
+        last = [label for label in labels if label.count(".") == depth][-1]
+        if last not in picked:
+            picked.append(last)
+    return picked
+
+
 def resolve_layers(model: nn.Module, layers: Optional[Union[LayerLike, Sequence[LayerLike]]],
                    example: torch.Tensor) -> List[LayerSpec]:
-    """Resolve ``layers`` (a name, module, sequence of them, or ``None`` = last spatial layer)."""
+    """Resolve ``layers`` (a name, module, sequence of them, ``None`` = last spatial layer, or
+    ``"all-stages"`` = :func:`stage_layers`)."""
     if layers is None:
         return [resolve_layer(model, last_spatial_layer(model, example)[0])]
+    if isinstance(layers, str) and layers == ALL_STAGES:
+        return [resolve_layer(model, name) for name in stage_layers(model, example)]
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     if not isinstance(layers, (list, tuple)) or not all(isinstance(l, (str, nn.Module)) for l in layers):

@@ -29,8 +29,10 @@ import torch
 
 from camkit.distributed import all_reduce_sum
 from camkit.boxes import best_iou_per_threshold, thresholds_for_interval, validate_boxes
+from camkit.faithfulness import AverageDrop, DeletionInsertion, ROAD  # noqa: F401  (re-exported)
 
-__all__ = ["MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "max_box_accuracy", "pixel_average_precision"]
+__all__ = ["MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "max_box_accuracy", "pixel_average_precision",
+           "DeletionInsertion", "ROAD", "AverageDrop"]
 
 
 # ------------------------------------------------------------------------------- configuration checks

@@ -21,7 +21,13 @@ def _regional_terms(guided: torch.Tensor, activations: torch.Tensor, weighting: 
     raise ValueError(f"method_options['bagcams']['weighting'] must be one of {BAG_WEIGHTINGS}, got {weighting!r}")
 
 
-@register("bagcams", needs=("guided_gradients",), options=("weighting",),
+def bagcams_terms(inputs: LayerInputs) -> torch.Tensor:
+    """BagCAMs' summed terms ``ReLU(v_k(m) A_k(m))`` (see :func:`bagcams`): ``(B, T, C, h, w)``."""
+    activations = inputs.activations.unsqueeze(1)                          # (B, 1, C, h, w)
+    return _regional_terms(inputs.guided_gradients, activations, inputs.options.get("weighting", "bag")).relu()
+
+
+@register("bagcams", needs=("guided_gradients",), options=("weighting",), weighted_activations=bagcams_terms,
           description="sum_k ReLU(t_k g^_k A_k), t_k = 1 + mean_m(g^_k A_k), g^ = guided d log(S_c)/dA",
           reference="Zhu et al., Bagging Regional Classification Activation Maps for Weakly "
                     "Supervised Object Localization, ECCV 2022")
@@ -53,6 +59,4 @@ def bagcams(inputs: LayerInputs) -> torch.Tensor:
         exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="bagcams", layers="layer3")
         exp["bagcams"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
-    activations = inputs.activations.unsqueeze(1)                          # (B, 1, C, h, w)
-    terms = _regional_terms(inputs.guided_gradients, activations, inputs.options.get("weighting", "bag"))
-    return terms.relu().sum(dim=2)
+    return bagcams_terms(inputs).sum(dim=2)

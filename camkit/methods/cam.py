@@ -1,10 +1,17 @@
 """CAM (Zhou et al., CVPR 2016): the classifier row of the target applied to the feature map."""
 import torch
 
-from camkit.methods.registry import LayerInputs, channel_weighted_sum, register
+from camkit.methods.registry import LayerInputs, channel_weighted, channel_weighted_sum, register
+
+
+def cam_weights(inputs: LayerInputs) -> torch.Tensor:
+    """CAM's channel weights: the targets' classifier rows ``W[c]`` (clamped at 0 with the NWC option)."""
+    weights = inputs.class_weights
+    return weights.clamp(min=0) if inputs.options.get("clamp_negative_weights", False) else weights
 
 
 @register("cam", needs=("head",), options=("clamp_negative_weights",),
+          weighted_activations=channel_weighted(cam_weights),
           description="sum_k W[c,k] A_k: the linear head after global average pooling, no ReLU, no bias",
           reference="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016")
 def cam(inputs: LayerInputs) -> torch.Tensor:
@@ -23,7 +30,4 @@ def cam(inputs: LayerInputs) -> torch.Tensor:
         exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="cam", layers="layer4")
         exp["cam"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
-    weights = inputs.class_weights
-    if inputs.options.get("clamp_negative_weights", False):
-        weights = weights.clamp(min=0)
-    return channel_weighted_sum(weights, inputs.activations)
+    return channel_weighted_sum(cam_weights(inputs), inputs.activations)

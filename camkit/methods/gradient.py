@@ -4,10 +4,16 @@ Notation: ``A`` is the layer output ``(B, C, h, w)``, ``g = dS_c/dA`` is ``(B, T
 """
 import torch
 
-from camkit.methods.registry import LayerInputs, channel_weighted_sum, register
+from camkit.methods.registry import LayerInputs, channel_weighted, channel_weighted_sum, register
+
+
+def gradcam_weights(inputs: LayerInputs) -> torch.Tensor:
+    """Grad-CAM's channel weights ``mean_m(g_k)``: ``(B, T, C)``."""
+    return inputs.gradients.mean(dim=(-2, -1))
 
 
 @register("gradcam", needs=("gradients",), options=(), aliases=("grad-cam",),
+          weighted_activations=channel_weighted(gradcam_weights),
           description="ReLU(sum_k mean_m(g_k) A_k): channels weighted by their average gradient",
           reference="Selvaraju et al., Grad-CAM, ICCV 2017")
 def gradcam(inputs: LayerInputs) -> torch.Tensor:
@@ -22,8 +28,13 @@ def gradcam(inputs: LayerInputs) -> torch.Tensor:
         exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="gradcam", layers="layer4")
         exp["gradcam"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
-    weights = inputs.gradients.mean(dim=(-2, -1))
-    return channel_weighted_sum(weights, inputs.activations).relu()
+    return channel_weighted_sum(gradcam_weights(inputs), inputs.activations).relu()
+
+
+def gradcam_plus_plus_weights(inputs: LayerInputs) -> torch.Tensor:
+    """Grad-CAM++'s channel weights ``sum_m alpha ReLU(g)`` (see :func:`gradcam_plus_plus`): ``(B, T, C)``."""
+    grads = inputs.gradients
+    return (gradcam_plus_plus_alpha(grads, inputs.activations) * grads.relu()).sum(dim=(-2, -1))
 
 
 def gradcam_plus_plus_alpha(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
@@ -38,6 +49,7 @@ def gradcam_plus_plus_alpha(grads: torch.Tensor, activations: torch.Tensor) -> t
 
 
 @register("gradcam++", needs=("gradients",), options=(), aliases=("gradcampp", "grad-cam++"),
+          weighted_activations=channel_weighted(gradcam_plus_plus_weights),
           description="eq. 19 of Grad-CAM++ (exponential score): alpha = g^2/(2g^2 + sum_m(A) g^3), "
                       "w_k = sum_m alpha ReLU(g)",
           reference="Chattopadhay et al., Grad-CAM++, WACV 2018")
@@ -57,12 +69,15 @@ def gradcam_plus_plus(inputs: LayerInputs) -> torch.Tensor:
         exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="gradcam++", layers="layer4")
         exp["gradcam++"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
-    grads = inputs.gradients
-    weights = (gradcam_plus_plus_alpha(grads, inputs.activations) * grads.relu()).sum(dim=(-2, -1))
-    return channel_weighted_sum(weights, inputs.activations).relu()
+    return channel_weighted_sum(gradcam_plus_plus_weights(inputs), inputs.activations).relu()
 
 
-@register("pcs", needs=("gradients",), options=(), aliases=("hirescam",),
+def pcs_terms(inputs: LayerInputs) -> torch.Tensor:
+    """PCS's summed terms ``g_k(m) A_k(m)``: ``(B, T, C, h, w)``."""
+    return inputs.gradients * inputs.activations.unsqueeze(1)
+
+
+@register("pcs", needs=("gradients",), options=(), aliases=("hirescam",), weighted_activations=pcs_terms,
           description="ReLU(sum_k g_k(m) A_k(m)): pixel-level class selection, equal to HiResCAM",
           reference="Tan et al., Increasing the Discriminative Power of Class Activation Maps "
                     "(pixel-level class selection), 2020; Draelos & Carin, HiResCAM, 2020")

@@ -56,6 +56,9 @@ class Method:
     """A registered method: ``fn(LayerInputs) -> (B, T, h, w)`` raw maps.
 
     ``options`` is the set of option names it accepts, or ``None`` when it does not say (unchecked).
+    ``weighted_activations``, for a method whose map is a sum over channels, gives the summed terms
+    ``fn(LayerInputs) -> (B, T, C, h, w)`` (e.g. ``w_k A_k`` for Grad-CAM): what ``eigen_smooth``
+    projects on its first principal component; ``None`` when the method is not such a sum.
     """
 
     name: str
@@ -64,6 +67,7 @@ class Method:
     description: str = ""
     reference: str = ""
     options: Optional[FrozenSet[str]] = None
+    weighted_activations: Optional[Callable[[LayerInputs], torch.Tensor]] = None
 
 
 _REGISTRY: Dict[str, Method] = {}
@@ -71,11 +75,12 @@ _ALIASES: Dict[str, str] = {}
 
 
 def register(name: str, needs: Iterable[str] = (), description: str = "", reference: str = "",
-             aliases: Iterable[str] = (), options: Optional[Iterable[str]] = None):
+             aliases: Iterable[str] = (), options: Optional[Iterable[str]] = None,
+             weighted_activations: Optional[Callable[[LayerInputs], torch.Tensor]] = None):
     """Decorator that registers a method function under ``name`` (and ``aliases``).
 
     ``options``: the option names the method reads (``method_options={name: {...}}``); others are
-    refused. ``None`` accepts any.
+    refused. ``None`` accepts any. ``weighted_activations``: see :class:`Method` (``eigen_smooth``).
     """
     needs = frozenset(needs)
     options = None if options is None else frozenset(options)
@@ -86,7 +91,7 @@ def register(name: str, needs: Iterable[str] = (), description: str = "", refere
     def decorator(fn):
         if name in _REGISTRY or name in _ALIASES:
             raise ValueError(f"a method named {name!r} is already registered")
-        _REGISTRY[name] = Method(name, fn, needs, description, reference, options)
+        _REGISTRY[name] = Method(name, fn, needs, description, reference, options, weighted_activations)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn
@@ -136,3 +141,11 @@ def describe_methods() -> List[Method]:
 def channel_weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """``sum_k weights[b, t, k] * activations[b, k]``: ``(B, T, C) x (B, C, h, w) -> (B, T, h, w)``."""
     return torch.einsum("btc,bchw->bthw", weights, activations)
+
+
+def channel_weighted(weights: Callable[[LayerInputs], torch.Tensor]) -> Callable[[LayerInputs], torch.Tensor]:
+    """The ``weighted_activations`` of a method ``sum_k w_k A_k`` from its ``(B, T, C)`` weights
+    function: ``inputs -> w[b, t, k] * A[b, k]``, ``(B, T, C, h, w)``."""
+    def weighted_activations(inputs: LayerInputs) -> torch.Tensor:
+        return weights(inputs)[..., None, None] * inputs.activations.unsqueeze(1)
+    return weighted_activations
