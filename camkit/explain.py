@@ -54,7 +54,9 @@ class Explainer:
             with a :class:`camkit.CAMHeadWarning` and a note in ``Explanation.notes`` and left out
             of ``Explanation.methods``, and the other methods still run. A CAM named explicitly
             raises :class:`camkit.HeadNotFoundError` when it fits none of the layers. ``"all"`` is every
-            registered method (``camkit.list_methods()``; the standard set first), with the head methods optional as for ``None``.
+            registered one-pass method (the standard set first), with the head methods optional as for
+            ``None``; the perturbation methods (``camkit.list_methods(needs="forward")``: Score-CAM,
+            Ablation-CAM, ... up to one extra forward per channel) run only when named.
         layers: module names (``"name"`` or ``"name@k"`` for the k-th call of a reused module),
             modules, or ``None`` for the last layer with spatial output (chosen per input shape and
             reported in ``Explanation.layers``).
@@ -405,11 +407,13 @@ def _without_aug_smooth(explainer: Explainer) -> Explainer:
 
 def _method_selection(methods) -> Tuple[List[str], FrozenSet[str]]:
     """The method names and those that may be skipped: ``None`` is the standard set, whose head
-    methods (CAM) are optional, and so is ``"all"``: every registered method; methods named explicitly are
-    all required."""
+    methods (CAM) are optional, and so is ``"all"``: every registered one-pass method (the perturbation
+    methods, ``list_methods(needs="forward")``, run up to one forward per channel and must be named);
+    methods named explicitly are all required."""
     if methods is None or _is_all(methods):
         names = list(STANDARD_METHODS) + ([] if methods is None else
-                                         [m for m in list_methods() if m not in STANDARD_METHODS])
+                                         [m for m in list_methods() if m not in STANDARD_METHODS
+                                          and "forward" not in get_method(m).needs])
         return names, frozenset(name for name in names if "head" in get_method(name).needs)
     return _method_names(methods), frozenset()
 
