@@ -1,18 +1,14 @@
 """camkit.evaluate on a tiny model: equals the metrics fed by hand, batch-invariant, exact under 2 gloo ranks."""
 import argparse
-import os
-import socket
-import tempfile
 
 import pytest
 
 import camkit.heads
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from camkit.cli.evaluate import add_arguments
+from two_ranks import on_two_ranks
 from camkit.evaluation import evaluate, format_table
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PxAP
 
@@ -104,28 +100,12 @@ def test_cli_arguments():
     assert args.methods is None  # the engine's standard set, CAM where a linear head fits
 
 
-def _worker(rank, world, port, path):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        res = _run(batch_size=2)
-        if rank == 0:
-            torch.save(res, path)
-    finally:
-        dist.destroy_process_group()
+def _run_two_ranks():
+    return _run(batch_size=2)
 
 
 def test_evaluate_two_gloo_ranks_equals_single_process():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "res.pt")
-        mp.spawn(_worker, args=(2, port, path), nprocs=2, join=True)
-        distributed = torch.load(path, weights_only=False)
-    assert distributed == _run(batch_size=4)
+    assert on_two_ranks(_run_two_ranks) == _run(batch_size=4)
 
 
 def test_mask_only_dataset_reports_pixel_metrics_only():

@@ -1,12 +1,6 @@
 """camkit.evaluate(faithfulness=True, fuse_rules=...) equals the metrics and fusion fed by hand."""
-import os
-import socket
-import tempfile
 
 import pytest
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import camkit
 from camkit.evaluation import evaluate, format_table
@@ -15,6 +9,7 @@ from camkit.fusion import fuse
 from camkit.metrics import MaxBoxAcc
 from test_evaluate import TinyNet, ToyWSOL
 from untouched import assert_unchanged, snapshot
+from two_ranks import on_two_ranks
 
 pytestmark = [pytest.mark.filterwarnings("ignore::camkit.heads.CAMHeadWarning"), pytest.mark.usefixtures("one_thread")]
 
@@ -67,28 +62,13 @@ def test_bad_evaluate_options_are_refused_and_change_nothing(options, fragment):
     assert_unchanged(model, before)
 
 
-def _worker(rank, world, port, path):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        result = _run(batch_size=2, faithfulness_options={**OPTIONS, "noise": 0.0}, fuse_rules="max")
-        if rank == 0:
-            torch.save(result, path)
-    finally:
-        dist.destroy_process_group()
+def _run_without_noise():
+    return _run(batch_size=2, faithfulness_options={**OPTIONS, "noise": 0.0}, fuse_rules="max")
 
 
 def test_two_gloo_ranks_equal_one_process():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "result.pt")
-        mp.spawn(_worker, args=(2, port, path), nprocs=2, join=True)
-        sharded = torch.load(path, weights_only=False)
-    single = _run(batch_size=2, faithfulness_options={**OPTIONS, "noise": 0.0}, fuse_rules="max")
+    sharded = on_two_ranks(_run_without_noise)
+    single = _run_without_noise()
     assert set(sharded) == set(single)
     for key in single:
         assert sharded[key] == pytest.approx(single[key], rel=1e-5, abs=1e-7)   # other batches: float32 convs
