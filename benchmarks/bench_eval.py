@@ -316,17 +316,19 @@ def main_end_to_end(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--per-tau-maps", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=int, default=200, help="random maps (with boxes and masks) to evaluate")
+    parser.add_argument("--per-tau-maps", type=int, default=3,
+                        help="maps also checked and timed with the slow per-threshold Python reference")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random maps")
     parser.add_argument("--modes", action="store_true", help="each mode alone vs OpenCV, four kinds of maps")
     parser.add_argument("--maps", type=int, default=4, help="--modes: maps per kind and size")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds (the median is reported)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448], help="map sides for --modes")
     parser.add_argument("--end-to-end", action="store_true", help="camkit.evaluate vs the engine alone")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
+                        help="metric worker counts compared by --end-to-end")
+    parser.add_argument("--device", default="cpu", help="torch device of the engine for --end-to-end")
+    parser.add_argument("--batch-size", type=int, default=10, help="images per engine call for --end-to-end")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.modes:

@@ -24,10 +24,13 @@ COLUMNS = ("MaxBoxAccV2", "GT-known", "Top-1 Loc", "Deletion", "Insertion", "ROA
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="../shared/assets/weights/mobilenet_v2_imagenet.pth")
-    parser.add_argument("--data", default="../shared/assets/imagenet-val-dev50")
-    parser.add_argument("--faithfulness", action="store_true")
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--weights", default="../shared/assets/weights/mobilenet_v2_imagenet.pth",
+                        help="the real MobileNetV2 state_dict (TF SAME padding restored)")
+    parser.add_argument("--data", default="../shared/assets/imagenet-val-dev50",
+                        help="an annotated folder (annotations.json) to evaluate on")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="also compute deletion/insertion, ROAD and Average Drop (slow on CPU)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     args = parser.parse_args()
     warnings.simplefilter("ignore", camkit.CAMHeadWarning)
     loaded = load_model(f"mobilenet_v2-tf:{args.weights}")
