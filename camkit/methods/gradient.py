@@ -93,7 +93,7 @@ def pcs(inputs: LayerInputs) -> torch.Tensor:
         exp = camkit.explain(model, torch.randn(2, 3, 224, 224), methods="pcs", layers="layer4")
         exp["pcs"].shape   # (2, 224, 224), min-max normalised to [0, 1]
     """
-    return (inputs.gradients * inputs.activations.unsqueeze(1)).sum(dim=2).relu()
+    return pcs_terms(inputs).sum(dim=2).relu()
 
 
 @register("xgradcam", needs=("gradients",), options=(), aliases=("xgrad-cam",),
