@@ -64,13 +64,17 @@ def _inside_reference(shape, u, v):
     raise AssertionError(shape)
 
 
-def test_masks_are_the_drawn_shapes_float64_reference():
-    data = make_synthetic(48, num_classes=8, image_size=48, seed=3)
+@pytest.mark.parametrize("options", [
+    dict(num_classes=8),
+    dict(num_classes=24, part_radius=0.4, layout="patch", placement="centred", spread=0.1),
+])
+def test_masks_are_the_drawn_shapes_float64_reference(options):
+    data = make_synthetic(48, image_size=48, seed=3, **options)
     s = 48
     y, x = np.mgrid[0:s, 0:s].astype(np.float64)
     checked = 0
     for i in range(len(data)):
-        shape = SHAPES[int(data.labels[i])]
+        shape = SHAPES[int(data.labels[i]) % len(SHAPES)]
         cx, cy = data.params["center"][i].double().numpy()
         scale = float(data.params["scale"][i])
         angle = float(data.params["angle"][i])
@@ -133,7 +137,7 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="context"):
         make_synthetic(4, image_size=16, context="sideways")
     with pytest.raises(ValueError, match="num_classes"):
-        make_synthetic(4, image_size=16, num_classes=9)
+        make_synthetic(4, image_size=16, num_classes=65)
     with pytest.raises(ValueError, match="probability"):
         make_synthetic(4, image_size=16, habitat_p=1.5)
 

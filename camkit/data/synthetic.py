@@ -13,7 +13,26 @@ textures. The context knob decides how often an object sits on its own habitat:
 
 A classifier trained on ``habitat_p=0.8`` can reach high accuracy by reading the background ("fish in
 water"); its accuracy on uniform or swapped test sets shows how much it relies on context, and the share
-of its CAM energy outside the object mask (:func:`context_energy_share`) shows where it looks.
+of its CAM energy on the context (:func:`context_energy_share`) shows where it looks. With
+``context="habitat"``, ``habitat_p = 1 / num_textures`` is the uniform-equivalent setting (every texture
+equally likely whatever the class).
+
+Two more knobs say what the confounder looks like and where objects sit:
+
+- ``layout="background"`` (default): the whole background is the context texture ("fish in water").
+  ``layout="patch"``: the background is a neutral texture and the context is a patch of the context
+  texture directly under the object ("bird on a branch"): a rectangle whose top row is the row below the
+  object's lowest pixel, spanning the object's box widened by a quarter of its width on each side, and
+  ``PATCH_HEIGHT`` object radii high. ``dataset.context_masks`` holds its exact pixels.
+- ``placement="uniform"`` (default): object centres uniform over the positions where the object fits.
+  ``placement="centred"``: centres drawn from a normal distribution around the image centre with
+  standard deviation ``spread * image_size`` per axis, clamped to where the object fits, as objects sit
+  in CUB and ILSVRC photos.
+
+**Many classes.** Class ``k`` draws the shape ``SHAPES[k % 8]``; with more than 8 classes, classes
+that share a shape differ only by the colour of their discriminative part (hue ``k / num_classes``, so
+the classes sharing a shape are ``360 / ceil(K / 8)`` degrees apart in hue), as fine-grained classes
+(birds, cars) differ by the colour of a part. So ``num_classes > 8`` needs ``part_radius > 0``.
 
 Ground truth is exact: the mask is the set of pixels drawn with the object's colour (no anti-aliasing),
 boxes are the masks' inclusive bounding boxes ``(x0, y0, x1, y1)``. Everything is generated with one
@@ -29,13 +48,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 __all__ = [
-    "SHAPES", "SyntheticWSOL", "make_synthetic", "export_wsol", "shape_indicator",
+    "SHAPES", "LAYOUTS", "PLACEMENTS", "PATCH_HEIGHT", "class_names_for", "SyntheticWSOL", "make_synthetic", "export_wsol", "shape_indicator",
     "context_energy_share", "habitat_accuracy",
 ]
 
@@ -43,6 +62,22 @@ __all__ = [
 SHAPES = ("disk", "square", "triangle", "cross", "ring", "bar", "half_disk", "ell")
 
 _PATTERNS = ("stripes", "checker", "dots")
+
+#: ``layout`` values: where the context texture is drawn (see the module docstring).
+LAYOUTS = ("background", "patch")
+#: ``placement`` values: how object centres are drawn.
+PLACEMENTS = ("uniform", "centred")
+#: Height of the ``layout="patch"`` context patch, in object radii.
+PATCH_HEIGHT = 0.5
+#: Upper bound of ``num_classes`` (8 shapes times at most 8 part colours per shape).
+MAX_CLASSES = 8 * len(SHAPES)
+
+
+def class_names_for(num_classes: int):
+    """Class names: the shape for up to 8 classes, ``"{shape}-{k // 8}"`` (shape and part colour) beyond."""
+    if num_classes <= len(SHAPES):
+        return list(SHAPES[:num_classes])
+    return [f"{SHAPES[k % len(SHAPES)]}-{k // len(SHAPES)}" for k in range(num_classes)]
 
 
 def shape_indicator(shape_ids: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -110,10 +145,15 @@ class SyntheticWSOL(torch.utils.data.Dataset):
     Attributes (N images, size S):
         images: ``(N, 3, S, S)`` uint8.
         masks: ``(N, S, S)`` bool, exactly the pixels drawn with the object.
+        context_masks: ``(N, S, S)`` bool, exactly the pixels drawn with the context texture: the whole
+            background (``~masks``) with ``layout="background"``, the patch with ``layout="patch"``.
         parts: ``(N, S, S)`` bool, the pixels of the class-specific part (all False without parts).
         boxes: ``(N, 4)`` long, inclusive ``(x0, y0, x1, y1)`` bounding box of each mask.
         labels: ``(N,)`` long object classes in ``[0, num_classes)``.
-        backgrounds: ``(N,)`` long texture ids; ids ``< num_classes`` are habitats, the rest neutral.
+        backgrounds: ``(N,)`` long ids of the context texture; ids ``< num_classes`` are habitats, the
+            rest neutral.
+        surrounds: ``(N,)`` long ids of the texture around the context: ``backgrounds`` with
+            ``layout="background"``, a neutral texture with ``layout="patch"``.
         on_habitat: ``(N,)`` bool, ``backgrounds == labels``.
         params: per-image object parameters (``center`` ``(N, 2)`` as (x, y), ``scale`` ``(N,)`` in
             pixels, ``angle`` ``(N,)`` radians, ``colour`` ``(N, 3)``), for tests and figures.
@@ -124,10 +164,12 @@ class SyntheticWSOL(torch.utils.data.Dataset):
 
     images: torch.Tensor
     masks: torch.Tensor
+    context_masks: torch.Tensor
     parts: torch.Tensor
     boxes: torch.Tensor
     labels: torch.Tensor
     backgrounds: torch.Tensor
+    surrounds: torch.Tensor
     on_habitat: torch.Tensor
     params: Dict[str, torch.Tensor]
     num_classes: int
@@ -143,7 +185,7 @@ class SyntheticWSOL(torch.utils.data.Dataset):
 
     @property
     def class_names(self):
-        return list(SHAPES[: self.num_classes])
+        return class_names_for(self.num_classes)
 
 
 def _draw_backgrounds(labels: torch.Tensor, num_classes: int, num_textures: int, context: str,
@@ -166,53 +208,92 @@ def _draw_backgrounds(labels: torch.Tensor, num_classes: int, num_textures: int,
     return torch.where(coin < habitat_p, favoured, other)
 
 
-def _render_chunk(labels, backgrounds, center, scale, angle, colour, texture_phase, object_frequency,
-                  object_phase, colour_jitter, bank, size, part_radius, part_colours):
+def _texture(bank, ids, x, y, phase, jitter):
+    """The textures ``ids`` ``(B,)`` over the pixel grid ``x, y`` ``(B, S, S)``: ``(B, 3, S, S)`` float."""
+    b = ids.shape[0]
+    ang = bank["angle"][ids].view(b, 1, 1)
+    freq = bank["frequency"][ids].view(b, 1, 1) * 2 * math.pi
+    pa = (x * torch.cos(ang) + y * torch.sin(ang)) * freq + phase[:, 0].view(b, 1, 1)
+    pb = (-x * torch.sin(ang) + y * torch.cos(ang)) * freq + phase[:, 1].view(b, 1, 1)
+    stripes = 0.5 + 0.5 * torch.sin(pa)
+    checker = (torch.sin(pa) * torch.sin(pb) > 0).float()
+    dots = (torch.sin(pa) * torch.sin(pb) > 0.5).float()
+    pattern = bank["pattern"][ids].view(b, 1, 1)
+    t = torch.where(pattern == 0, stripes, torch.where(pattern == 1, checker, dots))
+    c = bank["colours"][ids] * jitter.view(b, 1, 3)          # (B, 2, 3)
+    return c[:, 0, :, None, None] * (1 - t[:, None]) + c[:, 1, :, None, None] * t[:, None]
+
+
+def _patch_under(mask: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The ``layout="patch"`` context ``(B, S, S)`` bool: rows from one below the mask's lowest row to
+    ``PATCH_HEIGHT * scale`` below it, columns over the mask's box widened by a quarter of its width on
+    each side."""
+    boxes = _mask_boxes(mask).to(x.dtype)
+    b = mask.shape[0]
+    x0, y0, x1, y1 = (boxes[:, i].view(b, 1, 1) for i in range(4))
+    pad = 0.25 * (x1 - x0 + 1)
+    return ((x >= x0 - pad) & (x <= x1 + pad) & (y >= y1 + 1)
+            & (y <= y1 + PATCH_HEIGHT * scale.view(b, 1, 1)))
+
+
+def _render_chunk(labels, backgrounds, surrounds, center, scale, angle, colour, texture_phase,
+                  object_frequency, object_phase, colour_jitter, bank, size, part_radius, part_colours, layout):
     """Render one chunk. Returns background (B,3,S,S) float, foreground (B,3,S,S) float, mask (B,S,S),
-    part (B,S,S)."""
+    part (B,S,S), context (B,S,S)."""
     b = labels.shape[0]
     coords = torch.arange(size, dtype=torch.float32)
     y = coords.view(1, size, 1).expand(b, size, size)
     x = coords.view(1, 1, size).expand(b, size, size)
-    # background texture
-    ang = bank["angle"][backgrounds].view(b, 1, 1)
-    freq = bank["frequency"][backgrounds].view(b, 1, 1) * 2 * math.pi
-    pa = (x * torch.cos(ang) + y * torch.sin(ang)) * freq + texture_phase[:, 0].view(b, 1, 1)
-    pb = (-x * torch.sin(ang) + y * torch.cos(ang)) * freq + texture_phase[:, 1].view(b, 1, 1)
-    stripes = 0.5 + 0.5 * torch.sin(pa)
-    checker = (torch.sin(pa) * torch.sin(pb) > 0).float()
-    dots = (torch.sin(pa) * torch.sin(pb) > 0.5).float()
-    pattern = bank["pattern"][backgrounds].view(b, 1, 1)
-    t = torch.where(pattern == 0, stripes, torch.where(pattern == 1, checker, dots))
-    c = bank["colours"][backgrounds] * colour_jitter.view(b, 1, 3)          # (B, 2, 3)
-    background = c[:, 0, :, None, None] * (1 - t[:, None]) + c[:, 1, :, None, None] * t[:, None]
     # object
     dx = (x - center[:, 0].view(b, 1, 1)) / scale.view(b, 1, 1)
     dy = (y - center[:, 1].view(b, 1, 1)) / scale.view(b, 1, 1)
     ca, sa = torch.cos(angle).view(b, 1, 1), torch.sin(angle).view(b, 1, 1)
     u = ca * dx + sa * dy
     v = -sa * dx + ca * dy
-    mask = shape_indicator(labels, u, v) >= 0
+    shape_ids = labels % len(SHAPES)
+    mask = shape_indicator(shape_ids, u, v) >= 0
     shade = 0.8 + 0.2 * torch.sin(u * object_frequency.view(b, 1, 1) + object_phase.view(b, 1, 1))
     foreground = colour.view(b, 3, 1, 1) * shade[:, None]
-    pc = _PART_CENTERS[labels]
+    pc = _PART_CENTERS[shape_ids]
     part = mask & (((u - pc[:, 0].view(b, 1, 1)) ** 2 + (v - pc[:, 1].view(b, 1, 1)) ** 2) <= part_radius ** 2)
     if part_radius > 0:
         foreground = torch.where(part[:, None], part_colours[labels].view(b, 3, 1, 1), foreground)
     else:
         part = torch.zeros_like(mask)
-    return background, foreground, mask, part
+    # context: the whole background, or a patch of the context texture on a neutral surround
+    background = _texture(bank, surrounds, x, y, texture_phase, colour_jitter)
+    if layout == "patch":
+        context = _patch_under(mask, scale, x, y)
+        patch = _texture(bank, backgrounds, x, y, texture_phase, colour_jitter)
+        background = torch.where(context[:, None], patch, background)
+    else:
+        context = ~mask
+    return background, foreground, mask, part, context
+
+
+def _object_centres(n, s, scale, layout, placement, spread, g):
+    """Object centres ``(N, 2)`` as (x, y) where each object (and its patch) fits inside the image."""
+    margin = scale + 1.0
+    low = torch.stack([margin, margin], dim=1)
+    high = torch.stack([s - 1 - margin, s - 1 - margin - (PATCH_HEIGHT * scale if layout == "patch" else 0)],
+                       dim=1)
+    if placement == "uniform":
+        return low + torch.rand(n, 2, generator=g) * (high - low)
+    centre = (s - 1) / 2 + spread * s * torch.randn(n, 2, generator=g)
+    return torch.maximum(torch.minimum(centre, high), low)
 
 
 def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int = 96,
                    context: str = "habitat", habitat_p: float = 0.8, num_neutral: int = 2,
                    seed: int = 0, world_seed: int = 0, scale_range: Sequence[float] = (0.16, 0.3),
-                   part_radius: float = 0.0, chunk_size: int = 256, return_layers: bool = False):
+                   part_radius: float = 0.0, layout: str = "background", placement: str = "uniform",
+                   spread: float = 0.15, chunk_size: int = 256, return_layers: bool = False):
     """Generate a synthetic WSOL split (see the module docstring for the context settings).
 
     Args:
         num_images: N, the number of images (one object each).
-        num_classes: K in ``[2, 8]``; class k is the shape ``SHAPES[k]``.
+        num_classes: K in ``[2, 64]``; class k is the shape ``SHAPES[k % 8]`` with its part in hue
+            ``k / K`` (K > 8 needs ``part_radius > 0``: classes sharing a shape differ by the part's colour).
         image_size: S, the side of the square images.
         context: ``"habitat"``, ``"uniform"`` or ``"swapped"``.
         habitat_p: probability that an object sits on its favoured texture (``"habitat"``/``"swapped"``).
@@ -224,6 +305,10 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
             "discriminative part": a small disk of a saturated class colour inside the object. 0 (the
             default) draws none. Parts make the object cue easier to learn than the shape alone and
             reproduce CAM's focus on discriminative parts; ``dataset.parts`` holds their masks.
+        layout: ``"background"`` (the context is the whole background) or ``"patch"`` (a context patch
+            under the object on a neutral surround; needs ``num_neutral >= 1``).
+        placement: ``"uniform"`` or ``"centred"`` (normal around the image centre, see ``spread``).
+        spread: standard deviation of the centred placement per axis, as a fraction of S.
         return_layers: also return ``(background, foreground)`` float ``(N, 3, S, S)`` in [0, 1]; the
             image is ``where(mask, foreground, background)`` quantised to uint8.
 
@@ -232,7 +317,8 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
     """
     _check_arguments(num_images=num_images, num_classes=num_classes, image_size=image_size, context=context,
                      habitat_p=habitat_p, num_neutral=num_neutral, seed=seed, world_seed=world_seed,
-                     scale_range=scale_range, part_radius=part_radius, chunk_size=chunk_size)
+                     scale_range=scale_range, part_radius=part_radius, layout=layout, placement=placement,
+                     spread=spread, chunk_size=chunk_size)
     num_textures = num_classes + num_neutral
     bank = _texture_bank(num_textures, world_seed)
     g = torch.Generator().manual_seed(int(seed))
@@ -241,8 +327,7 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
     backgrounds = _draw_backgrounds(labels, num_classes, num_textures, context, habitat_p, g)
     lo, hi = scale_range
     scale = (lo + (hi - lo) * torch.rand(n, generator=g)) * s
-    margin = scale + 1.0
-    center = margin[:, None] + torch.rand(n, 2, generator=g) * (s - 1 - 2 * margin[:, None])
+    center = _object_centres(n, s, scale, layout, placement, spread, g)
     angle = torch.rand(n, generator=g) * 2 * math.pi
     hue = torch.rand(n, generator=g)
     colour = _hsv_to_rgb(hue, 0.5 + 0.5 * torch.rand(n, generator=g), 0.6 + 0.4 * torch.rand(n, generator=g))
@@ -250,19 +335,26 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
     object_frequency = 2.0 + 6.0 * torch.rand(n, generator=g)
     object_phase = torch.rand(n, generator=g) * 2 * math.pi
     colour_jitter = 0.85 + 0.3 * torch.rand(n, 3, generator=g)
+    if layout == "patch":        # the surround: a neutral texture
+        surrounds = num_classes + torch.randint(num_neutral, (n,), generator=g)
+    else:
+        surrounds = backgrounds
 
     images = torch.empty(n, 3, s, s, dtype=torch.uint8)
     masks = torch.empty(n, s, s, dtype=torch.bool)
+    context_masks = torch.empty(n, s, s, dtype=torch.bool)
     parts = torch.zeros(n, s, s, dtype=torch.bool)
     layers = (torch.empty(n, 3, s, s), torch.empty(n, 3, s, s)) if return_layers else None
     class_hues = torch.arange(num_classes, dtype=torch.float32) / num_classes
     part_colours = _hsv_to_rgb(class_hues, torch.ones(num_classes), torch.ones(num_classes))
     for start in range(0, n, chunk_size):
         sl = slice(start, min(start + chunk_size, n))
-        bg, fg, m, part = _render_chunk(labels[sl], backgrounds[sl], center[sl], scale[sl], angle[sl],
-                                        colour[sl], texture_phase[sl], object_frequency[sl], object_phase[sl],
-                                        colour_jitter[sl], bank, s, float(part_radius), part_colours)
+        bg, fg, m, part, context_mask = _render_chunk(
+            labels[sl], backgrounds[sl], surrounds[sl], center[sl], scale[sl], angle[sl], colour[sl],
+            texture_phase[sl], object_frequency[sl], object_phase[sl], colour_jitter[sl], bank, s,
+            float(part_radius), part_colours, layout)
         parts[sl] = part
+        context_masks[sl] = context_mask
         bg, fg = bg.clamp(0, 1), fg.clamp(0, 1)
         images[sl] = (torch.where(m[:, None], fg, bg) * 255).round().to(torch.uint8)
         masks[sl] = m
@@ -274,13 +366,14 @@ def make_synthetic(num_images: int = 1000, num_classes: int = 4, image_size: int
                          f"small for image_size {s}); raise scale_range[0]")
     boxes = _mask_boxes(masks)
     dataset = SyntheticWSOL(
-        images=images, masks=masks, parts=parts, boxes=boxes, labels=labels, backgrounds=backgrounds,
-        on_habitat=backgrounds == labels,
+        images=images, masks=masks, context_masks=context_masks, parts=parts, boxes=boxes, labels=labels,
+        backgrounds=backgrounds, surrounds=surrounds, on_habitat=backgrounds == labels,
         params={"center": center, "scale": scale, "angle": angle, "colour": colour},
         num_classes=num_classes, num_textures=num_textures,
         settings=dict(num_images=n, num_classes=num_classes, image_size=s, context=context,
                       habitat_p=habitat_p, num_neutral=num_neutral, seed=seed, world_seed=world_seed,
-                      scale_range=tuple(scale_range), part_radius=part_radius),
+                      scale_range=tuple(scale_range), part_radius=part_radius, layout=layout,
+                      placement=placement, spread=spread),
     )
     return (dataset, layers) if return_layers else dataset
 
@@ -294,7 +387,7 @@ def _is_real(value) -> bool:
 
 
 def _check_arguments(*, num_images, num_classes, image_size, context, habitat_p, num_neutral, seed,
-                     world_seed, scale_range, part_radius, chunk_size) -> None:
+                     world_seed, scale_range, part_radius, layout, placement, spread, chunk_size) -> None:
     """Refuse arguments of :func:`make_synthetic` that would fail late or draw wrong images."""
     for name, value, low in (("num_images", num_images, 1), ("image_size", image_size, 16),
                              ("num_neutral", num_neutral, 0), ("chunk_size", chunk_size, 1)):
@@ -303,8 +396,8 @@ def _check_arguments(*, num_images, num_classes, image_size, context, habitat_p,
     for name, value in (("seed", seed), ("world_seed", world_seed)):
         if not _is_integer(value):
             raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not _is_integer(num_classes) or not 2 <= num_classes <= len(SHAPES):
-        raise ValueError(f"num_classes must be an integer in [2, {len(SHAPES)}], got {num_classes!r}")
+    if not _is_integer(num_classes) or not 2 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be an integer in [2, {MAX_CLASSES}], got {num_classes!r}")
     if context not in ("habitat", "uniform", "swapped"):
         raise ValueError(f"context must be 'habitat', 'uniform' or 'swapped', got {context!r}")
     if not _is_real(habitat_p) or not 0.0 <= habitat_p <= 1.0:
@@ -314,8 +407,21 @@ def _check_arguments(*, num_images, num_classes, image_size, context, habitat_p,
     if not _is_real(part_radius) or not 0.0 <= part_radius <= 1.0:
         raise ValueError(f"part_radius is in object units (the object fits the unit disk): a number in "
                          f"[0, 1], got {part_radius!r}")
+    if num_classes > len(SHAPES) and part_radius == 0:
+        raise ValueError(f"num_classes={num_classes} > {len(SHAPES)} needs part_radius > 0: classes that share "
+                         "a shape differ only by the colour of their part (try part_radius=0.4)")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "patch" and num_neutral < 1:
+        raise ValueError("layout='patch' draws the surround from the neutral textures: num_neutral must be >= 1")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if not _is_real(spread) or not 0.0 < spread <= 1.0:
+        raise ValueError(f"spread is the centred placement's standard deviation as a fraction of image_size: "
+                         f"a number in (0, 1], got {spread!r}")
     pair = tuple(scale_range) if isinstance(scale_range, (list, tuple)) else None
-    largest = (image_size - 3) / (2 * image_size)   # radius + 1 px margin fits on both sides
+    # radius + 1 px margin fits on both sides (and, for a patch, PATCH_HEIGHT radii below the object)
+    largest = (image_size - 3) / ((2 + (PATCH_HEIGHT if layout == "patch" else 0)) * image_size)
     if (pair is None or len(pair) != 2 or not all(_is_real(v) and math.isfinite(v) for v in pair)
             or not 0 < pair[0] <= pair[1] <= largest):
         raise ValueError(f"scale_range is (low, high), object radii as fractions of image_size with "
@@ -392,24 +498,29 @@ def _write_lines(path: Path, lines: Sequence[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def context_energy_share(maps: torch.Tensor, masks: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Share of each map's energy that falls outside the object mask.
+def context_energy_share(maps: torch.Tensor, masks: torch.Tensor, context_masks: Optional[torch.Tensor] = None,
+                         eps: float = 1e-12) -> torch.Tensor:
+    """Share of each map's energy that falls outside the object, or on the context.
 
     Args:
         maps: ``(B, H, W)`` non-negative maps (e.g. normalised CAMs), same size as ``masks``.
         masks: ``(B, H, W)`` bool object masks.
+        context_masks: ``(B, H, W)`` bool context masks (``dataset.context_masks``), or ``None``.
 
     Returns:
-        ``(B,)`` float in [0, 1]: ``sum(map * ~mask) / sum(map)``; an all-zero map gives 0.
-        For comparison, a map spread evenly gives the background's area fraction.
+        ``(B,)`` float in [0, 1]: ``sum(map * ~mask) / sum(map)`` without ``context_masks``,
+        ``sum(map * context) / sum(map)`` with them; an all-zero map gives 0. For comparison, a map
+        spread evenly gives the background's (or the context's) area fraction.
     """
-    if maps.shape != masks.shape:
-        raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must have the same "
-                         "(B, H, W) shape; upsample the maps to the mask size first")
+    if maps.shape != masks.shape or (context_masks is not None and context_masks.shape != masks.shape):
+        shapes = f"maps {tuple(maps.shape)}, masks {tuple(masks.shape)}" + (
+            "" if context_masks is None else f" and context_masks {tuple(context_masks.shape)}")
+        raise ValueError(f"{shapes} must have the same (B, H, W) shape; upsample the maps to the mask size first")
     maps = maps.float().clamp_min(0)
+    region = ~masks.bool() if context_masks is None else context_masks.bool()
     total = maps.flatten(1).sum(1)
-    outside = (maps * (~masks.bool())).flatten(1).sum(1)
-    return torch.where(total > eps, outside / total.clamp_min(eps), torch.zeros_like(total))
+    inside = (maps * region).flatten(1).sum(1)
+    return torch.where(total > eps, inside / total.clamp_min(eps), torch.zeros_like(total))
 
 
 def habitat_accuracy(predictions: torch.Tensor, labels: torch.Tensor,
