@@ -494,8 +494,12 @@ def test_cicam_param_groups_reuse_the_shared_split(monkeypatch):
     monkeypatch.setattr(cicam_recipe, "pretrained_and_new_groups", spy)
     model = get_recipe("cicam").build_model("tiny", 3, widths=(4, 8, 8, 8), input_size=32)
     groups = cicam_recipe.cicam_param_groups(model, TrainConfig(lr_classifier_ratio=4.0))
-    assert calls == [{"new_prefixes": ("context", "classifier"), "pretrained_name": "backbone"}]
+    assert calls == [{"new_prefixes": ("classifier",), "pretrained_name": "backbone"}]
     assert {g["name"]: g["lr_scale"] for g in groups} == {"backbone": 0.25, "new": 1.0}
+    # the context projection trains with the backbone, as in the released code
+    projection = {id(p) for p in model.context.parameters()}
+    backbone = next(g for g in groups if g["name"] == "backbone")
+    assert projection <= {id(p) for p in backbone["params"]}
 
 
 def test_pretrained_and_new_groups_with_explicit_prefixes():

@@ -7,8 +7,10 @@ step (after both branches are computed, as in the released code). Loss: ``CE(up)
 Top-1 and CAMs use the down branch (``output["down"]``).
 
 Optimisation as released for VGG16 on CUB: Adam, lr 5e-4, batch 6, 100 epochs, poly schedule
-``lr (1 - e/E)^0.9`` per epoch, the backbone's parameter groups (including its non-local blocks) at
-x0.1 and the new layers (context projection, classifier) at x1 (:func:`cicam_param_groups`).
+``lr (1 - e/E)^0.9`` per epoch, the backbone's parameter groups (including its non-local blocks) and
+the context projection at x0.1, the classifier at x1 (:func:`cicam_param_groups`). The released code
+puts the projection in the backbone's group; camkit follows it (before issue 15 camkit trained the
+projection at x1).
 
 The combination used by the ``causal`` method defaults to the released code's ``"cicam-quadratic"``
 (``h_r = -(r/(N-1))^2``; the top-1 class gets weight 0), not NL-CCAM's scheme; pass
@@ -34,9 +36,10 @@ from camkit.train.recipes import (
 __all__ = ["cicam_loss", "cicam_forward", "cicam_logits", "cicam_param_groups", "build_cicam_model",
            "CICAM_CONFIG", "CICAM_FULL_LR_PREFIXES"]
 
-#: The layers CI-CAM trains at the full lr; everything in ``model.features`` (the backbone, its
-#: non-local blocks and extra convs included, as in the released code) is at the reduced lr.
-CICAM_FULL_LR_PREFIXES = ("context", "classifier")
+#: The layers CI-CAM trains at the full lr; everything else (``model.features``: the backbone, its
+#: non-local blocks and extra convs; and the context projection, as in the released code) is at the
+#: reduced lr.
+CICAM_FULL_LR_PREFIXES = ("classifier",)
 
 
 def build_cicam_model(backbone: str = "vgg16", num_classes: int = 200, pretrained=None, **options: Any) -> nn.Module:
@@ -58,8 +61,8 @@ def cicam_logits(output: Dict[str, torch.Tensor]) -> torch.Tensor:
 
 def cicam_param_groups(model: nn.Module, config: TrainConfig) -> List[Dict[str, Any]]:
     """:func:`~camkit.train.recipes.pretrained_and_new_groups` split at :data:`CICAM_FULL_LR_PREFIXES`,
-    with ``lr`` meaning the new layers' lr: the context projection and the classifier at x1 (group
-    ``"new"``), everything in ``model.features`` at x``1 / lr_classifier_ratio`` (group ``"backbone"``;
+    with ``lr`` meaning the classifier's lr: the classifier at x1 (group ``"new"``), everything in
+    ``model.features`` and the context projection at x``1 / lr_classifier_ratio`` (group ``"backbone"``;
     the released 0.1 is ``lr_classifier_ratio = 10``, the synthetic preset uses 1)."""
     groups = pretrained_and_new_groups(model, config, new_prefixes=CICAM_FULL_LR_PREFIXES,
                                        pretrained_name="backbone")
