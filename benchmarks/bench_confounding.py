@@ -1,0 +1,219 @@
+"""The confounded synthetic benchmark: a sweep of the confounding knobs, with seeds and 95% intervals.
+
+    PYTHONPATH=. python benchmarks/bench_confounding.py --quick     # base setting, one seed
+    PYTHONPATH=. python benchmarks/bench_confounding.py             # the sweep, 3 seeds
+
+Settings: one knob at a time around a base (24 classes, 48x48 images, parts of radius 0.4,
+``habitat_p`` 0.8, whole-background context, uniform placement): ``habitat_p`` in {uniform-equivalent
+(1 / num_textures), 0.95, 1.0}, the context patch layout, and centred placement (spread 0.15).
+
+Per setting and seed, trained on CPU with camkit's loop (``synthetic-cpu`` preset optimisation):
+
+* ``vanilla``: the ``cam`` recipe on the tiny backbone;
+* ``ci-cam``: the ``cicam`` recipe on the same backbone, the same optimisation;
+* ``post-hoc``: :func:`camkit.causal.fit_context` on the vanilla model with the training images.
+
+Rows (maps explain the ground-truth class, GT-known): ``vanilla / cam``, ``vanilla / ccam`` (the
+combinational CAM with no context: the class combination's own effect), ``post-hoc / ccam`` (the
+context's effect on top), ``ci-cam / cam`` and ``ci-cam / ccam`` (the down branch).
+
+The test split (1000 images) puts each object on its own habitat with probability 0.5 whatever the
+training ``habitat_p``, so on- and off-habitat accuracy come from one split of known composition.
+Columns: top-1 on and off habitat, the share of map energy on the context (the whole background, or the
+patch), MaxBoxAccV2, GT-known (MaxBoxAcc V1 at IoU 0.5) and PxAP, each the mean +- the 95% t-interval
+over the seeds. Outputs in ``--out``: ``table.md``, ``results.csv``, ``results.json`` (per seed too)
+and ``context_energy.png`` (energy on the context against ``habitat_p``, per row). Trained models are
+cached in ``--out``/cache and reused.
+"""
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import camkit
+from camkit.causal import fit_context
+from camkit.data.synthetic import context_energy_share, habitat_accuracy, make_synthetic
+from camkit.metrics import MaxBoxAcc, PxAP
+from camkit.train.loop import train
+from camkit.train.recipes import get_recipe
+
+BASE = dict(num_classes=24, image_size=48, part_radius=0.4, habitat_p=0.8, layout="background",
+            placement="uniform", num_neutral=2)
+WIDTHS = (16, 32, 64, 64)
+ROWS = (("vanilla / cam", "vanilla", "cam"), ("vanilla / ccam", "vanilla", "causal"),
+        ("post-hoc / ccam", "post-hoc", "causal"), ("ci-cam / cam", "ci-cam", "cam"),
+        ("ci-cam / ccam", "ci-cam", "causal"))
+METRICS = ("top1_on", "top1_off", "context_energy", "MaxBoxAccV2", "GT-known", "PxAP")
+
+
+def sweep(quick: bool):
+    """``[(name, make_synthetic overrides)]``: the base, then one knob at a time."""
+    if quick:
+        return [("base", {})]
+    textures = BASE["num_classes"] + BASE["num_neutral"]
+    return [("base", {}), ("p=uniform", dict(habitat_p=1 / textures)), ("p=0.95", dict(habitat_p=0.95)),
+            ("p=1.0", dict(habitat_p=1.0)), ("patch", dict(layout="patch")),
+            ("centred", dict(placement="centred", spread=0.15))]
+
+
+def train_cached(recipe, dataset, setting, args, folder):
+    config = get_recipe(recipe).make_config(
+        "synthetic-cpu", epochs=args.epochs, resize_size=setting["image_size"], crop_size=setting["image_size"],
+        lr_step_epochs=max(1, int(0.75 * args.epochs)), seed=args.seed_base, eval_every=0, progress=False)
+    result = train(recipe, dataset, backbone="tiny", num_classes=setting["num_classes"], config=config,
+                   out_dir=folder, model_options=dict(widths=WIDTHS), resume=True)
+    return result.model.eval(), config
+
+
+def explain_maps(model, dataset, normalise, method, layer, output=None, context=None, batch=250):
+    """GT-class maps ``(N, S, S)`` and the explained branch's predictions ``(N,)``."""
+    maps, predictions = [], []
+    for start in range(0, len(dataset), batch):
+        images = normalise(dataset.images[start:start + batch])
+        exp = camkit.explain(model, images, methods=method, layers=layer, output=output, context=context,
+                             target=dataset.labels[start:start + batch])
+        maps.append(exp.maps[(method, layer)])
+        logits = context.predict_logits(model, images) if context is not None else exp.logits
+        predictions.append(logits.argmax(1))
+    return torch.cat(maps), torch.cat(predictions)
+
+
+def score(maps, predictions, dataset):
+    accuracy = habitat_accuracy(predictions, dataset.labels, dataset.on_habitat)
+    boxes = dataset.boxes[:, None, :]
+    return {"top1_on": accuracy["on_habitat"], "top1_off": accuracy["off_habitat"],
+            "context_energy": float(context_energy_share(maps, dataset.masks, dataset.context_masks).mean()),
+            "MaxBoxAccV2": MaxBoxAcc().update(maps, boxes).compute()["MaxBoxAccV2"],
+            "GT-known": MaxBoxAcc(iou_thresholds=(50,), multi_contour=False).update(maps, boxes).compute()["MaxBoxAcc@50"],
+            "PxAP": PxAP().update(maps, dataset.masks.to(torch.uint8)).compute()["PxAP"]}
+
+
+def run_setting(name, overrides, seed, args):
+    setting = dict(BASE, **overrides)
+    folder = Path(args.out) / "cache" / f"{name}-seed{seed}"
+    train_set = make_synthetic(args.train, context="habitat", seed=1000 * seed + 1, **setting)
+    test_set = make_synthetic(args.test, context="habitat", seed=1000 * seed + 2, **dict(setting, habitat_p=0.5))
+    vanilla, config = train_cached("cam", train_set, setting, args, folder / "vanilla")
+    cicam, _ = train_cached("cicam", train_set, setting, args, folder / "cicam")
+    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.std).view(1, 3, 1, 1)
+
+    def normalise(images):
+        return (images.float() / 255 - mean) / std
+
+    context_file = folder / "context.pt"
+    if context_file.exists():
+        from camkit.causal import CausalContext
+        context = CausalContext.load(context_file)
+    else:
+        context = fit_context(vanilla, "block4", train_set, transform=normalise, epochs=args.context_epochs)
+        context.save(context_file)
+    specs = {"vanilla": dict(model=vanilla, layer="block4"),
+             "post-hoc": dict(model=vanilla, layer="block4", context=context),
+             "ci-cam": dict(model=cicam, layer="enhanced", output="down")}
+    results = []
+    for row, model_name, method in ROWS:
+        spec = dict(specs[model_name])
+        maps, predictions = explain_maps(spec.pop("model"), test_set, normalise, method, **spec)
+        results.append(dict(setting=name, habitat_p=setting["habitat_p"], seed=seed, row=row,
+                            **score(maps, predictions, test_set)))
+    return results
+
+
+def interval(values):
+    """Mean and the half-width of the 95% t-interval (0 for a single value)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    from scipy.stats import t
+    return float(values.mean()), float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def summarise(results):
+    table = []
+    for setting in dict.fromkeys(r["setting"] for r in results):
+        for row, _, _ in ROWS:
+            group = [r for r in results if r["setting"] == setting and r["row"] == row]
+            entry = dict(setting=setting, habitat_p=group[0]["habitat_p"], row=row, seeds=len(group))
+            for metric in METRICS:
+                entry[metric], entry[metric + "_ci"] = interval([r[metric] for r in group])
+            table.append(entry)
+    return table
+
+
+def markdown(table):
+    lines = ["| setting | model / maps | top-1 on | top-1 off | energy on context | MaxBoxAccV2 | GT-known | PxAP |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in table:
+        cells = [f"{e[m]:.3f} ± {e[m + '_ci']:.3f}" if m.startswith(("top1", "context")) else
+                 f"{e[m]:.1f} ± {e[m + '_ci']:.1f}" for m in METRICS]
+        lines.append(f"| {e['setting']} | {e['row']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(table, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    swept = [e for e in table if e["setting"] == "base" or e["setting"].startswith("p=")]
+    for row, _, _ in ROWS:
+        points = sorted((e["habitat_p"], e["context_energy"], e["context_energy_ci"]) for e in swept if e["row"] == row)
+        xs, ys, errs = zip(*points)
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=row)
+    ax.set_xlabel("training habitat_p (P(object on its own habitat))")
+    ax.set_ylabel("share of map energy on the context")
+    ax.set_title("Context energy against confounding (mean, 95% interval over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="base setting only, one seed, fewer images and epochs")
+    parser.add_argument("--seeds", type=int, default=None, help="training seeds per setting (default 3; 1 with --quick)")
+    parser.add_argument("--train", type=int, default=None, help="training images (default 3000; 1500 with --quick)")
+    parser.add_argument("--test", type=int, default=1000, help="test images per setting (habitat_p 0.5)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of each training (default 12; 6 with --quick)")
+    parser.add_argument("--context-epochs", type=int, default=3, help="fit_context projection epochs")
+    parser.add_argument("--seed-base", type=int, default=0, help="the training loop's seed")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--out", default="outputs/bench_confounding", help="folder for the cache, tables and figure")
+    args = parser.parse_args()
+    args.seeds = args.seeds or (1 if args.quick else 3)
+    args.train = args.train or (1500 if args.quick else 3000)
+    args.epochs = args.epochs or (6 if args.quick else 12)
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name, overrides in sweep(args.quick):
+        for seed in range(args.seeds):
+            results += run_setting(name, overrides, seed, args)
+            print(f"[{time.time() - start:6.0f}s] {name} seed {seed} done", flush=True)
+    table = summarise(results)
+    text = markdown(table)
+    wall = time.time() - start
+    (out / "table.md").write_text(text + f"\n\nwall time {wall:.0f} s ({vars(args)})\n")
+    (out / "results.json").write_text(json.dumps(dict(args=vars(args), wall_s=wall, per_seed=results,
+                                                      table=table), indent=1))
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    if not args.quick:
+        figure(table, out / "context_energy.png")
+    print(text)
+    print(f"wall time {wall:.0f} s; outputs in {out}")
+
+
+if __name__ == "__main__":
+    main()
