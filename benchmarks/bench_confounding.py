@@ -178,6 +178,8 @@ def figure(table, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="base setting only, one seed, fewer images and epochs")
+    parser.add_argument("--settings", nargs="+", default=None, metavar="NAME",
+                        help="run only these settings of the sweep (base, p=uniform, p=0.95, p=1.0, patch, centred)")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds per setting (default 3; 1 with --quick)")
     parser.add_argument("--train", type=int, default=None, help="training images (default 3000; 1500 with --quick)")
     parser.add_argument("--test", type=int, default=1000, help="test images per setting (habitat_p 0.5)")
@@ -195,7 +197,13 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for name, overrides in sweep(args.quick):
+    settings = sweep(args.quick)
+    if args.settings:
+        unknown = sorted(set(args.settings) - {name for name, _ in settings})
+        if unknown:
+            parser.error(f"unknown --settings {unknown}; the sweep's settings are {[n for n, _ in settings]}")
+        settings = [(name, o) for name, o in settings if name in args.settings]
+    for name, overrides in settings:
         for seed in range(args.seeds):
             results += run_setting(name, overrides, seed, args)
             print(f"[{time.time() - start:6.0f}s] {name} seed {seed} done", flush=True)
@@ -209,7 +217,7 @@ def main():
         writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    if not args.quick:
+    if any(e["setting"].startswith("p=") for e in table):
         figure(table, out / "context_energy.png")
     print(text)
     print(f"wall time {wall:.0f} s; outputs in {out}")
