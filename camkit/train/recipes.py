@@ -77,7 +77,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Modules imported lazily by :func:`get_recipe` / :func:`list_recipes` so that their recipes register.
 #: Other recipe files add their module path here (e.g. ``"camkit.train.cicam_recipe"``); missing
 #: modules are skipped silently so a partial checkout still works.
-RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe"]
+RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe", "camkit.train.kd_recipe"]
 
 
 @dataclass(frozen=True)
