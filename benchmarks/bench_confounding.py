@@ -3,8 +3,9 @@
     PYTHONPATH=. python benchmarks/bench_confounding.py --quick     # base setting, one seed
     PYTHONPATH=. python benchmarks/bench_confounding.py             # the sweep, 3 seeds
 
-Settings: one knob at a time around a base (24 classes, 48x48 images, parts of radius 0.4,
-``habitat_p`` 0.8, whole-background context, uniform placement): ``habitat_p`` in {uniform-equivalent
+Settings: one knob at a time around a base (:data:`camkit.data.synthetic.LEARNABLE`: 24 classes, 48x48
+images, parts of radius 0.6, objects of 0.22-0.32 of the side; ``habitat_p`` 0.8, whole-background
+context, uniform placement): ``habitat_p`` in {uniform-equivalent
 (1 / num_textures), 0.95, 1.0}, the context patch layout, and centred placement (spread 0.15).
 
 Per setting and seed, trained on CPU with camkit's loop (``synthetic-cpu`` preset optimisation):
@@ -15,15 +16,19 @@ Per setting and seed, trained on CPU with camkit's loop (``synthetic-cpu`` prese
 
 Rows (maps explain the ground-truth class, GT-known): ``vanilla / cam``, ``vanilla / ccam`` (the
 combinational CAM with no context: the class combination's own effect), ``post-hoc / ccam`` (the
-context's effect on top), ``ci-cam / cam`` and ``ci-cam / ccam`` (the down branch).
+context's effect on top), ``ci-cam / cam`` and ``ci-cam / ccam`` (the down branch). The two ``... ccam
+pred.`` rows rank the classes by the model's prediction instead of putting the ground truth first (the
+released code's label-free protocol; the explained class is still the ground truth).
 
 The test split (1000 images) puts each object on its own habitat with probability 0.5 whatever the
 training ``habitat_p``, so on- and off-habitat accuracy come from one split of known composition.
 Columns: top-1 on and off habitat, the share of map energy on the context (the whole background, or the
 patch), MaxBoxAccV2, GT-known (MaxBoxAcc V1 at IoU 0.5) and PxAP, each the mean +- the 95% t-interval
-over the seeds. Outputs in ``--out``: ``table.md``, ``results.csv``, ``results.json`` (per seed too)
-and ``context_energy.png`` (energy on the context against ``habitat_p``, per row). Trained models are
-cached in ``--out``/cache and reused.
+over the seeds. Outputs in ``--out``: ``table.md``, ``results.csv``, ``results.json`` (per seed too),
+``context_energy.png`` (energy on the context against ``habitat_p``, per row) and ``learning_curves.png``
+(top-1 on a 300-image uniform-context split every 2 epochs, per setting and model). Trained models and
+each setting-seed's scores are cached in ``--out``/cache and reused, so several processes can run
+disjoint ``--settings`` into one ``--out`` and a last run without ``--settings`` assembles the table.
 """
 import argparse
 import csv
@@ -37,17 +42,18 @@ import torch
 
 import camkit
 from camkit.causal import fit_context
-from camkit.data.synthetic import context_energy_share, habitat_accuracy, make_synthetic
+from camkit.data.synthetic import LEARNABLE, context_energy_share, habitat_accuracy, make_synthetic
 from camkit.metrics import MaxBoxAcc, PxAP
 from camkit.train.loop import train
 from camkit.train.recipes import get_recipe
 
-BASE = dict(num_classes=24, image_size=48, part_radius=0.4, habitat_p=0.8, layout="background",
-            placement="uniform", num_neutral=2)
+BASE = dict(LEARNABLE, habitat_p=0.8, layout="background", placement="uniform", num_neutral=2)
 WIDTHS = (16, 32, 64, 64)
-ROWS = (("vanilla / cam", "vanilla", "cam"), ("vanilla / ccam", "vanilla", "causal"),
-        ("post-hoc / ccam", "post-hoc", "causal"), ("ci-cam / cam", "ci-cam", "cam"),
-        ("ci-cam / ccam", "ci-cam", "causal"))
+PREDICTED = {"causal": {"ranking": "predicted"}}
+ROWS = (("vanilla / cam", "vanilla", "cam", None), ("vanilla / ccam", "vanilla", "causal", None),
+        ("post-hoc / ccam", "post-hoc", "causal", None), ("post-hoc / ccam pred.", "post-hoc", "causal", PREDICTED),
+        ("ci-cam / cam", "ci-cam", "cam", None), ("ci-cam / ccam", "ci-cam", "causal", None),
+        ("ci-cam / ccam pred.", "ci-cam", "causal", PREDICTED))
 METRICS = ("top1_on", "top1_off", "context_energy", "MaxBoxAccV2", "GT-known", "PxAP")
 
 
@@ -61,22 +67,28 @@ def sweep(quick: bool):
             ("centred", dict(placement="centred", spread=0.15))]
 
 
-def train_cached(recipe, dataset, setting, args, folder):
+def train_cached(recipe, dataset, curve_set, setting, args, folder):
     config = get_recipe(recipe).make_config(
         "synthetic-cpu", epochs=args.epochs, resize_size=setting["image_size"], crop_size=setting["image_size"],
-        lr_step_epochs=max(1, int(0.75 * args.epochs)), seed=args.seed_base, eval_every=0, progress=False)
+        lr_step_epochs=max(1, int(0.75 * args.epochs)), seed=args.seed_base, eval_every=2, progress=False)
     result = train(recipe, dataset, backbone="tiny", num_classes=setting["num_classes"], config=config,
-                   out_dir=folder, model_options=dict(widths=WIDTHS), resume=True)
+                   out_dir=folder, model_options=dict(widths=WIDTHS), resume=True, eval_set=curve_set)
     return result.model.eval(), config
 
 
-def explain_maps(model, dataset, normalise, method, layer, output=None, context=None, batch=250):
+def learning_curve(folder):
+    """``[(epoch, top-1 on the uniform curve split)]`` from a run's ``metrics.jsonl``."""
+    records = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines() if line]
+    return sorted({r["epoch"]: r["top1"] for r in records if r.get("event") == "eval"}.items())
+
+
+def explain_maps(model, dataset, normalise, method, layer, output=None, context=None, options=None, batch=250):
     """GT-class maps ``(N, S, S)`` and the explained branch's predictions ``(N,)``."""
     maps, predictions = [], []
     for start in range(0, len(dataset), batch):
         images = normalise(dataset.images[start:start + batch])
         exp = camkit.explain(model, images, methods=method, layers=layer, output=output, context=context,
-                             target=dataset.labels[start:start + batch])
+                             target=dataset.labels[start:start + batch], method_options=options)
         maps.append(exp.maps[(method, layer)])
         logits = context.predict_logits(model, images) if context is not None else exp.logits
         predictions.append(logits.argmax(1))
@@ -95,11 +107,15 @@ def score(maps, predictions, dataset):
 
 def run_setting(name, overrides, seed, args):
     setting = dict(BASE, **overrides)
-    folder = Path(args.out) / "cache" / f"{name}-seed{seed}"
+    folder = Path(args.out) / "cache" / f"{name}-seed{seed}-{args.train}x{args.epochs}"
+    scores_file = folder / "scores.json"
+    if scores_file.exists():
+        return json.loads(scores_file.read_text())
     train_set = make_synthetic(args.train, context="habitat", seed=1000 * seed + 1, **setting)
     test_set = make_synthetic(args.test, context="habitat", seed=1000 * seed + 2, **dict(setting, habitat_p=0.5))
-    vanilla, config = train_cached("cam", train_set, setting, args, folder / "vanilla")
-    cicam, _ = train_cached("cicam", train_set, setting, args, folder / "cicam")
+    curve_set = make_synthetic(300, context="uniform", seed=1000 * seed + 3, **setting)
+    vanilla, config = train_cached("cam", train_set, curve_set, setting, args, folder / "vanilla")
+    cicam, _ = train_cached("cicam", train_set, curve_set, setting, args, folder / "cicam")
     mean = torch.tensor(config.mean).view(1, 3, 1, 1)
     std = torch.tensor(config.std).view(1, 3, 1, 1)
 
@@ -117,11 +133,15 @@ def run_setting(name, overrides, seed, args):
              "post-hoc": dict(model=vanilla, layer="block4", context=context),
              "ci-cam": dict(model=cicam, layer="enhanced", output="down")}
     results = []
-    for row, model_name, method in ROWS:
+    for row, model_name, method, options in ROWS:
         spec = dict(specs[model_name])
-        maps, predictions = explain_maps(spec.pop("model"), test_set, normalise, method, **spec)
+        maps, predictions = explain_maps(spec.pop("model"), test_set, normalise, method, options=options, **spec)
         results.append(dict(setting=name, habitat_p=setting["habitat_p"], seed=seed, row=row,
                             **score(maps, predictions, test_set)))
+    curves = {"vanilla": learning_curve(folder / "vanilla"), "ci-cam": learning_curve(folder / "cicam")}
+    for entry in results:
+        entry["curve"] = curves[next(m for r, m, _, _ in ROWS if r == entry["row"]).replace("post-hoc", "vanilla")]
+    scores_file.write_text(json.dumps(results))
     return results
 
 
@@ -137,7 +157,7 @@ def interval(values):
 def summarise(results):
     table = []
     for setting in dict.fromkeys(r["setting"] for r in results):
-        for row, _, _ in ROWS:
+        for row, *_ in ROWS:
             group = [r for r in results if r["setting"] == setting and r["row"] == row]
             entry = dict(setting=setting, habitat_p=group[0]["habitat_p"], row=row, seeds=len(group))
             for metric in METRICS:
@@ -162,7 +182,7 @@ def figure(table, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     swept = [e for e in table if e["setting"] == "base" or e["setting"].startswith("p=")]
-    for row, _, _ in ROWS:
+    for row, *_ in ROWS:
         points = sorted((e["habitat_p"], e["context_energy"], e["context_energy_ci"]) for e in swept if e["row"] == row)
         xs, ys, errs = zip(*points)
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=row)
@@ -175,23 +195,44 @@ def figure(table, path):
     plt.close(fig)
 
 
+def curves_figure(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    settings = list(dict.fromkeys(r["setting"] for r in results))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, (row, model) in zip(axes, (("vanilla / cam", "vanilla CAM"), ("ci-cam / cam", "CI-CAM"))):
+        for setting in settings:
+            curves = [r["curve"] for r in results if r["setting"] == setting and r["row"] == row]
+            epochs = [e for e, _ in curves[0]]
+            ax.plot(epochs, np.mean([[t for _, t in c] for c in curves], axis=0), marker="o", label=setting)
+        ax.set_title(f"{model}: top-1 on a uniform-context split")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"top-1 (mean over seeds; chance {1 / BASE['num_classes']:.3f})")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="base setting only, one seed, fewer images and epochs")
     parser.add_argument("--settings", nargs="+", default=None, metavar="NAME",
                         help="run only these settings of the sweep (base, p=uniform, p=0.95, p=1.0, patch, centred)")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds per setting (default 3; 1 with --quick)")
-    parser.add_argument("--train", type=int, default=None, help="training images (default 3000; 1500 with --quick)")
+    parser.add_argument("--train", type=int, default=None, help="training images (default 2500; 1500 with --quick)")
     parser.add_argument("--test", type=int, default=1000, help="test images per setting (habitat_p 0.5)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs of each training (default 12; 6 with --quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of each training (default 10; 6 with --quick)")
     parser.add_argument("--context-epochs", type=int, default=3, help="fit_context projection epochs")
     parser.add_argument("--seed-base", type=int, default=0, help="the training loop's seed")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--out", default="outputs/bench_confounding", help="folder for the cache, tables and figure")
     args = parser.parse_args()
     args.seeds = args.seeds or (1 if args.quick else 3)
-    args.train = args.train or (1500 if args.quick else 3000)
-    args.epochs = args.epochs or (6 if args.quick else 12)
+    args.train = args.train or (1500 if args.quick else 2500)
+    args.epochs = args.epochs or (6 if args.quick else 10)
     torch.set_num_threads(args.threads)
     start = time.time()
     out = Path(args.out)
@@ -219,6 +260,7 @@ def main():
         writer.writerows(table)
     if any(e["setting"].startswith("p=") for e in table):
         figure(table, out / "context_energy.png")
+    curves_figure(results, out / "learning_curves.png")
     print(text)
     print(f"wall time {wall:.0f} s; outputs in {out}")
 

@@ -3,9 +3,13 @@
 :func:`fit_context` fits, for one layer ``F`` (``(B, C, h, w)``) of a frozen classifier whose logits are
 ``W . GAP(F) + b``, the two pieces CI-CAM adds on top of a backbone:
 
-1. the causal context pool ``Q`` ``(N, h, w)``, estimated with CI-CAM's update rule over a
-   calibration set: per batch, ``T[y_i] += (W . F_i)[y_i]`` for the correctly classified samples, then
-   ``Q <- BN(Q + lambda BN(T))`` (:class:`camkit.models.cicam.CausalContextPool`);
+1. the causal context pool ``Q`` ``(N, h, w)``, from the class maps ``(W . F_i)[y_i]`` of the correctly
+   classified samples of a calibration set. ``calibration="mean"`` (default) takes the fixed point
+   directly: ``Q[c] = BN(sum of class c's maps over the whole set)``, which does not depend on the batch
+   order. ``calibration="ema"`` runs CI-CAM's training-time rule per batch, ``T[y_i] += (W . F_i)[y_i]``
+   then ``Q <- BN(Q + lambda BN(T))`` (:class:`camkit.models.cicam.CausalContextPool`); its first
+   update sets ``Q = BN(T_1)`` and later ones add only ``lambda``, so after a few dozen batches ``Q`` is
+   still mostly the first batch (CI-CAM makes ~100k updates in training; ~500 wash batch 1 out);
 2. the 1x1 projection ``N -> C`` of the enhancement ``F_e = F * (1 + Conv1x1(onehot(c*) x Q[c*]))``
    (``c*`` the model's top-1), trained with the down-branch loss ``CE(W . GAP(F_e) + b, y)`` while the
    backbone and the classifier stay frozen.
@@ -37,7 +41,7 @@ from camkit.capture import ActivationCapture
 from camkit.heads import find_head
 from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD
 from camkit.layers import resolve_layer
-from camkit.models.cicam import CausalContextPool
+from camkit.models.cicam import CausalContextPool, correct_class_sum, standardize_per_class
 
 __all__ = ["CausalContext", "fit_context"]
 
@@ -239,7 +243,7 @@ def _head_weight_and_bias(head) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
 def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=None,
                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                 epochs: int = 5, lr: float = 1e-2, update_rate: float = 0.01, eps: float = 1e-5,
-                calibration_passes: int = 1, init: str = "zeros", combination="cicam-quadratic",
+                calibration: str = "mean", calibration_passes: int = 1, init: str = "zeros", combination="cicam-quadratic",
                 cache_limit_bytes: int = 1 << 30, seed: int = 0, device=None, preprocess=None,
                 batch_size: int = 32) -> CausalContext:
     """Fit a :class:`CausalContext` for ``layer`` of the frozen ``model`` on ``loader``.
@@ -263,7 +267,12 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
         epochs: training epochs of the projection (Adam, poly schedule ``lr (1 - e/E)^0.9``).
         lr: base learning rate of the projection.
         update_rate, eps: the pool's ``lambda`` and BatchNorm epsilon.
-        calibration_passes: passes over ``loader`` for the estimation of ``Q``.
+        calibration: ``"mean"`` (``Q[c]`` = the standardised sum of the correctly classified samples'
+            class-``c`` maps over the whole loader: the pool's fixed point, order-free) or ``"ema"``
+            (CI-CAM's per-batch update with rate ``update_rate``: dominated by the first batches
+            unless the loader yields hundreds of them).
+        calibration_passes: passes over ``loader`` for the estimation of ``Q`` (``"ema"``; with
+            ``"mean"`` every pass adds the same sum, so one is enough).
         init: ``"zeros"`` (the down branch starts equal to the model) or ``"default"`` (PyTorch's conv
             initialisation, seeded by ``seed``).
         combination: default combination weights of the ``causal`` method for this context.
@@ -274,6 +283,9 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
     """
     if init not in ("zeros", "default"):
         raise ValueError(f"init must be 'zeros' or 'default', got {init!r}")
+    if calibration not in ("mean", "ema"):
+        raise ValueError(f"calibration must be 'mean' (the pool's fixed point) or 'ema' (CI-CAM's per-batch "
+                         f"update), got {calibration!r}")
     if epochs < 0 or calibration_passes < 1:
         raise ValueError("epochs must be >= 0 and calibration_passes >= 1")
     spec = resolve_layer(model, layer)
@@ -289,6 +301,7 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
     cached_bytes = 0
     weight = bias = None
     pool: Optional[CausalContextPool] = None
+    total: Optional[torch.Tensor] = None
     samples = correct = 0
 
     def frozen_pass():
@@ -306,7 +319,7 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
     try:
         model.eval()
         # 1. estimate Q with the frozen model (the model's logits play the up branch)
-        for calibration in range(calibration_passes):
+        for calibration_pass in range(calibration_passes):
             for features, logits, labels in frozen_pass():
                 if pool is None:
                     found = find_head(model, features.shape[1], logits.shape[1], head)
@@ -326,8 +339,12 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
                         nn.init.zeros_(pool.projection.weight)
                         nn.init.zeros_(pool.projection.bias)
                 maps = torch.einsum("kc,bchw->bkhw", weight, features)
-                pool.update(maps, logits, labels)
-                if calibration == 0:
+                if calibration == "ema":
+                    pool.update(maps, logits, labels)
+                else:
+                    batch_total = correct_class_sum(maps, logits, labels)
+                    total = batch_total if total is None else total + batch_total
+                if calibration_pass == 0:
                     samples += labels.numel()
                     correct += int((logits.argmax(1) == labels).sum())
                     if cache is not None and epochs > 0:
@@ -339,6 +356,8 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
                             cache = None
         if pool is None:
             raise ValueError("the calibration loader yielded no batches")
+        if total is not None:
+            pool.pool.copy_(standardize_per_class(total, eps))
         # 2. train the projection with the down-branch loss; backbone and classifier frozen
         optimizer = torch.optim.Adam(pool.projection.parameters(), lr=lr)
         losses = []
@@ -364,6 +383,6 @@ def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=
     pool.projection.weight.requires_grad_(False)
     pool.projection.bias.requires_grad_(False)
     info = {"samples": samples, "correct": correct, "epochs": epochs, "lr": lr,
-            "calibration_passes": calibration_passes, "init": init, "train_loss": losses,
+            "calibration": calibration, "calibration_passes": calibration_passes, "init": init, "train_loss": losses,
             "cached": cache is not None}
     return CausalContext(pool.eval(), bias, spec.key, combination, info)

@@ -10,8 +10,6 @@ from camkit.models.backbones import TinyCNN
 from reference_methods import slow_standardize
 
 
-
-
 def make_model_and_loader(seed=0, batches=4, batch=8, classes=3):
     torch.manual_seed(seed)
     model = TinyCNN(num_classes=classes, widths=(4, 8, 8, 8))
@@ -48,13 +46,15 @@ def test_fit_context_leaves_the_model_bit_identical():
     assert isinstance(context, CausalContext) and context.layer == "block4"
 
 
-def test_pool_estimate_matches_slow_update_over_the_calibration_set():
+@pytest.mark.parametrize("calibration", ["ema", "mean"])
+def test_pool_estimate_matches_slow_reference_over_the_calibration_set(calibration):
     model, loader = make_model_and_loader(seed=1)
-    context = fit_context(model, "block4", loader, epochs=0)
+    context = fit_context(model, "block4", loader, epochs=0, calibration=calibration)
     model.eval()
     captured = {}
     handle = model.block4.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o.detach().clone()))
     q = torch.zeros(3, 4, 4, dtype=torch.float64)
+    whole = torch.zeros_like(q)
     correct = 0
     try:
         with torch.no_grad():
@@ -67,11 +67,23 @@ def test_pool_estimate_matches_slow_update_over_the_calibration_set():
                         t[int(y[i])] += maps[i, int(y[i])]
                         correct += 1
                 q = slow_standardize(q + 0.01 * slow_standardize(t))
+                whole += t
     finally:
         handle.remove()
-    torch.testing.assert_close(context.pool.pool.double(), q, rtol=1e-4, atol=1e-4)
+    expected = q if calibration == "ema" else slow_standardize(whole)
+    torch.testing.assert_close(context.pool.pool.double(), expected, rtol=1e-4, atol=1e-4)
     assert context.info["correct"] == correct and context.info["samples"] == 32
+    assert context.info["calibration"] == calibration
     torch.testing.assert_close(context.head_bias, model.fc.bias.detach())
+
+
+def test_mean_calibration_is_independent_of_batch_order_and_ema_is_not():
+    model, loader = make_model_and_loader(seed=1)
+    reordered = list(reversed(loader))
+    mean = [fit_context(model, "block4", data, epochs=0).pool.pool for data in (loader, reordered)]
+    ema = [fit_context(model, "block4", data, epochs=0, calibration="ema").pool.pool for data in (loader, reordered)]
+    torch.testing.assert_close(mean[0], mean[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ema[0], ema[1], atol=1e-3)
 
 
 def test_untrained_zero_projection_gives_the_plain_combinational_cam():
@@ -154,3 +166,18 @@ def test_context_refuses_another_layer_with_the_same_channels():
     context = fit_context(model, "block4", loader, epochs=0)
     with pytest.raises(ValueError, match="fitted on layer 'block4', not 'block4.0'"):
         camkit.explain(model, loader[0][0], methods="causal", layers="block4.0", context=context)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(calibration="median"), "calibration must be 'mean'"),
+    (dict(init="random"), "init must be 'zeros' or 'default'"),
+    (dict(epochs=-1), "epochs must be >= 0"),
+    (dict(calibration_passes=0), "calibration_passes >= 1"),
+])
+def test_fit_context_bad_options_raise_before_touching_the_model(options, message):
+    model, loader = make_model_and_loader()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        fit_context(model, "block4", loader, **options)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

@@ -72,6 +72,13 @@ PATCH_HEIGHT = 0.5
 #: Upper bound of ``num_classes`` (8 shapes times at most 8 part colours per shape).
 MAX_CLASSES = 8 * len(SHAPES)
 
+#: The learnable benchmark setting (issue 15): 24 classes (three part hues per shape), 48x48 images,
+#: objects of 0.22-0.32 of the side with parts of radius 0.6. On it the tiny CAM model trained with the
+#: ``synthetic-cpu`` preset reads the object (top-1 ~0.95 on uniform context and off habitat, see
+#: ``benchmarks/bench_confounding.py``), while ``habitat_p`` still moves its map energy onto the context.
+#: ``camkit train --data synthetic`` and the confounding benchmark start from it.
+LEARNABLE = dict(num_classes=24, image_size=48, part_radius=0.6, scale_range=(0.22, 0.32))
+
 
 def class_names_for(num_classes: int):
     """Class names: the shape for up to 8 classes, ``"{shape}-{k // 8}"`` (shape and part colour) beyond."""
