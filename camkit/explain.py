@@ -32,6 +32,8 @@ from camkit.inputs import Preprocess, as_batch, as_photo_batch, run_model
 from camkit.outputs import as_logits, check_output_adapter, select_output
 from camkit.layers import LayerError, LayerSpec, input_rank, last_spatial_layer, resolve_layer, resolve_layers
 from camkit.methods import STANDARD_METHODS, LayerInputs, get_method, list_methods
+from camkit.methods.fam import check_foreground_model
+from camkit.methods.registry import NAMED_ONLY_NEEDS
 from camkit.methods.perturbation import ModelForward
 from camkit.targets import ResolvedTargets, check_target, names_to_classes, resolve_targets
 
@@ -56,10 +58,12 @@ class Explainer:
             raises :class:`camkit.HeadNotFoundError` when it fits none of the layers. ``"all"`` is every
             registered one-pass method (the standard set first), with the head methods optional as for
             ``None``; the perturbation methods (``camkit.list_methods(needs="forward")``: Score-CAM,
-            Ablation-CAM, ... up to one extra forward per channel) run only when named.
+            Ablation-CAM, ... up to one extra forward per channel) and the model-map methods
+            (``needs="foreground"``: FAM's ``fam``) run only when named.
         layers: module names (``"name"`` or ``"name@k"`` for the k-th call of a reused module),
-            modules, or ``None`` for the last layer with spatial output (chosen per input shape and
-            reported in ``Explanation.layers``).
+            modules, or ``None``: the model's ``explain_layer`` attribute when it has one (a module
+            name; :class:`camkit.models.FAM` names its trunk output ``"features"``), else the last
+            layer with spatial output (chosen per input shape and reported in ``Explanation.layers``).
         head: the classifier used by CAM: an ``nn.Linear``, a 1x1 ``nn.Conv2d``, its module name, or
             a ``(K, C)`` tensor. ``None`` finds it automatically.
         output: how to get logits from the model output: ``None`` (the output is the logits), a key
@@ -164,6 +168,8 @@ class Explainer:
         specs = self._resolve_layers(batch, layers if layers is not None else self.layers)
         _check_reshape_keys(self.reshape, specs)
         needs = set().union(*(m.needs for m in method_list))
+        if "foreground" in needs:               # before any hook: the model and layer must have a map
+            check_foreground_model(self.model, [spec.module for spec in specs], [spec.key for spec in specs])
 
         shape_key = _shape_key(batch)
         try:
@@ -303,7 +309,7 @@ class Explainer:
         for spec, activation in zip(specs, activations):
             try:
                 head = find_head(self.model, activation.shape[1], logits.shape[1], self.head)
-                weights[spec.key] = head_weight_matrix(head, activation, logits, spec.key)
+                weights[spec.key] = head_weight_matrix(head, activation, logits, spec.key, self.model)
             except HeadNotFoundError as error:   # without its traceback: its frames hold this call's tensors
                 errors[spec.key] = error.with_traceback(None)
         if not weights and not optional:
@@ -316,6 +322,9 @@ class Explainer:
     def _resolve_layers(self, batch: torch.Tensor, layers) -> List[LayerSpec]:
         if layers is not None:
             return resolve_layers(self.model, layers, batch)
+        preferred = getattr(self.model, "explain_layer", None)
+        if isinstance(preferred, str):
+            return [resolve_layer(self.model, preferred)]
         key = _shape_key(batch)
         specs = self._auto_layer.get(key)
         if specs is None:
@@ -407,13 +416,14 @@ def _without_aug_smooth(explainer: Explainer) -> Explainer:
 
 def _method_selection(methods) -> Tuple[List[str], FrozenSet[str]]:
     """The method names and those that may be skipped: ``None`` is the standard set, whose head
-    methods (CAM) are optional, and so is ``"all"``: every registered one-pass method (the perturbation
-    methods, ``list_methods(needs="forward")``, run up to one forward per channel and must be named);
-    methods named explicitly are all required."""
+    methods (CAM) are optional, and so is ``"all"``: every registered one-pass method that applies to any
+    model (the perturbation methods, ``list_methods(needs="forward")``, run up to one forward per channel,
+    and the model-map methods, ``needs="foreground"``, need a FAM: both must be named); methods named
+    explicitly are all required."""
     if methods is None or _is_all(methods):
         names = list(STANDARD_METHODS) + ([] if methods is None else
                                          [m for m in list_methods() if m not in STANDARD_METHODS
-                                          and "forward" not in get_method(m).needs])
+                                          and not get_method(m).needs & NAMED_ONLY_NEEDS])
         return names, frozenset(name for name in names if "head" in get_method(name).needs)
     return _method_names(methods), frozenset()
 

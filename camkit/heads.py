@@ -5,6 +5,12 @@ after global average pooling, or a 1x1 convolution before it (the two commute). 
 automatically as the ``nn.Linear`` (or 1x1 ``nn.Conv2d``) whose input size equals the layer's channel
 count and whose output size equals the number of logits; when several match, the last one
 registered wins.
+
+A model may pool with a drop-in for GAP instead, a module with the class attribute
+``is_global_pool = True`` mapping ``(B, C, h, w) -> (B, C, 1, 1)``, e.g. thresholded average pooling
+(:class:`camkit.models.ThresholdedAvgPool`). The check then accepts ``W @ pool(A) + b`` for any such
+module of the model; the CAM is still ``sum_k W[c, k] A_k`` on the unpooled layer output (as in Bae et
+al.'s TAP), only the logits are no longer its spatial mean.
 """
 from __future__ import annotations
 
@@ -98,16 +104,25 @@ def find_head(model: nn.Module, channels: int, num_classes: int, head: Optional[
     return found
 
 
+def global_pools(model: Optional[nn.Module]) -> list:
+    """The modules of ``model`` that replace GAP (class attribute ``is_global_pool``), in order."""
+    if model is None:
+        return []
+    return [module for module in model.modules() if getattr(type(module), "is_global_pool", False)]
+
+
 def head_weight_matrix(head: HeadLike, activations: torch.Tensor, logits: torch.Tensor,
-                       layer: str) -> torch.Tensor:
+                       layer: str, model: Optional[nn.Module] = None) -> torch.Tensor:
     """The ``(K, C)`` weight of ``head``, after checking it against the logits.
 
     Args:
         activations: ``(B, C, h, w)`` captured layer output.
         logits: ``(B, K)``.
+        model: the explained model, whose GAP drop-ins (:func:`global_pools`) the check also accepts.
 
-    Warns :class:`CAMHeadWarning` when ``logits != W @ GAP(A) + b`` (then the map is still
-    ``sum_k W[c, k] A_k`` but no longer the exact decomposition of the logit).
+    Warns :class:`CAMHeadWarning` when ``logits != W @ pool(A) + b`` for GAP and every GAP drop-in of
+    ``model`` (then the map is still ``sum_k W[c, k] A_k`` but no longer the exact decomposition of
+    the logit).
     """
     num_classes, channels = logits.shape[1], activations.shape[1]
     if isinstance(head, torch.Tensor):
@@ -123,15 +138,26 @@ def head_weight_matrix(head: HeadLike, activations: torch.Tensor, logits: torch.
                                 f"has {channels} channels and the model {num_classes} logits; "
                                 f"expected ({num_classes}, {channels})")
     weight = weight.to(device=activations.device, dtype=torch.promote_types(activations.dtype, torch.float32))
-    pooled = activations.detach().mean(dim=(2, 3)).to(weight.dtype)
-    predicted = pooled @ weight.T
-    if bias is not None:
-        predicted = predicted + bias.detach().to(predicted)
-    reference = logits.detach().to(predicted)
+    if isinstance(head, torch.Tensor):
+        return weight
+    reference = logits.detach().to(weight.dtype)
     tolerance = 1e-3 * (1 + reference.abs().max())
-    if not isinstance(head, torch.Tensor) and (predicted - reference).abs().max() > tolerance:
-        warnings.warn(f"the logits are not W @ GAP(A) + b for layer {layer!r} with the detected head "
-                      f"(max difference {(predicted - reference).abs().max():.3g}); CAM at this layer "
-                      f"is not the decomposition of the logits. Pick the layer that feeds the "
-                      f"classifier or pass head=", CAMHeadWarning, stacklevel=4)
+    features = activations.detach().to(weight.dtype)
+    pooled_candidates = [features.mean(dim=(2, 3))]
+    if features.dim() == 4:
+        with torch.no_grad():
+            pooled_candidates += [pool(features).flatten(1) for pool in global_pools(model)]
+    gaps = []
+    for pooled in pooled_candidates:
+        predicted = pooled @ weight.T
+        if bias is not None:
+            predicted = predicted + bias.detach().to(predicted)
+        gaps.append(float((predicted - reference).abs().max()))
+        if gaps[-1] <= tolerance:
+            return weight
+    drop_ins = " (nor W @ pool(A) + b for the model's GAP drop-ins)" if len(gaps) > 1 else ""
+    warnings.warn(f"the logits are not W @ GAP(A) + b{drop_ins} for layer {layer!r} with the detected head "
+                  f"(max difference {gaps[0]:.3g}); CAM at this layer "
+                  f"is not the decomposition of the logits. Pick the layer that feeds the "
+                  f"classifier or pass head=", CAMHeadWarning, stacklevel=4)
     return weight

@@ -13,7 +13,8 @@ live elsewhere. Adding a method is one function::
 
 ``needs`` tells the engine what to compute: ``"gradients"`` (one backward), ``"guided_gradients"``
 (a second, guided backward of log-scores), ``"head"`` (the classifier weights) and ``"forward"``
-(extra forwards of perturbed inputs, through :mod:`camkit.methods.perturbation`). ``options`` names
+(extra forwards of perturbed inputs, through :mod:`camkit.methods.perturbation`) and ``"foreground"``
+(the model's own foreground map: FAM's ``fam`` method). ``options`` names
 the keys a method reads from ``LayerInputs.options``, so that a misspelt option is refused.
 """
 from camkit.methods.registry import (  # noqa: F401
@@ -30,6 +31,7 @@ from camkit.methods import eigen as _eigen  # noqa: E402,F401
 from camkit.methods import score as _score  # noqa: E402,F401
 from camkit.methods import ablation as _ablation  # noqa: E402,F401
 from camkit.methods import smoothgrad as _smoothgrad  # noqa: E402,F401
+from camkit.methods import fam as _fam  # noqa: E402,F401
 
 __all__ = ["register", "get_method", "list_methods", "describe_methods", "LayerInputs", "Method",
            "channel_weighted_sum", "STANDARD_METHODS", "NEEDS"]

@@ -13,9 +13,14 @@ from torch import nn
 from camkit.constants import STANDARD_METHODS  # noqa: F401  (re-exported; torch-free for the CLI's help)
 
 #: What a method may ask the engine for: ``"gradients"`` (one backward), ``"guided_gradients"`` (a guided
-#: backward of log-scores), ``"head"`` (the classifier weights) and ``"forward"`` (extra forwards of
-#: perturbed inputs: the engine passes a :class:`camkit.methods.perturbation.ModelForward`).
-NEEDS = frozenset({"gradients", "guided_gradients", "head", "forward"})
+#: backward of log-scores), ``"head"`` (the classifier weights), ``"forward"`` (extra forwards of
+#: perturbed inputs: the engine passes a :class:`camkit.methods.perturbation.ModelForward`) and
+#: ``"foreground"`` (the model's own foreground map, FAM's: the engine checks the model and the layer
+#: before any hook, and such a method runs only when named, never in ``methods="all"``).
+NEEDS = frozenset({"gradients", "guided_gradients", "head", "forward", "foreground"})
+
+#: Needs whose methods ``methods="all"`` leaves out (they must be named).
+NAMED_ONLY_NEEDS = frozenset({"forward", "foreground"})
 
 
 @dataclass

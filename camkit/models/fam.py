@@ -45,8 +45,12 @@ class ThresholdedAvgPool(nn.Module):
     Per image and channel, the positions with ``x > tau * max_m x`` are averaged; a channel with no
     such position (all values equal, e.g. all zero after a ReLU) divides by 1. Input ``(B, C, h, w)``,
     output ``(B, C, 1, 1)``. The CAM of a TAP-trained model is still ``sum_k W[c, k] A_k`` on the
-    unthresholded features (so camkit's CAM warns that the logits are not ``W @ GAP(A) + b``).
+    unthresholded features; CAM's head check accepts ``W @ TAP(A) + b`` (``is_global_pool``), so
+    ``camkit.explain(model, x, methods="cam")`` on a TAP model finds the head without a warning.
     """
+
+    #: a drop-in for GAP: CAM's head check (:mod:`camkit.heads`) accepts ``W @ TAP(A) + b`` as the logits
+    is_global_pool = True
 
     def __init__(self, tau: float = 0.1):
         super().__init__()
@@ -74,6 +78,20 @@ def _check_count(value, name: str, what: str) -> int:
     return value
 
 
+def _checked_class_weights(class_weights, num_classes: int) -> Optional[torch.Tensor]:
+    if class_weights is None:
+        return None
+    try:
+        weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        weights = None
+    if weights is None or weights.numel() != num_classes or not torch.isfinite(weights).all() or (weights <= 0).any():
+        raise ValueError(f"class_weights must be None or {num_classes} finite positive numbers (one per class, "
+                         f"e.g. camkit.train.fam_losses.balanced_class_weights(labels, {num_classes})), got "
+                         f"{class_weights!r}")
+    return weights
+
+
 class FAM(nn.Module):
     """FAM on a feature extractor ``features: (B, 3, H, W) -> (B, C, h, w)`` (see the module docstring).
 
@@ -84,11 +102,19 @@ class FAM(nn.Module):
             ablation without the part module. memory: ``False`` for three 1x1 convs instead.
         attention: ``"softmax"`` (default) or ``"literal"`` (``beta / sum_n beta``, as printed).
         lambda_spa, lambda_div: the loss weights read by the ``fam`` recipe (0.04, 0.01).
+        class_weights: ``None`` (all 1) or ``K`` positive weights of the class-balanced cross-entropy
+            (:func:`camkit.train.fam_losses.balanced_class_weights`), kept as the buffer ``class_weights``.
+
+    ``cam_layer = explain_layer = "features"``: the trunk output ``X``, the layer that
+    ``camkit.explain`` captures by default (``layers=None``) and where the ``fam`` method reads ``M``.
     """
+
+    cam_layer = "features"
+    explain_layer = "features"
 
     def __init__(self, features: nn.Module, channels: int, num_classes: int, templates: int = 3,
                  parts: int = 5, memory: bool = True, attention: str = "softmax",
-                 lambda_spa: float = 0.04, lambda_div: float = 0.01, eps: float = 1e-6,
+                 lambda_spa: float = 0.04, lambda_div: float = 0.01, class_weights=None, eps: float = 1e-6,
                  new_layer_prefixes=("encoder", "keys", "values", "foreground_head", "part_conv",
                                      "importance", "classifier")):
         super().__init__()
@@ -103,6 +129,7 @@ class FAM(nn.Module):
         for name, value in (("lambda_spa", lambda_spa), ("lambda_div", lambda_div)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a float >= 0, got {value!r}")
+        weights = _checked_class_weights(class_weights, num_classes)
         self.features = features
         self.channels, self.num_classes, self.templates, self.parts = channels, num_classes, templates, parts
         self.memory, self.attention, self.eps = bool(memory), attention, float(eps)
@@ -120,6 +147,7 @@ class FAM(nn.Module):
             self.part_conv = nn.Conv2d(channels, parts, 1)
             self.importance = nn.Linear(channels, 1)
         self.classifier = nn.Linear(channels, num_classes)
+        self.register_buffer("class_weights", weights)
         self.new_layer_prefixes = tuple(new_layer_prefixes)
 
     def template_weights(self, features: torch.Tensor) -> torch.Tensor:
@@ -165,7 +193,7 @@ class FAM(nn.Module):
 
 def build_fam(backbone: str = "tiny", num_classes: int = 4, pretrained=None, templates: int = 3, parts: int = 5,
               memory: bool = True, attention: str = "softmax", lambda_spa: float = 0.04,
-              lambda_div: float = 0.01, **options) -> FAM:
+              lambda_div: float = 0.01, class_weights=None, **options) -> FAM:
     """A FAM model on a camkit backbone (the ``fam`` recipe's ``build_model``); ``options`` go to
     :func:`camkit.models.backbones.build_backbone`. The backbone's head is dropped
     (:class:`camkit.models.cicam.BackboneTrunk`) and its new layers stay new."""
@@ -181,6 +209,7 @@ def build_fam(backbone: str = "tiny", num_classes: int = 4, pretrained=None, tem
     prefixes = ("encoder", "keys", "values", "foreground_head", "part_conv", "importance", "classifier") + tuple(
         f"features.net.{p}" for p in new if p != trunk.head_name)
     model = FAM(trunk, channels, num_classes, templates=templates, parts=parts, memory=memory,
-                attention=attention, lambda_spa=lambda_spa, lambda_div=lambda_div, new_layer_prefixes=prefixes)
+                attention=attention, lambda_spa=lambda_spa, lambda_div=lambda_div, class_weights=class_weights,
+                new_layer_prefixes=prefixes)
     model.backbone_name = backbone
     return model

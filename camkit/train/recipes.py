@@ -68,7 +68,7 @@ from camkit.train.losses import classification_loss, default_logits
 __all__ = [
     "TrainConfig", "StepState", "Recipe", "register_recipe", "get_recipe", "list_recipes",
     "pretrained_and_new_groups", "default_forward", "default_logits", "CAM_CONFIG",
-    "SYNTHETIC_CPU_PRESET", "RECIPE_MODULES",
+    "SYNTHETIC_CPU_PRESET", "RECIPE_MODULES", "POOLS", "RETHINKING_VGG16_TAP_PRESET",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,7 +77,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Modules imported lazily by :func:`get_recipe` / :func:`list_recipes` so that their recipes register.
 #: Other recipe files add their module path here (e.g. ``"camkit.train.cicam_recipe"``); missing
 #: modules are skipped silently so a partial checkout still works.
-RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe", "camkit.train.kd_recipe"]
+RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe", "camkit.train.kd_recipe", "camkit.train.fam_recipe"]
 
 
 @dataclass(frozen=True)
@@ -249,11 +249,26 @@ def pretrained_and_new_groups(model: nn.Module, config: TrainConfig, *,
     return groups
 
 
+#: The ``cam`` recipe's pooling choices (model option ``pool``): global average pooling, or thresholded
+#: average pooling (:class:`camkit.models.ThresholdedAvgPool`, Bae et al. ECCV 2020; option ``tap_tau``).
+POOLS = ("gap", "tap")
+
+
 def _build_backbone_model(backbone: str, num_classes: int, pretrained: Union[None, bool, str] = None,
-                          **options: Any) -> nn.Module:
-    """``camkit.models.build_backbone``: a CAM-ready GAP + linear classifier."""
-    from camkit.models import build_backbone
-    return build_backbone(backbone, num_classes=num_classes, pretrained=pretrained, **options)
+                          pool: str = "gap", tap_tau: float = 0.1, **options: Any) -> nn.Module:
+    """``camkit.models.build_backbone``: a CAM-ready GAP + linear classifier; ``pool="tap"`` puts a
+    :class:`camkit.models.ThresholdedAvgPool` (``tau = tap_tau``, 0.1 in the paper) in place of its GAP
+    (the backbone's ``pool`` module). The CAM is still ``sum_k W[c, k] A_k`` on the unpooled features."""
+    from camkit.models import ThresholdedAvgPool, build_backbone
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS} ('tap': thresholded average pooling), got {pool!r}")
+    tap = ThresholdedAvgPool(tap_tau) if pool == "tap" else None      # checks tap_tau before building
+    model = build_backbone(backbone, num_classes=num_classes, pretrained=pretrained, **options)
+    if tap is not None:
+        if not isinstance(getattr(model, "pool", None), nn.AdaptiveAvgPool2d):
+            raise ValueError(f"backbone {backbone!r} has no GAP module 'pool' to replace with TAP")
+        model.pool = tap
+    return model
 
 
 @dataclass
@@ -336,11 +351,21 @@ SYNTHETIC_CPU_PRESET: Dict[str, Any] = dict(
     num_workers=0, eval_every=2, log_every=20,
 )
 
+#: Bae et al. (ECCV 2020)'s VGG16-GAP + TAP training, from the authors' released code: SGD, Nesterov,
+#: momentum 0.9, weight decay 5e-4, batch 40, new layers at lr 0.003 and pretrained ones at 0.1x
+#: (``lr = 3e-4``, ``lr_classifier_ratio = 10``), lr x0.1 at epochs 60/120/180 of 200. Use it with the
+#: model option ``pool="tap"`` (``camkit train cam --pool tap --preset rethinking-vgg16-tap``).
+RETHINKING_VGG16_TAP_PRESET: Dict[str, Any] = dict(
+    epochs=200, batch_size=40, lr=3e-4, lr_classifier_ratio=10.0, momentum=0.9, nesterov=True,
+    weight_decay=5e-4, lr_gamma=0.1, lr_milestones=(60, 120, 180), resize_size=256, crop_size=224,
+)
+
 register_recipe(Recipe(
     name="cam",
     build_model=_build_backbone_model,
     loss=classification_loss,
     config=CAM_CONFIG,
-    presets={"synthetic-cpu": SYNTHETIC_CPU_PRESET},
-    description="Vanilla CAM (Zhou et al. 2016): GAP + linear classifier trained with cross-entropy.",
+    presets={"synthetic-cpu": SYNTHETIC_CPU_PRESET, "rethinking-vgg16-tap": RETHINKING_VGG16_TAP_PRESET},
+    description="Vanilla CAM (Zhou et al. 2016): GAP + linear classifier trained with cross-entropy; "
+                "model option pool='tap' for thresholded average pooling (Bae et al. 2020).",
 ))
