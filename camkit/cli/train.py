@@ -27,6 +27,10 @@ examples:
   # CI-CAM on CUB (wsolevaluation layout) with ImageNet-pretrained VGG16 weights from a file
   camkit train cicam --data /data/CUB --backbone vgg16 --pretrained vgg16.pth --out runs/cicam
 
+  # CAM with thresholded average pooling (Bae et al. 2020) instead of GAP; FAM (Meng et al. 2021)
+  camkit train cam --pool tap --data synthetic --backbone tiny --preset synthetic-cpu --out runs/tap
+  camkit train fam --data synthetic --backbone tiny --preset synthetic-cpu --out runs/fam
+
   # two processes with DistributedDataParallel (gloo on CPU, nccl on GPU)
   torchrun --nproc_per_node=2 -m camkit.cli train cam --data synthetic --backbone tiny --out runs/ddp
 
@@ -56,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="override any TrainConfig field (repeatable), e.g. --set lr_step_epochs=5")
     parser.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                         help="keyword argument for the recipe's build_model (repeatable)")
+    parser.add_argument("--pool", choices=("gap", "tap"), default=None,
+                        help="cam recipe: global average pooling (default) or thresholded average pooling "
+                             "(TAP, tau 0.1; --model-option tap_tau=T); the model option pool")
     add_device_argument(parser)
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing OUT/checkpoint.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -73,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
     from camkit.train.transforms import EvalTransform
 
     recipe = get_recipe(args.recipe)
+    model_options = parse_options(args.model_options)
+    if args.pool is not None:
+        if recipe.name != "cam":
+            raise UsageError(f"--pool applies to the cam recipe (GAP or TAP before its linear head), not "
+                             f"{recipe.name!r}")
+        if "pool" in model_options:
+            raise UsageError("give the pooling once: --pool or --model-option pool=..., not both")
+        model_options["pool"] = args.pool
     overrides = parse_options(args.overrides)
     for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                         ("num_workers", args.workers), ("seed", args.seed)):
@@ -91,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     eval_set = None if eval_spec is None else open_dataset(eval_spec, split="test", image_size=config.crop_size)
     evaluate_fn = None
     if eval_set is not None:  # every --data form has boxes or masks: CAM localisation in the evaluation
-        evaluate_fn = localization_evaluator(("cam",), transform=EvalTransform(config.crop_size, config.mean,
+        evaluate_fn = localization_evaluator(recipe.eval_methods, transform=EvalTransform(config.crop_size, config.mean,
                                                                                 config.std),
                                              max_images=500, output=recipe.logits)
     pretrained = True if args.pretrained == "torchvision" else args.pretrained
@@ -99,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-classes must be at least 1, got {args.num_classes}")
     result = train(recipe, train_set, backbone=args.backbone, num_classes=args.num_classes or num_classes_of(train_set),
                    out_dir=args.out, config=config, eval_set=eval_set, pretrained=pretrained,
-                   model_options=parse_options(args.model_options), resume=not args.no_resume,
+                   model_options=model_options, resume=not args.no_resume,
                    device=device, evaluate_fn=evaluate_fn)
     if world()[0] == 0:
         evals = [h for h in result.history if h.get("event") == "eval"]

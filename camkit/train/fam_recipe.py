@@ -55,6 +55,7 @@ register_recipe(Recipe(
     config=FAM_CONFIG,
     forward=fam_forward,
     presets=FAM_PRESETS,
+    eval_methods=("fam",),
     description="FAM (Meng et al. 2021): object-aware memory attention -> class-agnostic foreground map M, "
                 "part-aware classifier; L_cls + 0.04 L_spa + 0.01 L_div; maps from method 'fam'.",
 ), overwrite=True)

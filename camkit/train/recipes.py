@@ -43,7 +43,8 @@ A recipe is not a copy of the training loop. It is a :class:`Recipe` record that
 Optional hooks: ``forward(model, batch) -> output`` (default ``model(batch["image"])``; override when
 the model needs the labels, e.g. ACoL-style erasing), ``logits(output) -> (B, K)`` for top-1 evaluation
 and CAM explanation (default: the output itself, ``output["logits"]`` for dicts, ``output[0]`` for
-tuples).
+tuples), ``eval_methods`` (the explanation methods of ``camkit train``'s periodic localisation
+evaluation; default ``("cam",)``, FAM's ``("fam",)``).
 
 A complete recipe: ``camkit/train/cicam_recipe.py`` (model, forward, loss, logits, groups, presets).
 
@@ -284,6 +285,7 @@ class Recipe:
     logits: Callable[[Any], torch.Tensor] = default_logits
     presets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    eval_methods: Tuple[str, ...] = ("cam",)
 
     def make_config(self, preset: Optional[str] = None, **overrides: Any) -> TrainConfig:
         """The recipe's defaults, then the named preset's overrides, then ``overrides``."""
