@@ -31,9 +31,8 @@ from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weig
 from camkit.inputs import Preprocess, as_batch, as_photo_batch, run_model
 from camkit.outputs import as_logits, check_output_adapter, select_output
 from camkit.layers import LayerError, LayerSpec, input_rank, last_spatial_layer, resolve_layer, resolve_layers
-from camkit.methods import STANDARD_METHODS, LayerInputs, get_method, list_methods
+from camkit.methods import NAMED_ONLY_NEEDS, STANDARD_METHODS, LayerInputs, get_method, list_methods
 from camkit.methods.fam import check_foreground_model
-from camkit.methods.registry import NAMED_ONLY_NEEDS
 from camkit.methods.perturbation import ModelForward
 from camkit.targets import ResolvedTargets, check_target, names_to_classes, resolve_targets
 
@@ -58,12 +57,10 @@ class Explainer:
             raises :class:`camkit.HeadNotFoundError` when it fits none of the layers. ``"all"`` is every
             registered one-pass method (the standard set first), with the head methods optional as for
             ``None``; the perturbation methods (``camkit.list_methods(needs="forward")``: Score-CAM,
-            Ablation-CAM, ... up to one extra forward per channel) and the model-map methods
-            (``needs="foreground"``: FAM's ``fam``) run only when named.
+            Ablation-CAM, ... up to one extra forward per channel) and FAM's ``fam`` run only when named.
         layers: module names (``"name"`` or ``"name@k"`` for the k-th call of a reused module),
-            modules, or ``None``: the model's ``explain_layer`` attribute when it has one (a module
-            name; :class:`camkit.models.FAM` names its trunk output ``"features"``), else the last
-            layer with spatial output (chosen per input shape and reported in ``Explanation.layers``).
+            modules, or ``None``: the model's ``explain_layer`` name if it has one (FAM's ``"features"``),
+            else the last layer with spatial output (chosen per input shape, in ``Explanation.layers``).
         head: the classifier used by CAM: an ``nn.Linear``, a 1x1 ``nn.Conv2d``, its module name, or
             a ``(K, C)`` tensor. ``None`` finds it automatically.
         output: how to get logits from the model output: ``None`` (the output is the logits), a key
@@ -322,9 +319,8 @@ class Explainer:
     def _resolve_layers(self, batch: torch.Tensor, layers) -> List[LayerSpec]:
         if layers is not None:
             return resolve_layers(self.model, layers, batch)
-        preferred = getattr(self.model, "explain_layer", None)
-        if isinstance(preferred, str):
-            return [resolve_layer(self.model, preferred)]
+        if isinstance(getattr(self.model, "explain_layer", None), str):      # e.g. FAM's trunk output
+            return [resolve_layer(self.model, self.model.explain_layer)]
         key = _shape_key(batch)
         specs = self._auto_layer.get(key)
         if specs is None:
@@ -416,10 +412,9 @@ def _without_aug_smooth(explainer: Explainer) -> Explainer:
 
 def _method_selection(methods) -> Tuple[List[str], FrozenSet[str]]:
     """The method names and those that may be skipped: ``None`` is the standard set, whose head
-    methods (CAM) are optional, and so is ``"all"``: every registered one-pass method that applies to any
-    model (the perturbation methods, ``list_methods(needs="forward")``, run up to one forward per channel,
-    and the model-map methods, ``needs="foreground"``, need a FAM: both must be named); methods named
-    explicitly are all required."""
+    methods (CAM) are optional, and so is ``"all"``: every registered one-pass method for any model (those
+    with a need in ``NAMED_ONLY_NEEDS``, perturbation methods and FAM's map, must be named); methods
+    named explicitly are all required."""
     if methods is None or _is_all(methods):
         names = list(STANDARD_METHODS) + ([] if methods is None else
                                          [m for m in list_methods() if m not in STANDARD_METHODS

@@ -17,7 +17,7 @@ LAYERS = [
     ["camkit._version", "camkit.constants", "camkit.distributed", "camkit.inputs", "camkit.boxes", "camkit.pixels",
      "camkit.tokens", "camkit.outputs"],
     ["camkit.layers", "camkit.heads", "camkit.targets", "camkit.dense_targets", "camkit.postprocess", "camkit.methods",
-     "camkit.metrics", "camkit.metric_pool", "camkit.viz", "camkit.faithfulness", "camkit.smoothing"],
+     "camkit.metrics", "camkit.fam_metrics", "camkit.metric_pool", "camkit.viz", "camkit.faithfulness", "camkit.smoothing"],
     ["camkit.capture", "camkit.explanation", "camkit.models"],
     ["camkit.explain", "camkit.data", "camkit.causal", "camkit.fusion"],
     ["camkit.evaluation"],

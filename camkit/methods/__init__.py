@@ -18,7 +18,7 @@ live elsewhere. Adding a method is one function::
 the keys a method reads from ``LayerInputs.options``, so that a misspelt option is refused.
 """
 from camkit.methods.registry import (  # noqa: F401
-    NEEDS, STANDARD_METHODS, LayerInputs, Method, channel_weighted_sum, describe_methods, get_method, list_methods,
+    NAMED_ONLY_NEEDS, NEEDS, STANDARD_METHODS, LayerInputs, Method, channel_weighted_sum, describe_methods, get_method, list_methods,
     register,
 )
 
