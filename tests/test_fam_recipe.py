@@ -162,3 +162,15 @@ def test_cli_trains_cam_with_tap(tmp_path):
                  "--model-option", "widths=4,8,8,8", "--out", str(tmp_path), "--no-progress"])
     assert code == 0
     assert isinstance(load_checkpoint_model(tmp_path).pool, ThresholdedAvgPool)
+
+
+def test_cli_trains_fam_and_its_periodic_evaluation_scores_the_fam_map(tmp_path):
+    from camkit.cli import main
+    code = main(["train", "fam", "--data", "synthetic:num_images=16,num_classes=2,image_size=32", "--backbone", "tiny",
+                 "--preset", "synthetic-cpu", "--epochs", "1", "--batch-size", "8", "--set", "resize_size=32",
+                 "--set", "crop_size=32", "--set", "eval_every=1", "--model-option", "widths=4,8,8,8",
+                 "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert evals and "fam/features/MaxBoxAccV2" in evals[-1] and "fam/features/PxAP" in evals[-1]
