@@ -1,6 +1,8 @@
 """The fam recipe and the cam recipe's TAP option through the shared loop, the ``fam`` explain method,
 CAM's head check on TAP models, and bad input (before any hook or file)."""
 import json
+import os
+import socket
 import warnings
 
 import pytest
@@ -174,3 +176,41 @@ def test_cli_trains_fam_and_its_periodic_evaluation_scores_the_fam_map(tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["event"] == "eval"]
     assert evals and "fam/features/MaxBoxAccV2" in evals[-1] and "fam/features/PxAP" in evals[-1]
+
+
+FAM_DDP_OPTIONS = {"norm": "none", "widths": WIDTHS, "class_weights": [1.0, 2.0, 0.5]}
+
+
+def _fam_ddp_worker(rank, world, port, out, config_dict):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from camkit.train.recipes import TrainConfig
+    try:
+        data = make_synthetic(13, num_classes=3, image_size=32, seed=5)   # last batch of 1: a rank gets none
+        result = train("fam", data, backbone="tiny", num_classes=3, config=TrainConfig.from_dict(config_dict),
+                       model_options=FAM_DDP_OPTIONS, out_dir=os.path.join(out, "run"))
+        torch.save(_params(result.model), os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fam_two_gloo_processes_match_one_process(tmp_path):
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = _config("fam", epochs=2, batch_size=4, lr=0.1)
+    mp.spawn(_fam_ddp_worker, args=(2, port, str(tmp_path), config.to_dict()), nprocs=2, join=True)
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(rank0, rank1)
+    single = train("fam", make_synthetic(13, num_classes=3, image_size=32, seed=5), backbone="tiny",
+                   num_classes=3, config=config, model_options=FAM_DDP_OPTIONS)
+    torch.testing.assert_close(rank0, _params(single.model), rtol=1e-4, atol=1e-5)
+    torch.manual_seed(config.seed)                                               # the loop's initialisation
+    initial = _params(build_fam("tiny", 3, **FAM_DDP_OPTIONS))
+    assert float((_params(single.model) - initial).abs().max()) > 1e-3        # training moved the weights

@@ -174,7 +174,7 @@ class FAM(nn.Module):
         masked = features * foreground
         if self.parts:
             parts = torch.sigmoid(self.part_conv(masked))
-            part_features = torch.einsum("bchw,bkhw->bkc", features, parts) / parts[0, 0].numel()
+            part_features = torch.einsum("bchw,bkhw->bkc", features, parts) / (parts.shape[-2] * parts.shape[-1])
             importance = self.importance(part_features).squeeze(-1).softmax(dim=1)
             pooled = (importance.unsqueeze(-1) * part_features).sum(dim=1)
         else:
