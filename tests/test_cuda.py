@@ -82,3 +82,28 @@ def test_evaluate_on_the_gpu_matches_the_cpu_table():
             # at one threshold at most moves an accuracy by 100/6 points
             if isinstance(value, float):
                 assert abs(gpu[key][column] - value) <= 100 / 6 + 1e-9, (key, column)
+
+
+def _fam_run(device):
+    """FAM's map, Grad-CAM on its classifier and its recipe loss terms on ``device``."""
+    from camkit.models import build_fam
+    from camkit.train.fam_losses import fam_loss
+    from camkit.train.recipes import CAM_CONFIG, StepState
+    torch.manual_seed(0)
+    model = build_fam("tiny", num_classes=4, widths=(4, 8, 8, 8), norm="none",
+                      class_weights=[1.0, 2.0, 3.0, 4.0]).to(device).eval()
+    images, labels = (t.to(device) for t in _inputs())
+    exp = camkit.explain(model, images, methods=["fam", "gradcam"], target=labels)
+    terms = fam_loss(model(images, return_maps=True), {"label": labels}, StepState(0, 0, 0, model, CAM_CONFIG))
+    return exp, terms
+
+
+def test_fam_map_and_losses_on_the_gpu_equal_the_cpu():
+    (cpu, cpu_terms), (gpu, gpu_terms) = _fam_run("cpu"), _fam_run("cuda")
+    assert list(cpu.maps) == list(gpu.maps) == [("fam", "features"), ("gradcam", "features")]
+    for key, maps in gpu.maps.items():
+        assert maps.device.type == "cuda"
+        torch.testing.assert_close(maps.cpu(), cpu.maps[key], atol=1e-5, rtol=0)
+    for name, value in gpu_terms.items():
+        assert value.device.type == "cuda"
+        torch.testing.assert_close(value.cpu(), cpu_terms[name], atol=1e-5, rtol=1e-5)
