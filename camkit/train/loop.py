@@ -213,14 +213,13 @@ def _run_identity(recipe: Recipe, backbone: str, num_classes: int, model_options
             **{name: getattr(config, name) for name in RESUME_MUST_MATCH}}
 
 
-def _load_for_resume(path: Path, run: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    """The checkpoint at ``path``, checked to belong to ``run``; every failure names the way out."""
+def _load_for_resume(path: Path, device: torch.device) -> Dict[str, Any]:
+    """The checkpoint at ``path`` (checked with :func:`check_resumable` by the caller); every failure
+    names the way out."""
     try:
-        payload = load_checkpoint(path, map_location=device)
+        return load_checkpoint(path, map_location=device)
     except CheckpointError as error:
         raise CheckpointError(f"cannot resume: {error}; {START_FRESH}") from error
-    check_resumable(payload, run, path)
-    return payload
 
 
 def _restore(payload: Dict[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -329,8 +328,13 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
     checkpoint_path = out / CHECKPOINT_NAME if out is not None else None
     saved = None
     if resume and checkpoint_path is not None and checkpoint_path.exists():
+        saved = _load_for_resume(checkpoint_path, ctx.device)
+    if recipe.prepare_model_options is not None:
+        saved_options = dict(saved["model_spec"].get("model_options") or {}) if saved is not None else None
+        model_options = dict(recipe.prepare_model_options(model_options, saved_options))
+    if saved is not None:
         run = _run_identity(recipe, backbone, num_classes, model_options, num_samples, config)
-        saved = _load_for_resume(checkpoint_path, run, ctx.device)
+        check_resumable(saved, run, checkpoint_path)
 
     torch.manual_seed(config.seed)
     model = recipe.build_model(backbone, num_classes=num_classes, pretrained=pretrained, **model_options)
