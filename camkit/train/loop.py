@@ -34,7 +34,8 @@
   the config fields of :data:`~camkit.train.checkpoint.RESUME_MUST_MATCH` (batch size, seed,
   augmentation, optimizer and schedule) must match; ``epochs``, ``max_steps``, ``amp`` and the
   bookkeeping fields (:data:`~camkit.train.checkpoint.RESUME_MAY_CHANGE`) and the number of
-  processes may change.
+  processes may change. A recipe's ``prepare_model_options`` runs before that check and may complete
+  the model options (``kd-student`` adds each teacher file's sha256) or refuse (a changed teacher).
 - **Logs**: JSON lines in ``OUT/metrics.jsonl`` (``{"event": "train" | "eval" | "epoch", ...}``) and a
   tqdm progress bar on rank 0. A resumed run first drops the records written after its checkpoint
   (a crash between a log line and the next checkpoint), so every step and epoch appears once; a fresh
