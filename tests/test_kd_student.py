@@ -197,6 +197,7 @@ def test_defaults_are_the_released_student_run(teachers):
     assert not teacher_ids & {id(p) for p in student.parameters()}
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
 def test_teachers_on_another_device_are_moved_to_the_batch(teachers, monkeypatch):
     student = _student(teachers).train()                 # teachers loaded on the CPU
@@ -366,3 +367,34 @@ def test_teachers_then_student_then_resume_and_a_changed_teacher_is_refused(tmp_
                                               r"has changed"):
         student("resumed", 6)
     assert {p.name: p.read_bytes() for p in (tmp_path / "resumed").iterdir()} == before
+
+
+# ---------------------------------------------------------------- two processes
+
+def _ddp_student(folder, teachers):
+    """The student trained in this process group (one epoch of 19 samples in batches of 6: the last
+    global batch has 1 sample, so rank 1 holds none); its parameters and logged terms."""
+    from camkit.data.synthetic import make_synthetic
+    from camkit.train.loop import train
+    config = get_recipe("kd-student").make_config("synthetic-cpu", epochs=1, batch_size=6, resize_size=16,
+                                                  crop_size=16, progress=False, eval_every=0, log_every=1)
+    result = train("kd-student", make_synthetic(19, 3, 16, seed=4), backbone="tiny", num_classes=3, config=config,
+                   out_dir=folder, model_options={"widths": WIDTHS, "input_size": 16, "norm": "none",
+                                                  "cls_teacher": str(teachers[0]), "loc_teacher": str(teachers[1])})
+    terms = [{k: r[k] for k in ("loss", "ce", "ld", "ad")} for r in result.history if r["event"] == "train"]
+    return {k: v.detach().clone() for k, v in result.model.state_dict().items()}, terms
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_gloo_processes_train_the_student_of_one_process(tmp_path, teachers):
+    from two_ranks import on_two_ranks
+    ddp_params, ddp_terms = on_two_ranks(_ddp_student, str(tmp_path / "ddp"), teachers)
+    params, terms = _ddp_student(str(tmp_path / "one"), teachers)
+    for key in params:
+        torch.testing.assert_close(ddp_params[key], params[key], rtol=1e-4, atol=1e-5)
+    assert len(ddp_terms) == len(terms) == 4
+    for ddp_record, record in zip(ddp_terms, terms):      # route means over the global batch, as in one process
+        for name in record:
+            assert ddp_record[name] == pytest.approx(record[name], rel=1e-5, abs=1e-9), name
+    assert any(r["ld"] > 0 for r in terms) and any(r["ad"] > 0 for r in terms)
