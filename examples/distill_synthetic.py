@@ -63,12 +63,16 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a check that the pipeline runs: 1 seed, 300 training and 200 test images, 2 epochs")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds (data and training; default 3, 1 with --quick)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds (data and training; default 3, 1 with --quick)")
     parser.add_argument("--train", type=int, default=None, help="training images (default 2500, 300 with --quick)")
-    parser.add_argument("--test", type=int, default=None, help="uniform-context test images (default 1000, 200 with --quick)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs of every training (default 10, 2 with --quick)")
+    parser.add_argument("--test", type=int, default=None,
+                        help="uniform-context test images (default 1000, 200 with --quick)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of every training (default 10, 2 with --quick)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--out", default="outputs/distill_synthetic", help="folder for the runs, the cache and the table")
+    parser.add_argument("--out", default="outputs/distill_synthetic",
+                        help="folder for the runs, the cache and the table")
     args = parser.parse_args()
     for name, full, quick in (("seeds", 3, 1), ("train", 2500, 300), ("test", 1000, 200), ("epochs", 10, 2)):
         if getattr(args, name) is None:
