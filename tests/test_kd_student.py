@@ -398,3 +398,18 @@ def test_two_gloo_processes_train_the_student_of_one_process(tmp_path, teachers)
         for name in record:
             assert ddp_record[name] == pytest.approx(record[name], rel=1e-5, abs=1e-9), name
     assert any(r["ld"] > 0 for r in terms) and any(r["ad"] > 0 for r in terms)
+
+
+def test_cli_trains_the_student_from_the_teacher_flags(tmp_path, monkeypatch, capsys, teachers):
+    from camkit import cli
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["train", "kd-student", "--cls-teacher", str(teachers[0]), "--loc-teacher", str(teachers[1]),
+                     "--data", "synthetic:num_images=8,image_size=16,num_classes=3", "--backbone", "tiny",
+                     "--preset", "synthetic-cpu", "--set", "resize_size=16", "--set", "crop_size=16",
+                     "--set", "max_steps=1", "--batch-size", "4", "--model-option", "widths=4,8,8,8",
+                     "--model-option", "input_size=16", "--out", "run", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    spec = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model_spec"]
+    assert spec["recipe"] == "kd-student"
+    assert spec["model_options"]["cls_teacher"] == str(teachers[0].resolve())
+    assert spec["model_options"]["loc_teacher_sha256"] == hashlib.sha256(teachers[1].read_bytes()).hexdigest()
