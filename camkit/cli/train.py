@@ -26,6 +26,12 @@ examples:
   # CI-CAM on CUB (wsolevaluation layout) with ImageNet-pretrained VGG16 weights from a file
   camkit train cicam --data /data/CUB --backbone vgg16 --pretrained vgg16.pth --out runs/cicam
 
+  # KD-CI-CAM: two teachers, then the student distilled from their checkpoints
+  camkit train kd-cls-teacher --data synthetic --backbone tiny --preset synthetic-cpu --out runs/cls
+  camkit train kd-loc-teacher --data synthetic --backbone tiny --preset synthetic-cpu --out runs/loc
+  camkit train kd-student --cls-teacher runs/cls/checkpoint.pt --loc-teacher runs/loc/checkpoint.pt \
+      --data synthetic --backbone tiny --preset synthetic-cpu --out runs/student
+
   # two processes with DistributedDataParallel (gloo on CPU, nccl on GPU)
   torchrun --nproc_per_node=2 -m camkit.cli train cam --data synthetic --backbone tiny --out runs/ddp
 
@@ -56,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="override any TrainConfig field (repeatable), e.g. --set lr_step_epochs=5")
     parser.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                         help="keyword argument for the recipe's build_model (repeatable)")
+    parser.add_argument("--cls-teacher", default=None, metavar="CKPT",
+                        help="kd-student only: checkpoint of a kd-cls-teacher run (model option cls_teacher)")
+    parser.add_argument("--loc-teacher", default=None, metavar="CKPT",
+                        help="kd-student only: checkpoint of a kd-loc-teacher run (model option loc_teacher)")
     add_device_argument(parser)
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing OUT/checkpoint.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -73,6 +83,16 @@ def run(args: argparse.Namespace) -> int:
     from camkit.train.transforms import EvalTransform
 
     recipe = get_recipe(args.recipe)
+    model_options = parse_options(args.model_options)
+    for flag, key in (("--cls-teacher", "cls_teacher"), ("--loc-teacher", "loc_teacher")):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if recipe.name != "kd-student":
+            raise UsageError(f"{flag} is for the kd-student recipe only, not {recipe.name!r}; drop it")
+        if key in model_options:
+            raise UsageError(f"{flag} and --model-option {key}=... name the same teacher; give only one")
+        model_options[key] = value
     overrides = parse_options(args.overrides)
     for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                         ("num_workers", args.workers), ("seed", args.seed)):
@@ -102,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-classes must be at least 1, got {args.num_classes}")
     result = train(recipe, train_set, backbone=args.backbone, num_classes=args.num_classes or num_classes_of(train_set),
                    out_dir=args.out, config=config, eval_set=eval_set, pretrained=pretrained,
-                   model_options=parse_options(args.model_options), resume=not args.no_resume,
+                   model_options=model_options, resume=not args.no_resume,
                    device=device, evaluate_fn=evaluate_fn)
     if world()[0] == 0:
         evals = [h for h in result.history if h.get("event") == "eval"]

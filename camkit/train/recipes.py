@@ -43,7 +43,16 @@ A recipe is not a copy of the training loop. It is a :class:`Recipe` record that
 Optional hooks: ``forward(model, batch) -> output`` (default ``model(batch["image"])``; override when
 the model needs the labels, e.g. ACoL-style erasing), ``logits(output) -> (B, K)`` for top-1 evaluation
 and CAM explanation (default: the output itself, ``output["logits"]`` for dicts, ``output[0]`` for
-tuples).
+tuples), and two for models that need outside files to train (the ``kd-student`` recipe's teachers):
+
+- ``prepare_model_options(options, saved_options) -> options``: called by :func:`camkit.train.loop.train`
+  before the model is built and before a checkpoint is checked for resuming; ``saved_options`` are the
+  checkpoint's ``model_options`` when resuming, else ``None``. It returns the options to build and
+  record (e.g. with the sha256 of each file they name) and raises, before anything is written, when
+  they cannot be used (a missing file, a file that changed since the checkpoint).
+- ``build_inference_model(backbone, num_classes, pretrained, **model_options)``: what
+  :func:`camkit.train.checkpoint.load_checkpoint_model` rebuilds instead of ``build_model`` (the
+  trained model without what only its training needs, e.g. without loading the teachers).
 
 A complete recipe: ``camkit/train/cicam_recipe.py`` (model, forward, loss, logits, groups, presets).
 
@@ -77,7 +86,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Modules imported lazily by :func:`get_recipe` / :func:`list_recipes` so that their recipes register.
 #: Other recipe files add their module path here (e.g. ``"camkit.train.cicam_recipe"``); missing
 #: modules are skipped silently so a partial checkout still works.
-RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe", "camkit.train.kd_recipe"]
+RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe", "camkit.train.kd_recipe", "camkit.train.kd_student"]
 
 
 @dataclass(frozen=True)
@@ -269,6 +278,8 @@ class Recipe:
     logits: Callable[[Any], torch.Tensor] = default_logits
     presets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    prepare_model_options: Optional[Callable[[Dict[str, Any], Optional[Dict[str, Any]]], Dict[str, Any]]] = None
+    build_inference_model: Optional[Callable[..., nn.Module]] = None
 
     def make_config(self, preset: Optional[str] = None, **overrides: Any) -> TrainConfig:
         """The recipe's defaults, then the named preset's overrides, then ``overrides``."""
