@@ -57,6 +57,11 @@ ROWS = (("vanilla / cam", "vanilla", "cam", None), ("vanilla / ccam", "vanilla",
 METRICS = ("top1_on", "top1_off", "context_energy", "MaxBoxAccV2", "GT-known", "PxAP")
 
 
+#: The class-count settings (not in the default sweep; ``--settings N=4 N=8 N=48``): how the
+#: combinational CAM behaves against N, the base otherwise.
+CLASS_COUNTS = [(f"N={n}", dict(num_classes=n)) for n in (4, 8, 48)]
+
+
 def sweep(quick: bool):
     """``[(name, make_synthetic overrides)]``: the base, then one knob at a time."""
     if quick:
@@ -220,7 +225,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="base setting only, one seed, fewer images and epochs")
     parser.add_argument("--settings", nargs="+", default=None, metavar="NAME",
-                        help="run only these settings of the sweep (base, p=uniform, p=0.95, p=1.0, patch, centred)")
+                        help="run only these settings (base, p=uniform, p=0.95, p=1.0, patch, centred; "
+                             "and the class counts N=4, N=8, N=48, not in the default sweep)")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds per setting (default 3; 1 with --quick)")
     parser.add_argument("--train", type=int, default=None, help="training images (default 2500; 1500 with --quick)")
     parser.add_argument("--test", type=int, default=1000, help="test images per setting (habitat_p 0.5)")
@@ -240,10 +246,11 @@ def main():
     results = []
     settings = sweep(args.quick)
     if args.settings:
-        unknown = sorted(set(args.settings) - {name for name, _ in settings})
+        known = sweep(False) + CLASS_COUNTS
+        unknown = sorted(set(args.settings) - {name for name, _ in known})
         if unknown:
-            parser.error(f"unknown --settings {unknown}; the sweep's settings are {[n for n, _ in settings]}")
-        settings = [(name, o) for name, o in settings if name in args.settings]
+            parser.error(f"unknown --settings {unknown}; the settings are {[n for n, _ in known]}")
+        settings = [(name, o) for name, o in known if name in args.settings]
     for name, overrides in settings:
         for seed in range(args.seeds):
             results += run_setting(name, overrides, seed, args)

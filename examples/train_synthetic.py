@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import camkit
-from camkit.data.synthetic import context_energy_share, habitat_accuracy, make_synthetic
+from camkit.data.synthetic import LEARNABLE, context_energy_share, habitat_accuracy, make_synthetic
 from camkit.train import get_recipe, train
 
 METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
@@ -111,13 +111,14 @@ def save_figure(path, test, maps, predictions, indices, config):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/train_synthetic", help="folder for the run, tables and figures")
-    parser.add_argument("--train-images", type=int, default=3000, help="training images")
+    parser.add_argument("--train-images", type=int, default=2500, help="training images")
     parser.add_argument("--test-images", type=int, default=400, help="images per test split")
-    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs")
+    parser.add_argument("--image-size", type=int, default=LEARNABLE["image_size"], help="image side in pixels")
+    parser.add_argument("--num-classes", type=int, default=LEARNABLE["num_classes"], help="classes (2 to 64)")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--habitat-p", type=float, default=0.8,
                         help="probability that a training image shows its class's own habitat (the confounder)")
-    parser.add_argument("--part-radius", type=float, default=0.25,
+    parser.add_argument("--part-radius", type=float, default=LEARNABLE["part_radius"],
                         help="radius of the coloured discriminative part (make_synthetic's part_radius; 0: none)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; the tiny CNN is fastest on 1, especially on a shared machine")
@@ -133,7 +134,7 @@ def main(argv=None):
     out = Path(args.out)
     start = time.time()
 
-    common = dict(num_classes=4, image_size=args.image_size, part_radius=args.part_radius)
+    common = dict(LEARNABLE, num_classes=args.num_classes, image_size=args.image_size, part_radius=args.part_radius)
     train_set = make_synthetic(args.train_images, context="habitat", habitat_p=args.habitat_p, seed=1, **common)
     uniform = make_synthetic(args.test_images, context="uniform", seed=2, **common)
     swapped = make_synthetic(args.test_images, context="swapped", habitat_p=0.8, seed=3, **common)
@@ -146,7 +147,7 @@ def main(argv=None):
                                 crop_size=args.image_size, lr_step_epochs=max(1, args.epochs * 3 // 4),
                                 eval_every=args.epochs)
     # resume=True: re-running with the same --out reuses (or finishes) the trained checkpoint
-    result = train(recipe, train_set, backbone="tiny", num_classes=4, out_dir=out / "run", config=config,
+    result = train(recipe, train_set, backbone="tiny", num_classes=args.num_classes, out_dir=out / "run", config=config,
                    eval_set=uniform, resume=not args.fresh)
     model = result.model.eval()
     train_time = time.time() - start

@@ -34,7 +34,7 @@ def _snapshot(folder: Path):
 EXPLAIN = ["explain", "photo.png", "--model", TINY, "--out", "out"]
 TRAIN = ["train", "cam", "--data", "synthetic:num_images=8,image_size=16", "--backbone", "tiny", "--out", "run",
          "--no-progress"]
-EVALUATE = ["evaluate", "--model", TINY, "--data", "synthetic:num_images=4,image_size=32", "--no-progress"]
+EVALUATE = ["evaluate", "--model", TINY, "--data", "synthetic:num_images=4,image_size=32,num_classes=4", "--no-progress"]
 
 CASES = [
     # explain

@@ -16,7 +16,7 @@ from camkit.data.open import open_dataset
 from camkit.model_spec import load_model
 from test_cli import TINY
 
-SYNTHETIC = "synthetic:num_images=6,image_size=32"
+SYNTHETIC = "synthetic:num_images=6,image_size=32,num_classes=4"
 
 
 def open_for(spec, preprocess, **options):
@@ -143,12 +143,12 @@ def test_wsol_format_dataset_spec(tmp_path):
 
 
 def test_synthetic_spec_is_the_old_benchmark_split():
-    # synthetic:num_images=6,image_size=32 is what 'synthetic:6:32' was: seed 1, uniform context,
+    # the test split of a synthetic spec: seed 1, uniform context, the learnable setting's other keys,
     # images normalised with the model's mean and std, the one box as a (1, 4) tensor, masks as uint8
-    from camkit.data.synthetic import make_synthetic
+    from camkit.data.synthetic import LEARNABLE, make_synthetic
     from camkit.inputs import Preprocess
 
-    old = make_synthetic(num_images=6, image_size=32, context="uniform", seed=1)
+    old = make_synthetic(num_images=6, context="uniform", seed=1, **dict(LEARNABLE, image_size=32, num_classes=4))
     dataset = open_for(SYNTHETIC, Preprocess(32, (0.5, 0.25, 0.5), (0.5, 0.5, 0.25)))
     mean, std = torch.tensor([0.5, 0.25, 0.5]).view(3, 1, 1), torch.tensor([0.5, 0.5, 0.25]).view(3, 1, 1)
     assert len(dataset) == 6

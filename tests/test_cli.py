@@ -164,7 +164,7 @@ def test_help_of_every_subcommand_has_examples(capsys):
 @pytest.mark.filterwarnings("ignore:repeats=1:UserWarning")  # one round keeps the test short
 def test_benchmark_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
-    status = cli.main(["benchmark", "--model", TINY, "--data", "synthetic:num_images=6,image_size=32",
+    status = cli.main(["benchmark", "--model", TINY, "--data", "synthetic:num_images=6,image_size=32,num_classes=4",
                        "--methods", "gradcam", "cam", "--layers", "layer1", "layer2", "--out", str(out),
                        "--repeats", "1", "--cost-batch", "3", "--batch-size", "4", "--no-peers"])
     assert status == 0

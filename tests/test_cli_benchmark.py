@@ -9,7 +9,7 @@ from camkit.cli import benchmark as command
 from camkit.cli.common import Formatter, UsageError
 from test_cli import TINY
 
-SMALL = ["--model", TINY, "--data", "synthetic:num_images=6,image_size=32", "--methods", "gradcam", "cam",
+SMALL = ["--model", TINY, "--data", "synthetic:num_images=6,image_size=32,num_classes=4", "--methods", "gradcam", "cam",
          "--layers", "layer1", "layer2", "--repeats", "3", "--cost-batch", "3", "--batch-size", "4",
          "--no-peers"]
 
@@ -25,7 +25,7 @@ def test_run_writes_the_outputs_and_prints_the_tables(tmp_path, capsys):
     out = tmp_path / "bench"
     assert command.run(parser().parse_args(SMALL + ["--out", str(out), "--no-figures"])) == 0
     result = json.loads((out / "results.json").read_text())
-    assert result["settings"]["data"] == "synthetic:num_images=6,image_size=32"
+    assert result["settings"]["data"] == "synthetic:num_images=6,image_size=32,num_classes=4"
     assert result["settings"]["layers"] == ["layer1", "layer2"] and result["classification"]["images"] == 6
     assert {r["method"] for r in result["cost"]} == {"floor", "gradcam", "cam", "all"}
     printed = capsys.readouterr().out

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from camkit.train.kd_losses import (activation_distillation_loss, area_loss, difference_loss,
-                                    foreground_loss, logit_distillation_loss)
+                                    foreground_loss, logit_distillation_loss, released_logit_distillation_loss)
 
 
 def test_foreground_loss_hand():
@@ -50,6 +50,9 @@ def test_activation_distillation_hand():
     lambda: logit_distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), 0.0),
     lambda: activation_distillation_loss(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), -1.0),
     lambda: activation_distillation_loss(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), 1.0, "exp"),
+    lambda: released_logit_distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), -2.0),
+    lambda: activation_distillation_loss(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 4), 1.0),
+    lambda: activation_distillation_loss(torch.zeros(2, 2), torch.zeros(2, 2), 1.0),
     lambda: area_loss(torch.zeros(2, 2)),
     lambda: difference_loss(torch.zeros(1, 2), torch.zeros(1, 3), torch.tensor([0])),
 ])
@@ -89,3 +92,50 @@ def test_float64_references_and_batch_split():
         normalizer = 3.0  # global batch 6 over 2 processes
     halves = [logit_distillation_loss(s[:4], t[:4], 15.0, State()), logit_distillation_loss(s[4:], t[4:], 15.0, State())]
     assert (sum(halves) / 2).item() == pytest.approx(logit_distillation_loss(s, t, 15.0).item(), rel=1e-10)
+
+
+def test_released_logit_term_hand_and_kldivloss_on_probabilities():
+    # teacher uniform, student [0, ln3], T=1: q = [.5, .5], p = [.25, .75]:
+    # sum_k q_k (log q_k - p_k) = ln(.5) - (.25 + .75) / 2
+    s = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)
+    t = torch.zeros(1, 2, dtype=torch.float64)
+    assert released_logit_distillation_loss(s, t, 1.0).item() == pytest.approx(math.log(0.5) - 0.5)
+    # not a divergence: at p = q it is -H(q) - sum q^2, not 0
+    assert released_logit_distillation_loss(t, t, 1.0).item() == pytest.approx(math.log(0.5) - 0.5)
+    # what the released code computes: KLDivLoss(batchmean)(softmax(s/T), softmax(t/T)), no T^2
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(5, 6, generator=g, dtype=torch.float64), torch.randn(5, 6, generator=g, dtype=torch.float64)
+    released = torch.nn.KLDivLoss(reduction="batchmean")((s / 15).softmax(1), (t / 15).softmax(1))
+    assert released_logit_distillation_loss(s, t, 15.0).item() == pytest.approx(released.item(), rel=1e-10)
+
+
+def _ref_ad_per_class(s, t, T, normalize):
+    """(B, N, H, W): each class map normalised over its own positions, MSE over N*H*W, batch mean."""
+    total = 0.0
+    b, n = s.shape[:2]
+    for i in range(b):
+        sq = []
+        for k in range(n):
+            a, c = s[i, k].flatten().tolist(), t[i, k].flatten().tolist()
+            if normalize == "softmax":
+                ea, ec = [math.exp(v / T) for v in a], [math.exp(v / T) for v in c]
+                a, c = [v / sum(ea) for v in ea], [v / sum(ec) for v in ec]
+            else:
+                a, c = [1 / (1 + math.exp(-v / T)) for v in a], [1 / (1 + math.exp(-v / T)) for v in c]
+            sq += [(x - y) ** 2 for x, y in zip(a, c)]
+        total += sum(sq) / len(sq)
+    return total / b
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "sigmoid"])
+def test_activation_distillation_per_class_maps_float64_reference(normalize):
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(3, 4, 2, 3, generator=g, dtype=torch.float64) * 5
+    t = torch.randn(3, 4, 2, 3, generator=g, dtype=torch.float64) * 5
+    got = activation_distillation_loss(s, t, 1.5, normalize).item()
+    assert got == pytest.approx(_ref_ad_per_class(s, t, 1.5, normalize), rel=1e-10)
+    # per class: adding a constant to one class's student map leaves the softmax form unchanged
+    shifted = s.clone()
+    shifted[:, 2] += 7.0
+    if normalize == "softmax":
+        assert activation_distillation_loss(shifted, t, 1.5, normalize).item() == pytest.approx(got, rel=1e-10)

@@ -4,20 +4,27 @@ import pytest
 import torch
 
 from camkit.data.open import num_classes_of, open_dataset, parse_options
-from camkit.data.synthetic import export_wsol, make_synthetic
+from camkit.data.synthetic import LEARNABLE, export_wsol, make_synthetic
 
 NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
-def test_synthetic_options_reach_make_synthetic():
+def test_synthetic_options_reach_make_synthetic_over_the_learnable_defaults():
     train = open_dataset("synthetic:num_images=6,image_size=24,num_classes=3,habitat_p=0.9", split="train")
-    expected = make_synthetic(num_images=6, image_size=24, num_classes=3, habitat_p=0.9)
+    expected = make_synthetic(num_images=6, image_size=24, num_classes=3, habitat_p=0.9,
+                              part_radius=LEARNABLE["part_radius"], scale_range=LEARNABLE["scale_range"])
     assert torch.equal(train.images, expected.images) and train.num_classes == 3
+
+
+def test_bare_synthetic_is_the_learnable_benchmark_setting():
+    settings = open_dataset("synthetic:num_images=2", split="train").settings
+    assert {k: settings[k] for k in LEARNABLE} == {**LEARNABLE, "scale_range": settings["scale_range"]}
+    assert tuple(settings["scale_range"]) == LEARNABLE["scale_range"] and settings["num_classes"] == 24
 
 
 def test_synthetic_test_split_is_the_next_seed_with_uniform_context_and_at_most_1000_images():
     test = open_dataset("synthetic:num_images=5000,image_size=16,seed=4", split="test")
-    expected = make_synthetic(num_images=1000, image_size=16, seed=5, context="uniform")
+    expected = make_synthetic(num_images=1000, seed=5, context="uniform", **dict(LEARNABLE, image_size=16))
     assert len(test) == 1000 and torch.equal(test.images, expected.images)
     swapped = open_dataset("synthetic:num_images=4,image_size=16,context='swapped'", split="test")
     assert swapped.settings["context"] == "swapped"

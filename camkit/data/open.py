@@ -4,7 +4,9 @@
 
 * ``synthetic`` or ``synthetic:KEY=VALUE,...``: camkit's synthetic WSOL benchmark
   (:func:`camkit.data.synthetic.make_synthetic`; keys are its arguments, e.g.
-  ``synthetic:num_images=2000,habitat_p=0.8,image_size=64``). The ``"test"`` split uses the next seed
+  ``synthetic:num_images=2000,habitat_p=0.8,image_size=64``). The keys not given take the
+  learnable benchmark setting :data:`camkit.data.synthetic.LEARNABLE` (24 classes at 48x48) and
+  ``num_images`` :data:`SYNTHETIC_TRAIN_IMAGES` (2500), not ``make_synthetic``'s own small defaults. The ``"test"`` split uses the next seed
   (``seed + 1``), uniform context unless ``context`` is given, and at most 1000 images, so that it
   measures localisation without the habitat shortcut and never overlaps the training split. A key
   given twice or not an argument of ``make_synthetic`` is refused (a folder named ``synthetic`` is
@@ -36,6 +38,8 @@ from camkit.data.views import EvaluationView
 __all__ = ["open_dataset", "parse_options", "num_classes_of", "DATA_FORMS"]
 
 MAX_SYNTHETIC_TEST_IMAGES = 1000
+#: ``num_images`` of a ``synthetic`` spec that does not give it (the training split).
+SYNTHETIC_TRAIN_IMAGES = 2500
 DATA_FORMS_SHORT = "synthetic[:KEY=VALUE,...], an annotated folder or a wsolevaluation root"
 
 
@@ -152,7 +156,7 @@ _NOT_SYNTHETIC_KEYS = ("return_layers", "chunk_size")
 
 
 def _open_synthetic(spec: str, split: str, normalize):
-    from camkit.data.synthetic import make_synthetic
+    from camkit.data.synthetic import LEARNABLE, make_synthetic
 
     try:
         options = _synthetic_options(spec)
@@ -162,6 +166,7 @@ def _open_synthetic(spec: str, split: str, normalize):
     unknown = [k for k in options if k not in keys]
     if unknown:
         raise ValueError(f"--data {spec!r}: unknown key(s) {unknown}; the keys are {', '.join(keys)}")
+    options = {**LEARNABLE, "num_images": SYNTHETIC_TRAIN_IMAGES, **options}
     if split == "test":
         options.setdefault("context", "uniform")
         seed, count = options.get("seed", 0), options.get("num_images", MAX_SYNTHETIC_TEST_IMAGES)

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Mapping, Tuple, Union
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_checkpoint_model",
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_checkpoint_model", "rebuild_model",
            "remove_stale_temporaries", "check_resumable", "CHECKPOINT_NAME", "RESUME_RUN_FIELDS",
            "RESUME_MUST_MATCH", "RESUME_MAY_CHANGE", "START_FRESH"]
 
@@ -196,18 +196,26 @@ def load_checkpoint_model(path: Union[str, Path], map_location: Union[str, torch
     ``path`` is a checkpoint file or a training output directory (then ``DIR/checkpoint.pt``). The
     model is rebuilt with its recipe's ``build_model(backbone, num_classes, pretrained=None,
     **model_options)`` (importing ``model_spec["recipe_module"]`` so recipes defined outside camkit's
-    built-ins register) and the saved weights are loaded strictly. See the module docstring for the
+    built-ins register; a recipe's ``build_inference_model`` replaces ``build_model``, see
+    :func:`rebuild_model`) and the saved weights are loaded strictly. See the module docstring for the
     checkpoint format.
     """
-    from camkit.train.recipes import get_recipe
-
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    payload = load_checkpoint(path, map_location=map_location)
+    return rebuild_model(load_checkpoint(path, map_location=map_location), map_location)
+
+
+def rebuild_model(payload: Dict[str, Any], map_location: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The model of a loaded checkpoint (:func:`load_checkpoint`), in ``eval()`` mode; see
+    :func:`load_checkpoint_model`. A recipe's ``build_inference_model``, when it has one, replaces its
+    ``build_model`` here (the ``kd-student`` recipe: the student without its teachers)."""
+    from camkit.train.recipes import get_recipe
+
     spec = payload["model_spec"]
     recipe = get_recipe(spec["recipe"], module=spec.get("recipe_module"))
-    model = recipe.build_model(spec["backbone"], num_classes=int(spec["num_classes"]), pretrained=None,
-                               **dict(spec.get("model_options") or {}))
+    build = recipe.build_inference_model or recipe.build_model
+    model = build(spec["backbone"], num_classes=int(spec["num_classes"]), pretrained=None,
+                  **dict(spec.get("model_options") or {}))
     model.load_state_dict(payload["model"], strict=True)
     return model.to(map_location).eval()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from camkit.train.losses import batch_mean
 
 __all__ = ["foreground_loss", "difference_loss", "area_loss", "logit_distillation_loss",
-           "activation_distillation_loss"]
+           "released_logit_distillation_loss", "activation_distillation_loss"]
 
 
 def _f(x: torch.Tensor) -> torch.Tensor:
@@ -59,22 +59,41 @@ def logit_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temper
     return batch_mean(per * temperature ** 2, state)
 
 
-def activation_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
-                                 normalize: str = "softmax", state: Optional[Any] = None) -> torch.Tensor:
-    """L_ad: per sample, MSE (mean over positions) of temperature-normalised maps ``(B, H, W)``.
+def released_logit_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                                     state: Optional[Any] = None) -> torch.Tensor:
+    """The released student's logit term, kept only to measure it: ``KLDivLoss(reduction="batchmean")``
+    called with the student's *probabilities* where log-probabilities are expected, and no T².
 
-    ``normalize="softmax"`` (the paper): exp(a/T)/Σ exp over positions; ``"sigmoid"`` (the authors'
-    code): sigmoid(a/T) elementwise. The teacher map is detached.
+    Per sample ``sum_k q_k (log q_k - p_k)`` with ``q = softmax(z_t/T)``, ``p = softmax(z_s/T)``, logits
+    ``(B, K)``. It is not a divergence (it is not 0 at ``p = q`` and its minimiser is not ``q``); use
+    :func:`logit_distillation_loss`. The teacher logits are detached.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if student.shape != teacher.shape or student.dim() != 3:
-        raise ValueError(f"maps must both be (B, H, W), got {tuple(student.shape)} and {tuple(teacher.shape)}")
-    s, t = _f(student).flatten(1) / temperature, _f(teacher).detach().flatten(1) / temperature
+    p = F.softmax(_f(student) / temperature, dim=1)
+    log_q = F.log_softmax(_f(teacher).detach() / temperature, dim=1)
+    per = (log_q.exp() * (log_q - p)).sum(dim=1)
+    return batch_mean(per, state)
+
+
+def activation_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                                 normalize: str = "softmax", state: Optional[Any] = None) -> torch.Tensor:
+    """L_ad: per sample, MSE (mean over all elements) of temperature-normalised maps ``(B, H, W)`` or
+    ``(B, N, H, W)`` (one map per class, e.g. the down branch's class maps ``W . F_e``).
+
+    ``normalize="softmax"`` (the paper): exp(a/T)/Σ exp over the positions ``(H, W)`` of each map;
+    ``"sigmoid"`` (the authors' code): sigmoid(a/T) elementwise. The teacher map is detached.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student.shape != teacher.shape or student.dim() not in (3, 4):
+        raise ValueError(f"maps must both be (B, H, W) or both (B, N, H, W), got {tuple(student.shape)} and "
+                         f"{tuple(teacher.shape)}")
+    s, t = _f(student).flatten(-2) / temperature, _f(teacher).detach().flatten(-2) / temperature
     if normalize == "softmax":
-        s, t = s.softmax(dim=1), t.softmax(dim=1)
+        s, t = s.softmax(dim=-1), t.softmax(dim=-1)
     elif normalize == "sigmoid":
         s, t = s.sigmoid(), t.sigmoid()
     else:
         raise ValueError(f"normalize must be 'softmax' or 'sigmoid', got {normalize!r}")
-    return batch_mean(((s - t) ** 2).mean(dim=1), state)
+    return batch_mean(((s - t) ** 2).flatten(1).mean(dim=1), state)

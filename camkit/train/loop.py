@@ -34,7 +34,8 @@
   the config fields of :data:`~camkit.train.checkpoint.RESUME_MUST_MATCH` (batch size, seed,
   augmentation, optimizer and schedule) must match; ``epochs``, ``max_steps``, ``amp`` and the
   bookkeeping fields (:data:`~camkit.train.checkpoint.RESUME_MAY_CHANGE`) and the number of
-  processes may change.
+  processes may change. A recipe's ``prepare_model_options`` runs before that check and may complete
+  the model options (``kd-student`` adds each teacher file's sha256) or refuse (a changed teacher).
 - **Logs**: JSON lines in ``OUT/metrics.jsonl`` (``{"event": "train" | "eval" | "epoch", ...}``) and a
   tqdm progress bar on rank 0. A resumed run first drops the records written after its checkpoint
   (a crash between a log line and the next checkpoint), so every step and epoch appears once; a fresh
@@ -213,14 +214,13 @@ def _run_identity(recipe: Recipe, backbone: str, num_classes: int, model_options
             **{name: getattr(config, name) for name in RESUME_MUST_MATCH}}
 
 
-def _load_for_resume(path: Path, run: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    """The checkpoint at ``path``, checked to belong to ``run``; every failure names the way out."""
+def _load_for_resume(path: Path, device: torch.device) -> Dict[str, Any]:
+    """The checkpoint at ``path`` (checked with :func:`check_resumable` by the caller); every failure
+    names the way out."""
     try:
-        payload = load_checkpoint(path, map_location=device)
+        return load_checkpoint(path, map_location=device)
     except CheckpointError as error:
         raise CheckpointError(f"cannot resume: {error}; {START_FRESH}") from error
-    check_resumable(payload, run, path)
-    return payload
 
 
 def _restore(payload: Dict[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -329,8 +329,13 @@ def train(recipe: Union[str, Recipe], train_set, *, backbone: str, num_classes: 
     checkpoint_path = out / CHECKPOINT_NAME if out is not None else None
     saved = None
     if resume and checkpoint_path is not None and checkpoint_path.exists():
+        saved = _load_for_resume(checkpoint_path, ctx.device)
+    if recipe.prepare_model_options is not None:
+        saved_options = dict(saved["model_spec"].get("model_options") or {}) if saved is not None else None
+        model_options = dict(recipe.prepare_model_options(model_options, saved_options))
+    if saved is not None:
         run = _run_identity(recipe, backbone, num_classes, model_options, num_samples, config)
-        saved = _load_for_resume(checkpoint_path, run, ctx.device)
+        check_resumable(saved, run, checkpoint_path)
 
     torch.manual_seed(config.seed)
     model = recipe.build_model(backbone, num_classes=num_classes, pretrained=pretrained, **model_options)

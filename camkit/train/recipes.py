@@ -44,7 +44,16 @@ Optional hooks: ``forward(model, batch) -> output`` (default ``model(batch["imag
 the model needs the labels, e.g. ACoL-style erasing), ``logits(output) -> (B, K)`` for top-1 evaluation
 and CAM explanation (default: the output itself, ``output["logits"]`` for dicts, ``output[0]`` for
 tuples), ``eval_methods`` (the explanation methods of ``camkit train``'s periodic localisation
-evaluation; default ``("cam",)``, FAM's ``("fam",)``).
+evaluation; default ``("cam",)``, FAM's ``("fam",)``), and two for models that need outside files to train (the ``kd-student`` recipe's teachers):
+
+- ``prepare_model_options(options, saved_options) -> options``: called by :func:`camkit.train.loop.train`
+  before the model is built and before a checkpoint is checked for resuming; ``saved_options`` are the
+  checkpoint's ``model_options`` when resuming, else ``None``. It returns the options to build and
+  record (e.g. with the sha256 of each file they name) and raises, before anything is written, when
+  they cannot be used (a missing file, a file that changed since the checkpoint).
+- ``build_inference_model(backbone, num_classes, pretrained, **model_options)``: what
+  :func:`camkit.train.checkpoint.load_checkpoint_model` rebuilds instead of ``build_model`` (the
+  trained model without what only its training needs, e.g. without loading the teachers).
 
 A complete recipe: ``camkit/train/cicam_recipe.py`` (model, forward, loss, logits, groups, presets).
 
@@ -78,7 +87,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Modules imported lazily by :func:`get_recipe` / :func:`list_recipes` so that their recipes register.
 #: Other recipe files add their module path here (e.g. ``"camkit.train.cicam_recipe"``); missing
 #: modules are skipped silently so a partial checkout still works.
-RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe", "camkit.train.kd_recipe", "camkit.train.fam_recipe"]
+RECIPE_MODULES: List[str] = ["camkit.train.cicam_recipe", "camkit.train.kd_recipe", "camkit.train.kd_student",
+                             "camkit.train.fam_recipe"]
 
 
 @dataclass(frozen=True)
@@ -286,6 +296,8 @@ class Recipe:
     presets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     eval_methods: Tuple[str, ...] = ("cam",)
+    prepare_model_options: Optional[Callable[[Dict[str, Any], Optional[Dict[str, Any]]], Dict[str, Any]]] = None
+    build_inference_model: Optional[Callable[..., nn.Module]] = None
 
     def make_config(self, preset: Optional[str] = None, **overrides: Any) -> TrainConfig:
         """The recipe's defaults, then the named preset's overrides, then ``overrides``."""
@@ -345,11 +357,13 @@ CAM_CONFIG = TrainConfig(epochs=10, batch_size=32, lr=0.01, lr_classifier_ratio=
                          resize_size=256, crop_size=224, flip=True)
 
 #: Small CPU preset for the synthetic benchmark (``camkit.data.synthetic``) with the ``"tiny"`` backbone:
-#: images are already at their final size (no resize/crop: ``crop_size = resize_size = image size``),
-#: every layer is new so one lr for all, a few epochs reach clearly-above-chance localisation on 2 cores.
+#: images are already at their final size (no resize/crop: ``crop_size = resize_size`` = the image size
+#: of :data:`camkit.data.synthetic.LEARNABLE`, 48), every layer is new so one lr for all. On the learnable
+#: setting (2500 images) the tiny CAM model reaches top-1 ~0.95 on uniform context in these 10 epochs.
+#: ``camkit train`` uses it by default when ``--data`` is synthetic.
 SYNTHETIC_CPU_PRESET: Dict[str, Any] = dict(
-    epochs=8, batch_size=32, lr=0.05, lr_classifier_ratio=1.0, lr_step_epochs=6, lr_gamma=0.1,
-    resize_size=96, crop_size=96, flip=True, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+    epochs=10, batch_size=32, lr=0.05, lr_classifier_ratio=1.0, lr_step_epochs=7, lr_gamma=0.1,
+    resize_size=48, crop_size=48, flip=True, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
     num_workers=0, eval_every=2, log_every=20,
 )
 
