@@ -18,7 +18,7 @@ HELP = "train a WSOL recipe (CAM, CI-CAM, ...) on a dataset"
 DESCRIPTION = "Train a WSOL recipe with camkit's one training loop (progress, JSON-lines logs, exact resume, DDP)."
 EPILOG = """\
 examples:
-  # CAM on the synthetic benchmark (24 classes, 2500 images of 48x48, preset synthetic-cpu).
+  # CAM on the synthetic benchmark (24 classes, 3000 images of 48x48, preset synthetic-cpu).
   # Its evaluation split has uniform context (no class habitat), so its top-1 and localization
   # measure the object itself, not the habitat shortcut. See the README for its accuracy and time.
   camkit train cam --data synthetic --backbone tiny --out runs/cam

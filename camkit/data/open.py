@@ -6,7 +6,7 @@
   (:func:`camkit.data.synthetic.make_synthetic`; keys are its arguments, e.g.
   ``synthetic:num_images=2000,habitat_p=0.8,image_size=64``). The keys not given take the
   learnable benchmark setting :data:`camkit.data.synthetic.LEARNABLE` (24 classes at 48x48) and
-  ``num_images`` :data:`SYNTHETIC_TRAIN_IMAGES` (2500), not ``make_synthetic``'s own small defaults. The ``"test"`` split uses the next seed
+  ``num_images`` :data:`SYNTHETIC_TRAIN_IMAGES` (3000), not ``make_synthetic``'s own small defaults. The ``"test"`` split uses the next seed
   (``seed + 1``), uniform context unless ``context`` is given, and at most 1000 images, so that it
   measures localisation without the habitat shortcut and never overlaps the training split. A key
   given twice or not an argument of ``make_synthetic`` is refused (a folder named ``synthetic`` is
@@ -39,7 +39,7 @@ __all__ = ["open_dataset", "parse_options", "num_classes_of", "DATA_FORMS"]
 
 MAX_SYNTHETIC_TEST_IMAGES = 1000
 #: ``num_images`` of a ``synthetic`` spec that does not give it (the training split).
-SYNTHETIC_TRAIN_IMAGES = 2500
+SYNTHETIC_TRAIN_IMAGES = 3000
 DATA_FORMS_SHORT = "synthetic[:KEY=VALUE,...], an annotated folder or a wsolevaluation root"
 
 
