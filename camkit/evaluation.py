@@ -21,7 +21,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from camkit.boxes import thresholds_for_interval
+from concurrent.futures import Future
+
+from camkit.boxes import box_rule as resolve_box_rule, thresholds_for_interval
 from camkit.data.views import EvaluationView
 from camkit.data.wsol import collate_wsol
 from camkit.distributed import world
@@ -37,7 +39,8 @@ from camkit.metrics import LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP
 __all__ = ["evaluate", "LocalizationEvaluator", "localization_evaluator", "format_table", "DEFAULT_METHODS"]
 
 
-COLUMNS = ("MaxBoxAccV2", "MaxBoxAcc@50", "GT-known", "Top-1 Loc", "Top-5 Loc", "PxAP", "pIoU", "PeakIoU",
+COLUMNS = ("MaxBoxAccV2", "MaxBoxAcc@50", "BoxAcc", "BoxAcc@50", "GT-known", "Top-1 Loc", "Top-5 Loc", "PxAP", "pIoU",
+           "PeakIoU", "PeakIoU_threshold",
            "Top-1 Cls", "Top-5 Cls", "Deletion", "Insertion", "ROAD", "Average Drop", "Increase in Confidence")
 
 
@@ -47,7 +50,12 @@ class LocalizationEvaluator:
     Args:
         iou_thresholds: the IoU levels (percent) of MaxBoxAcc.
         cam_curve_interval: the CAM threshold step (thresholds ``arange(0, 1, interval)``).
-        fixed_threshold: also report GT-known / Top-k Loc at this one threshold.
+        fixed_threshold: also report GT-known / Top-k Loc at this one threshold (sweep only).
+        box_rule: ``"wsol"`` (the threshold sweep, default) or a rule that sets its own threshold
+            (:func:`camkit.boxes.box_rule`: ``"fixed:F"``, ``"pas"``, ``"cicam"``, ...; a callable):
+            then every map's boxes are the rule's, computed in this process, and the row holds
+            ``BoxAcc@{delta}``, ``BoxAcc`` and the rule's GT-known / Top-k Loc instead of the sweep's
+            (see :class:`camkit.metrics.MaxBoxAcc`).
         pool: a :class:`camkit.metric_pool.MetricPool` computing the box curves (default: in this
             process, at once). With worker processes, :meth:`update` only sends the batch's uint8 maps
             and returns; the curves are merged in submission order (so the counts equal the serial
@@ -59,10 +67,15 @@ class LocalizationEvaluator:
     """
 
     def __init__(self, iou_thresholds: Sequence[int] = (30, 50, 70), cam_curve_interval: float = 0.001,
-                 fixed_threshold: Optional[float] = None, pool: Optional[MetricPool] = None, max_pending: int = 64):
+                 fixed_threshold: Optional[float] = None, pool: Optional[MetricPool] = None, max_pending: int = 64,
+                 box_rule="wsol"):
         self.iou_thresholds = tuple(iou_thresholds)
         self.cam_curve_interval = cam_curve_interval
         self.fixed_threshold = fixed_threshold
+        self.box_rule = resolve_box_rule(box_rule)
+        # build the metrics once now, so that a bad option is refused before any batch
+        LocalizationAccuracy(50, cam_curve_interval, fixed_threshold=fixed_threshold, box_rule=self.box_rule)
+        MaxBoxAcc(self.iou_thresholds, cam_curve_interval, box_rule=self.box_rule)
         self.thresholds = thresholds_for_interval(cam_curve_interval)
         self.metrics: Dict[MapKey, Dict[str, Any]] = {}
         self.with_boxes = True
@@ -73,9 +86,10 @@ class LocalizationEvaluator:
     def _new_metrics(self, with_boxes: bool, with_masks: bool) -> Dict[str, Any]:
         metrics: Dict[str, Any] = {}
         if with_boxes:
-            metrics["v2"] = MaxBoxAcc(self.iou_thresholds, self.cam_curve_interval, multi_contour=True)
+            metrics["v2"] = MaxBoxAcc(self.iou_thresholds, self.cam_curve_interval, multi_contour=True,
+                                      box_rule=self.box_rule)
         metrics["loc"] = LocalizationAccuracy(50, self.cam_curve_interval, multi_contour=False,
-                                              fixed_threshold=self.fixed_threshold)
+                                              fixed_threshold=self.fixed_threshold, box_rule=self.box_rule)
         if with_masks:
             metrics["pxap"] = PxAP(self.cam_curve_interval)
             metrics["peak"] = PeakIoU()
@@ -109,7 +123,9 @@ class LocalizationEvaluator:
             metrics = self.metrics[key]
             maps = maps.detach()
             future = None
-            if "v2" in metrics:  # the maps cross to the host as uint8, 1 byte per pixel
+            if "v2" in metrics and not self.box_rule.sweep:
+                future = _rule_future(maps, boxes, self.box_rule)
+            elif "v2" in metrics:  # the maps cross to the host as uint8, 1 byte per pixel
                 future = self.pool.submit(maps_to_uint8(maps).cpu().numpy(), boxes, self.thresholds)
             self._pending.append((metrics, future, logits, labels))
             if "pxap" in metrics:  # histograms on the maps' device
@@ -126,7 +142,7 @@ class LocalizationEvaluator:
             self._pending.pop(0)
             wait_for -= 1
             if future is None:  # no boxes: the localisation columns are meaningless, keep classification only
-                v1 = np.zeros((len(labels), len(self.thresholds)))
+                v1 = np.zeros((len(labels), metrics["loc"].counts.shape[1]))
             else:
                 v1, v2 = future.result()
                 metrics["v2"].update_from_curves(v2)
@@ -154,7 +170,11 @@ class LocalizationEvaluator:
 
     def _row(self, metrics: Dict[str, Any]) -> dict:
         row: dict = {}
-        if "v2" in metrics:
+        if "v2" in metrics and not self.box_rule.sweep:
+            out = metrics["v2"].compute()
+            row.update({k: v for k, v in out.items() if k.startswith("BoxAcc")})
+            row["box_rule"] = self.box_rule.name
+        elif "v2" in metrics:
             out = metrics["v2"].compute()
             row["MaxBoxAccV2"] = out["MaxBoxAccV2"]
             for delta in self.iou_thresholds:
@@ -169,8 +189,26 @@ class LocalizationEvaluator:
         if "pxap" in metrics:
             out = metrics["pxap"].compute()
             row["PxAP"], row["pIoU"] = out["PxAP"], out["pIoU"]
-            row["PeakIoU"] = metrics["peak"].compute()["PeakIoU"]
+            peak = metrics["peak"].compute()
+            row["PeakIoU"], row["PeakIoU_pooled"] = peak["PeakIoU"], peak["PeakIoU_pooled"]
+            row["PeakIoU_threshold"] = peak["peak_threshold_pooled"] / 255
         return row
+
+
+def _rule_future(maps: torch.Tensor, boxes, rule) -> Future:
+    """A done future of ``(ious, ious)``, each (B, 1): every map's best IoU at ``rule``'s boxes (float32
+    maps, as the sweep's uint8 conversion), standing for the sweep's ``(v1, v2)`` curves."""
+    from camkit.metrics import rule_best_iou
+
+    future: Future = Future()
+    try:
+        maps32 = maps.float().cpu().numpy()
+        ious = np.stack([rule_best_iou(m, b, rule) for m, b in zip(maps32, boxes)]) if len(boxes) else \
+            np.zeros((0, 1))
+        future.set_result((ious, ious))
+    except Exception as err:  # raised by result(), as a pool worker's
+        future.set_exception(err)
+    return future
 
 
 def _check_every_image_has_a_box(boxes, indices) -> None:
@@ -185,7 +223,7 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
              num_workers: int = 0, cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70),
              fixed_threshold: Optional[float] = None, mean=None, std=None, progress: bool = True,
              limit: Optional[int] = None, metric_workers: Optional[int] = None, faithfulness: bool = False,
-             faithfulness_options: Optional[dict] = None, fuse_rules: Sequence[str] = (),
+             faithfulness_options: Optional[dict] = None, fuse_rules: Sequence[str] = (), box_rule="wsol",
              **explainer_options) -> Dict[MapKey, dict]:
     """Localisation metrics of every (method, layer) on ``dataset``.
 
@@ -199,7 +237,14 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
             (:data:`DEFAULT_METHODS`), CAM skipped with a note where no linear head fits;
             ``layers=None`` the last spatial layer.
         cam_curve_interval, iou_thresholds: the MaxBoxAcc threshold grid and IoU levels.
-        fixed_threshold: also report GT-known / Top-k Loc at this one threshold.
+        fixed_threshold: also report GT-known / Top-k Loc at this one threshold (with the sweep only).
+        box_rule: how maps become boxes (:func:`camkit.boxes.box_rule`). ``"wsol"`` (default):
+            wsolevaluation's threshold sweep, the ``MaxBoxAccV2`` / ``MaxBoxAcc@{delta}`` columns and the
+            best-threshold GT-known / Top-k Loc. ``"fixed:F"``, ``"pas"``, ``"cicam"``,
+            ``"cicam-kept-mean"``, a callable or a :class:`camkit.boxes.BoxRule` set their own threshold:
+            the row then has the single-threshold ``BoxAcc@{delta}`` (percent of images whose best IoU at
+            the rule's boxes is >= delta), their mean ``BoxAcc``, GT-known / Top-k Loc at the rule's boxes
+            and ``box_rule`` (no sweep, no ``best_threshold``). The rule is checked before anything runs.
         progress: show a tqdm bar (rank 0 only).
         limit: evaluate only the first ``limit`` items.
         metric_workers: worker processes computing the box curves while the engine explains the next
@@ -222,6 +267,8 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
     unknown = [rule for rule in fuse_rules if rule not in FUSION_RULES]
     if unknown:
         raise ValueError(f"unknown fusion rule(s) {unknown}; choose from {', '.join(map(repr, FUSION_RULES))}")
+    # options checked before any model, pool or loader exists (the pool is attached below)
+    evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold, box_rule=box_rule)
     rank, world_size = world()
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total < world_size:  # every rank sees this, so all of them stop (none waits in all_reduce)
@@ -241,7 +288,7 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
         faithful = FaithfulnessEvaluator(model, None if adapter is None else
                                          (lambda out: select_output(out, adapter)[0]), **(faithfulness_options or {}))
     with MetricPool(workers) as pool:
-        evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold, pool=pool)
+        evaluator.pool = pool
         _run_batches(loader, indices, explainer, evaluator, norm, progress and rank == 0, fuse_rules, faithful)
         if world_size > 1:
             evaluator.all_reduce()
