@@ -98,7 +98,9 @@ class BoxRule:
         return boxes
 
     def _config(self):
-        return (self.name, self.function if not isinstance(self.function, _Bound) else self.function.key)
+        """What the boxes depend on: the function and its options (so ``"fixed:0.5"`` equals ``"fixed"`` with
+        ``fraction=0.5``, and ``"pas"`` equals ``"percentile"``)."""
+        return self.function.key if isinstance(self.function, _Bound) else self.function
 
     def __eq__(self, other) -> bool:
         return isinstance(other, BoxRule) and self._config() == other._config()
@@ -129,7 +131,7 @@ def _fraction_of(spec: str) -> float:
     except ValueError:
         fraction = None
     if fraction is None or not 0 <= fraction <= 1:
-        raise ValueError(f"box_rule {spec!r}: the fixed threshold must be a fraction in [0, 1] of the map's "
+        raise ValueError(f"box rule {spec!r}: the fixed threshold must be a fraction in [0, 1] of the map's "
                          f"maximum, e.g. 'fixed:0.5', got {text!r}")
     return fraction
 
@@ -165,7 +167,7 @@ def box_rule(spec="wsol", **options) -> BoxRule:
         return BoxRule("wsol", None)
     elif isinstance(spec, str) and spec.startswith("fixed:"):
         if "fraction" in options:
-            raise ValueError(f"box_rule {spec!r} gives the fraction in its name; do not pass fraction= too")
+            raise ValueError(f"box rule {spec!r} gives the fraction in its name; do not pass fraction= too")
         options = {"fraction": _fraction_of(spec), **options}
         rule = BoxRule(spec, _bound(boxes_fixed_threshold, options, spec), options)
     elif isinstance(spec, str) and spec in BOX_RULES:

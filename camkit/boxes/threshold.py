@@ -327,8 +327,8 @@ def boxes_cicam(score_map, seg_thr=0.12):
             released ``option.py`` default; the released CUB runs (``run.sh``) pass ``--seg_thr 0.0``.
 
     Returns:
-        int64 (1, 4) box ``x0, y0, x1, y1``; ``[[0, 0, 0, 0]]`` when nothing is kept (an all-zero or
-        constant map, where the released code fails on an empty ``argmax``).
+        int64 (1, 4) box ``x0, y0, x1, y1``; ``[[0, 0, 0, 0]]`` when nothing is kept (an all-zero map, or a
+        constant one whose mean rounds to its value, where the released code fails on an empty ``argmax``).
     """
     _check_real("seg_thr", seg_thr, 0, 1, hint=" (a fraction of the map's maximum)")
     s = _checked_map(score_map).astype(np.float64)
