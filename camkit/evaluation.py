@@ -9,8 +9,11 @@ and the metric states (integer counts) are all-reduced, so the table equals a si
 
 Per (method, layer) the table holds: ``MaxBoxAccV2`` (V2 boxes, IoU 30/50/70), ``MaxBoxAcc@{30,50,70}``
 (V2), ``GT-known``, ``Top-1 Loc``, ``Top-5 Loc`` (V1 box, IoU 50, best threshold; also at
-``fixed_threshold`` when given), ``PxAP`` / ``pIoU`` / ``PeakIoU`` where the dataset has masks, and
-``Top-1 Cls`` / ``Top-5 Cls``. A mask-only dataset (OpenImages) gets no box columns, as in
+``fixed_threshold`` when given), ``PxAP`` / ``pIoU`` / ``PeakIoU`` (the per-image mean; with
+``PeakIoU_pooled`` and ``PeakIoU_threshold``, the pooled curve's peak and its threshold) where the dataset
+has masks, and ``Top-1 Cls`` / ``Top-5 Cls``. With a ``box_rule`` other than ``"wsol"`` the box columns are
+the rule's single-threshold ``BoxAcc@{30,50,70}`` and ``BoxAcc`` and GT-known / Top-k Loc at its boxes.
+``protocol="center-crop"`` evaluates the papers' resize-256 / centre-crop-224 protocol. A mask-only dataset (OpenImages) gets no box columns, as in
 wsolevaluation.
 """
 from __future__ import annotations
@@ -24,9 +27,10 @@ import torch
 from concurrent.futures import Future
 
 from camkit.boxes import box_rule as resolve_box_rule, thresholds_for_interval
+from camkit.data.protocols import with_protocol
 from camkit.data.views import EvaluationView
 from camkit.data.wsol import collate_wsol
-from camkit.distributed import world
+from camkit.distributed import all_reduce_sum, world
 from camkit.explain import Explainer
 from camkit.outputs import select_output
 from camkit.explanation import MapKey
@@ -56,6 +60,10 @@ class LocalizationEvaluator:
             then every map's boxes are the rule's, computed in this process, and the row holds
             ``BoxAcc@{delta}``, ``BoxAcc`` and the rule's GT-known / Top-k Loc instead of the sweep's
             (see :class:`camkit.metrics.MaxBoxAcc`).
+        boxless: an image without a ground-truth box in a box dataset is refused (``"error"``, the
+            metrics' policy, as wsolevaluation) or counted as a localisation miss, IoU 0 at every
+            threshold (``"miss"``: the ``"center-crop"`` protocol, whose crop can drop every box of an
+            image); the rows then report ``"num_images_without_box"``.
         pool: a :class:`camkit.metric_pool.MetricPool` computing the box curves (default: in this
             process, at once). With worker processes, :meth:`update` only sends the batch's uint8 maps
             and returns; the curves are merged in submission order (so the counts equal the serial
@@ -68,7 +76,12 @@ class LocalizationEvaluator:
 
     def __init__(self, iou_thresholds: Sequence[int] = (30, 50, 70), cam_curve_interval: float = 0.001,
                  fixed_threshold: Optional[float] = None, pool: Optional[MetricPool] = None, max_pending: int = 64,
-                 box_rule="wsol"):
+                 box_rule="wsol", boxless: str = "error"):
+        if boxless not in ("error", "miss"):
+            raise ValueError(f"boxless must be 'error' (refuse an image without a box) or 'miss' (count it as a "
+                             f"localisation miss), got {boxless!r}")
+        self.boxless = boxless
+        self.num_without_box = torch.zeros((), dtype=torch.int64)
         self.iou_thresholds = tuple(iou_thresholds)
         self.cam_curve_interval = cam_curve_interval
         self.fixed_threshold = fixed_threshold
@@ -81,7 +94,7 @@ class LocalizationEvaluator:
         self.with_boxes = True
         self.pool = pool if pool is not None else MetricPool(0)
         self.max_pending = max_pending
-        self._pending: list = []   # (metrics, future of (v1, v2) or None, logits, labels), in order
+        self._pending: list = []   # (metrics, future of (v1, v2) or None, logits, labels, has_box), in order
 
     def _new_metrics(self, with_boxes: bool, with_masks: bool) -> Dict[str, Any]:
         metrics: Dict[str, Any] = {}
@@ -115,8 +128,12 @@ class LocalizationEvaluator:
         logits = explanation.logits.detach().cpu()
         if not self.metrics:
             self.with_boxes = masks is None or any(len(b) for b in boxes)
-        if self.with_boxes:
+        has_box = np.array([len(b) > 0 for b in boxes], bool)
+        if self.with_boxes and self.boxless == "error":
             _check_every_image_has_a_box(boxes, batch.get("index", range(len(boxes))))
+        elif self.with_boxes:
+            self.num_without_box += int((~has_box).sum())
+        boxed = [b for b in boxes if len(b)]
         for key, maps in explanation.maps.items():
             if key not in self.metrics:
                 self.metrics[key] = self._new_metrics(self.with_boxes, masks is not None)
@@ -124,10 +141,10 @@ class LocalizationEvaluator:
             maps = maps.detach()
             future = None
             if "v2" in metrics and not self.box_rule.sweep:
-                future = _rule_future(maps, boxes, self.box_rule)
+                future = _rule_future(maps[torch.from_numpy(has_box).to(maps.device)], boxed, self.box_rule)
             elif "v2" in metrics:  # the maps cross to the host as uint8, 1 byte per pixel
-                future = self.pool.submit(maps_to_uint8(maps).cpu().numpy(), boxes, self.thresholds)
-            self._pending.append((metrics, future, logits, labels))
+                future = self.pool.submit(maps_to_uint8(maps).cpu().numpy()[has_box], boxed, self.thresholds)
+            self._pending.append((metrics, future, logits, labels, has_box))
             if "pxap" in metrics:  # histograms on the maps' device
                 metrics["pxap"].update(maps, masks.to(maps.device))
                 metrics["peak"].update(maps, masks.to(maps.device))
@@ -136,15 +153,16 @@ class LocalizationEvaluator:
     def _merge(self, wait_for: int = 0) -> None:
         """Merge the finished curves in submission order, waiting for the first ``wait_for`` entries."""
         while self._pending:
-            metrics, future, logits, labels = self._pending[0]
+            metrics, future, logits, labels, has_box = self._pending[0]
             if wait_for <= 0 and future is not None and not future.done():
                 return
             self._pending.pop(0)
             wait_for -= 1
+            columns = metrics["loc"].counts.shape[1]
             if future is None:  # no boxes: the localisation columns are meaningless, keep classification only
-                v1 = np.zeros((len(labels), metrics["loc"].counts.shape[1]))
+                v1 = np.zeros((len(labels), columns))
             else:
-                v1, v2 = future.result()
+                v1, v2 = (_with_misses(curves, has_box, columns) for curves in future.result())
                 metrics["v2"].update_from_curves(v2)
             metrics["loc"].update_from_curves(v1, logits, labels)
 
@@ -159,6 +177,7 @@ class LocalizationEvaluator:
         for metrics in self.metrics.values():
             for metric in metrics.values():
                 metric.all_reduce()
+        self.num_without_box = all_reduce_sum(self.num_without_box.reshape(1)).reshape(())
         return self
 
     def compute(self) -> Dict[MapKey, dict]:
@@ -186,6 +205,8 @@ class LocalizationEvaluator:
         else:
             row.update({k: out[k] for k in ("Top-1 Cls", "Top-5 Cls")})
         row["num_images"] = out["num_images"]
+        if self.boxless == "miss" and "v2" in metrics:
+            row["num_images_without_box"] = int(self.num_without_box)
         if "pxap" in metrics:
             out = metrics["pxap"].compute()
             row["PxAP"], row["pIoU"] = out["PxAP"], out["pIoU"]
@@ -193,6 +214,15 @@ class LocalizationEvaluator:
             row["PeakIoU"], row["PeakIoU_pooled"] = peak["PeakIoU"], peak["PeakIoU_pooled"]
             row["PeakIoU_threshold"] = peak["peak_threshold_pooled"] / 255
         return row
+
+
+def _with_misses(curves: np.ndarray, has_box: np.ndarray, columns: int) -> np.ndarray:
+    """Curves (n, T) of the images with a box, spread to (B, T) rows with IoU 0 for the images without."""
+    if has_box.all():
+        return curves
+    full = np.zeros((len(has_box), columns))
+    full[has_box] = curves
+    return full
 
 
 def _rule_future(maps: torch.Tensor, boxes, rule) -> Future:
@@ -224,6 +254,7 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
              fixed_threshold: Optional[float] = None, mean=None, std=None, progress: bool = True,
              limit: Optional[int] = None, metric_workers: Optional[int] = None, faithfulness: bool = False,
              faithfulness_options: Optional[dict] = None, fuse_rules: Sequence[str] = (), box_rule="wsol",
+             protocol: str = "wsol", resize_size: int = 256, crop_size: int = 224,
              **explainer_options) -> Dict[MapKey, dict]:
     """Localisation metrics of every (method, layer) on ``dataset``.
 
@@ -245,6 +276,13 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
             the row then has the single-threshold ``BoxAcc@{delta}`` (percent of images whose best IoU at
             the rule's boxes is >= delta), their mean ``BoxAcc``, GT-known / Top-k Loc at the rule's boxes
             and ``box_rule`` (no sweep, no ``best_threshold``). The rule is checked before anything runs.
+        protocol: how the pictures reach the model (:mod:`camkit.data.protocols`). ``"wsol"`` (default):
+            the dataset's items as they are (camkit's datasets resize to 224 x 224 without crop).
+            ``"center-crop"``: the papers' protocol, resize the shorter side to ``resize_size`` (256) and
+            crop the centre ``crop_size`` (224), GT boxes and masks transformed the same way and clipped to
+            the crop (:func:`camkit.data.protocols.with_protocol`: a camkit evaluation dataset is needed).
+            Boxes with no pixel in the crop are dropped; an image left without a box counts as a
+            localisation miss and the rows report ``"num_images_without_box"``.
         progress: show a tqdm bar (rank 0 only).
         limit: evaluate only the first ``limit`` items.
         metric_workers: worker processes computing the box curves while the engine explains the next
@@ -268,7 +306,9 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
     if unknown:
         raise ValueError(f"unknown fusion rule(s) {unknown}; choose from {', '.join(map(repr, FUSION_RULES))}")
     # options checked before any model, pool or loader exists (the pool is attached below)
-    evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold, box_rule=box_rule)
+    evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold, box_rule=box_rule,
+                                      boxless="miss" if protocol == "center-crop" else "error")
+    dataset = with_protocol(dataset, protocol, resize_size, crop_size)
     rank, world_size = world()
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total < world_size:  # every rank sees this, so all of them stop (none waits in all_reduce)

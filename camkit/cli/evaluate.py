@@ -27,6 +27,10 @@ examples:
   camkit evaluate --model checkpoint:runs/cam-tap/checkpoint.pt --data synthetic \
       --methods cam --box-rule pas --method-options cam.clamp_negative_weights=true
 
+  # the CAM / CI-CAM papers' protocol: resize 256, centre crop 224, GT boxes clipped to the crop
+  camkit evaluate --model torchvision:vgg16 --weights vgg16.pth --data /data/CUB --protocol center-crop \
+      --box-rule cicam
+
   # two processes, each on a shard; the counts are all-reduced exactly
   torchrun --nproc_per_node=2 -m camkit.cli evaluate --model ... --data ...
 """)
@@ -52,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how maps become boxes: wsol (the threshold sweep: MaxBoxAcc, default), or a rule "
                              "that sets its own threshold (single-threshold BoxAcc@30/50/70, their mean BoxAcc, "
                              "GT-known/Top-k Loc at its boxes): fixed:F (F in [0, 1]), pas, cicam, cicam-kept-mean")
+    parser.add_argument("--protocol", choices=("wsol", "center-crop"), default="wsol",
+                        help="wsol: resize to the model's size, no crop (default); center-crop: resize the shorter "
+                             "side to --resize-size, crop the centre --crop-size, boxes and masks alike (the "
+                             "CAM / CI-CAM papers' tables)")
+    parser.add_argument("--resize-size", type=int, default=256, metavar="N",
+                        help="center-crop: the shorter side after resizing (default 256)")
+    parser.add_argument("--crop-size", type=int, default=224, metavar="N",
+                        help="center-crop: the side of the centre crop (default 224)")
     parser.add_argument("--method-options", nargs="+", default=None, metavar="METHOD.OPTION=VALUE",
                         help="options of the methods, e.g. cam.clamp_negative_weights=true (NWC)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -77,6 +89,8 @@ def run(args) -> int:
         raise UsageError(f"--fixed-threshold reads the wsol threshold sweep; --box-rule {args.box_rule} sets its own "
                          f"threshold: give one of them (--box-rule fixed:F is the fixed-threshold protocol)")
     method_options = parse_method_options(args.method_options)
+    if args.protocol == "center-crop" and not 1 <= args.crop_size <= args.resize_size:
+        raise UsageError(f"--crop-size must be between 1 and --resize-size ({args.resize_size}), got {args.crop_size}")
     ctx = setup_distributed(resolve_device(args.device) if args.device else None)
     try:
         loaded = load_model_from_args(args, device=ctx.device)
@@ -88,6 +102,7 @@ def run(args) -> int:
                            batch_size=args.batch_size, num_workers=args.num_workers,
                            cam_curve_interval=args.interval, fixed_threshold=args.fixed_threshold,
                            progress=not args.no_progress, limit=args.limit, box_rule=rule,
+                           protocol=args.protocol, resize_size=args.resize_size, crop_size=args.crop_size,
                            method_options=method_options)
         if ctx.is_main:
             print(format_table(results))
