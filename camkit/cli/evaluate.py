@@ -9,7 +9,8 @@ from camkit.cli.common import (UsageError, add_data_arguments, add_model_argumen
 
 HELP = "localisation metrics (MaxBoxAccV2, GT-known, PxAP, ...) of methods x layers on a dataset"
 DESCRIPTION = ("Localisation metrics of every method at every layer with wsolevaluation's protocol "
-               "(224 x 224 without crop, ground-truth-class maps, all 1000 thresholds).")
+               "(224 x 224 without crop, ground-truth-class maps, all 1000 thresholds), or with another box rule "
+               "(--box-rule) and the papers' centre-crop protocol (--protocol center-crop).")
 EPILOG = model_epilog("""\
 examples:
   # the wsolevaluation protocol on the 50 annotated ImageNet dev images, three layers
