@@ -13,8 +13,8 @@ Per (method, layer) the table holds: ``MaxBoxAccV2`` (V2 boxes, IoU 30/50/70), `
 ``PeakIoU_pooled`` and ``PeakIoU_threshold``, the pooled curve's peak and its threshold) where the dataset
 has masks, and ``Top-1 Cls`` / ``Top-5 Cls``. With a ``box_rule`` other than ``"wsol"`` the box columns are
 the rule's single-threshold ``BoxAcc@{30,50,70}`` and ``BoxAcc`` and GT-known / Top-k Loc at its boxes.
-``protocol="center-crop"`` evaluates the papers' resize-256 / centre-crop-224 protocol. A mask-only dataset (OpenImages) gets no box columns, as in
-wsolevaluation.
+``protocol="center-crop"`` evaluates the papers' resize-256 / centre-crop-224 protocol. A mask-only
+dataset (OpenImages) gets no box columns, as in wsolevaluation.
 """
 from __future__ import annotations
 
@@ -228,13 +228,10 @@ def _with_misses(curves: np.ndarray, has_box: np.ndarray, columns: int) -> np.nd
 def _rule_future(maps: torch.Tensor, boxes, rule) -> Future:
     """A done future of ``(ious, ious)``, each (B, 1): every map's best IoU at ``rule``'s boxes (float32
     maps, as the sweep's uint8 conversion), standing for the sweep's ``(v1, v2)`` curves."""
-    from camkit.metrics import rule_best_iou
-
     future: Future = Future()
     try:
         maps32 = maps.float().cpu().numpy()
-        ious = np.stack([rule_best_iou(m, b, rule) for m, b in zip(maps32, boxes)]) if len(boxes) else \
-            np.zeros((0, 1))
+        ious = np.stack([rule.best_iou(m, b) for m, b in zip(maps32, boxes)]) if len(boxes) else np.zeros((0, 1))
         future.set_result((ious, ious))
     except Exception as err:  # raised by result(), as a pool worker's
         future.set_exception(err)
@@ -383,7 +380,7 @@ def _time_shares(engine_s: float, metric_s: float) -> str:
 
 def localization_evaluator(methods: Sequence[str] = ("cam",), layers=None, transform: Optional[Callable] = None,
                            batch_size: int = 64, max_images: Optional[int] = None,
-                           output: Any = None) -> Callable[[torch.nn.Module, Any], Dict[str, float]]:
+                           output: Any = None, box_rule="wsol") -> Callable[[torch.nn.Module, Any], Dict[str, float]]:
     """The training loop's ``evaluate_fn``: :func:`evaluate` on a resized view of the evaluation set.
 
     Returns ``evaluate_fn(model, dataset) -> {"{method}/{layer}/MaxBoxAccV2": ..., ".../PxAP": ...}``
@@ -391,8 +388,11 @@ def localization_evaluator(methods: Sequence[str] = ("cam",), layers=None, trans
     :class:`camkit.train.EvalTransform`: ``size``, ``mean``, ``std``; default: each image's own size,
     mean = std = 0.5) by :class:`camkit.data.views.EvaluationView`, so boxes are rescaled exactly as
     :func:`evaluate`'s datasets do. ``layers=None`` uses the model's ``cam_layer`` (camkit backbones)
-    or the engine's automatic choice; ``output`` adapts dict/tuple model outputs.
+    or the engine's automatic choice; ``output`` adapts dict/tuple model outputs. ``box_rule`` other than
+    ``"wsol"`` (checked here) reports ``".../BoxAcc"``, the rule's single-threshold accuracy, instead of
+    ``MaxBoxAccV2``.
     """
+    resolve_box_rule(box_rule)
     size = getattr(transform, "size", None)
     mean = getattr(transform, "mean", (0.5, 0.5, 0.5))
     std = getattr(transform, "std", (0.5, 0.5, 0.5))
@@ -401,10 +401,10 @@ def localization_evaluator(methods: Sequence[str] = ("cam",), layers=None, trans
         chosen = layers if layers is not None else getattr(model, "cam_layer", None)
         results = evaluate(model, EvaluationView(dataset, size, mean, std), methods=tuple(methods),
                            layers=chosen, batch_size=batch_size, progress=False, limit=max_images,
-                           output=output)
+                           output=output, box_rule=box_rule)
         out: Dict[str, float] = {}
         for (method, layer), row in results.items():
-            for column in ("MaxBoxAccV2", "PxAP"):
+            for column in ("MaxBoxAccV2", "BoxAcc", "PxAP"):
                 if column in row:
                     out[f"{method}/{layer}/{column}"] = row[column]
         return out

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 
 from camkit.distributed import all_reduce_sum
-from camkit.boxes import best_iou_per_threshold, box_iou, box_rule as _box_rule, thresholds_for_interval, validate_boxes
+from camkit.boxes import box_rule as _box_rule, thresholds_for_interval, validate_boxes
 from camkit.faithfulness import AverageDrop, DeletionInsertion, ROAD  # noqa: F401  (re-exported)
 
 __all__ = ["MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "max_box_accuracy", "pixel_average_precision",
-           "rule_best_iou",
            "DeletionInsertion", "ROAD", "AverageDrop"]
 
 
@@ -87,10 +86,13 @@ def _checked_ignore_index(ignore_index):
     return int(ignore_index)
 
 
-def _checked_fixed_threshold(fixed_threshold):
+def _checked_fixed_threshold(fixed_threshold, rule):
     fixed_threshold = _scalar(fixed_threshold)
     if fixed_threshold is not None and (not _is_real_number(fixed_threshold) or not 0 <= fixed_threshold <= 1):
         raise ValueError(f"fixed_threshold must be None or a CAM threshold in [0, 1], got {fixed_threshold!r}")
+    if fixed_threshold is not None and not rule.sweep:
+        raise ValueError(f"fixed_threshold reads the threshold sweep; box_rule={rule.name!r} sets its own threshold: "
+                         f"drop fixed_threshold (or use box_rule='fixed:{fixed_threshold}' alone)")
     return fixed_threshold
 
 
@@ -260,15 +262,10 @@ class MaxBoxAcc(_Mergeable):
     attaining it), the mean over the deltas -- ``"MaxBoxAccV2"`` for V2, ``"MaxBoxAcc"`` for V1 (the
     paper's MaxBoxAcc with ``iou_thresholds=(50,)``) -- and ``"curve"`` ((D, T) percent correct).
 
-    ``box_rule`` (:func:`camkit.boxes.box_rule`): ``"wsol"`` (default) is the threshold sweep above.
-    Any other rule (``"fixed:F"``, ``"pas"``, ``"cicam"``, ``"cicam-kept-mean"``, a callable, a
-    :class:`camkit.boxes.BoxRule`) sets its own threshold, so there is nothing to sweep: each image's
-    boxes are the rule's, its best IoU is the max over those boxes x GT boxes, and ``compute()`` returns
-    the single-threshold accuracies ``"BoxAcc@{delta}"`` (percent of images with IoU >= delta/100), their
-    mean ``"BoxAcc"`` and ``"box_rule"`` (the rule's name) instead of the MaxBoxAcc keys; there is no
-    ``best_threshold`` and no curve. ``multi_contour`` applies to the sweep only (a rule's own
-    ``multi_contour`` option, e.g. ``box_rule("pas", multi_contour=True)``, sets its boxes).
-    :meth:`update_from_curves` then takes (N, 1) curves: each image's best IoU.
+    ``box_rule`` (:func:`camkit.boxes.box_rule`): ``"wsol"`` (default) is the sweep above; any other rule
+    sets its own threshold, so nothing is swept: the best IoU is over the rule's boxes x GT boxes, and
+    ``compute()`` returns ``"BoxAcc@{delta}"`` (percent with IoU >= delta/100), their mean ``"BoxAcc"`` and
+    ``"box_rule"`` (no MaxBoxAcc key, threshold or curve); ``multi_contour`` applies to the sweep only.
 
     Options are checked when the metric is built: ``iou_thresholds`` a non-empty sequence of distinct
     whole percentages in (0, 100], ``0 < cam_curve_interval < 1``, ``multi_contour`` a bool, ``box_rule``
@@ -283,8 +280,7 @@ class MaxBoxAcc(_Mergeable):
         self.cam_curve_interval = cam_curve_interval
         self.multi_contour = _checked_multi_contour(multi_contour)
         self.box_rule = _box_rule(box_rule)
-        columns = len(self.thresholds) if self.box_rule.sweep else 1
-        self.counts = torch.zeros(len(self.iou_thresholds), columns, dtype=torch.int64)
+        self.counts = torch.zeros(len(self.iou_thresholds), self.box_rule.columns(self.thresholds), dtype=torch.int64)
         self.num_images = torch.zeros((), dtype=torch.int64)
 
     def _config(self):
@@ -312,9 +308,7 @@ class MaxBoxAcc(_Mergeable):
         return self.update_from_curves(_curves_of_batch(maps, boxes, self._curve))
 
     def _curve(self, score_map, boxes):
-        if not self.box_rule.sweep:
-            return rule_best_iou(score_map, boxes, self.box_rule)
-        return best_iou_per_threshold(score_map, boxes, self.thresholds, self.multi_contour)
+        return self.box_rule.curve(score_map, boxes, self.thresholds, self.multi_contour)
 
     def compute(self):
         n = int(self.num_images)
@@ -323,12 +317,8 @@ class MaxBoxAcc(_Mergeable):
         acc = self.counts.to(torch.float64).numpy() * 100 / n
         out = {}
         if not self.box_rule.sweep:
-            for k, d in enumerate(self.iou_thresholds):
-                out[f"BoxAcc@{d}"] = float(acc[k, 0])
-            out["BoxAcc"] = float(np.mean(acc[:, 0]))
-            out["box_rule"] = self.box_rule.name
-            out["num_images"] = n
-            return out
+            out = {f"BoxAcc@{d}": float(acc[k, 0]) for k, d in enumerate(self.iou_thresholds)}
+            return {**out, "BoxAcc": float(np.mean(acc[:, 0])), "box_rule": self.box_rule.name, "num_images": n}
         for k, d in enumerate(self.iou_thresholds):
             i = int(np.argmax(acc[k]))
             out[f"MaxBoxAcc@{d}"] = float(acc[k, i])
@@ -338,16 +328,6 @@ class MaxBoxAcc(_Mergeable):
         out["curve"] = acc
         out["num_images"] = n
         return out
-
-
-def rule_best_iou(score_map, gt_boxes, rule) -> np.ndarray:
-    """The best IoU of a box rule's boxes of ``score_map`` (H, W) with ``gt_boxes`` (g, 4), as a (1,) array.
-
-    ``rule`` a :class:`camkit.boxes.BoxRule` other than ``"wsol"``; the IoU is the max over the rule's
-    boxes x the GT boxes (inclusive "+1" areas, :func:`camkit.boxes.box_iou`).
-    """
-    boxes = rule(_to_numpy(score_map))
-    return np.asarray([box_iou(boxes, gt_boxes).max()], np.float64)
 
 
 class LocalizationAccuracy(_Mergeable):
@@ -363,15 +343,11 @@ class LocalizationAccuracy(_Mergeable):
     ``fixed_threshold`` is given, ``"GT-known@fixed"``, ``"Top-1 Loc@fixed"``, ``"Top-5 Loc@fixed"`` at the
     nearest curve threshold. ``"Top-1 Cls"`` / ``"Top-5 Cls"`` are the classification accuracies.
 
-    ``box_rule`` (:func:`camkit.boxes.box_rule`): ``"wsol"`` (default) is the best-threshold protocol
-    above. Another rule sets its own threshold: each image's boxes are the rule's, and ``"GT-known"``,
-    ``"Top-1 Loc"``, ``"Top-5 Loc"`` are the accuracies at those boxes (no ``"best_threshold"``; the
-    rule's name is ``"box_rule"``); :meth:`update_from_curves` then takes (N, 1) best IoUs. A rule and
-    ``fixed_threshold`` together are refused (``box_rule="fixed:F"`` is the fixed-threshold protocol).
+    ``box_rule`` other than ``"wsol"`` (see :class:`MaxBoxAcc`): GT-known and Top-k Loc at the rule's boxes,
+    ``"box_rule"`` instead of ``"best_threshold"``, (N, 1) curves; ``fixed_threshold`` is then refused.
 
     Options are checked when the metric is built (``iou_threshold`` a whole percentage in (0, 100],
-    ``0 < cam_curve_interval < 1``, ``multi_contour`` a bool, ``fixed_threshold`` None or in [0, 1],
-    ``box_rule`` a valid rule).
+    ``0 < cam_curve_interval < 1``, ``multi_contour`` a bool, ``fixed_threshold`` None or in [0, 1]).
     Inputs are checked against the maps: one box set (at least one box), one logits row (B, K) and one
     label in [0, K) per map. An empty batch is a no-op; any refused input leaves the counts unchanged.
     """
@@ -384,14 +360,9 @@ class LocalizationAccuracy(_Mergeable):
         self.thresholds = thresholds_for_interval(cam_curve_interval)
         self.cam_curve_interval = cam_curve_interval
         self.multi_contour = _checked_multi_contour(multi_contour)
-        self.fixed_threshold = _checked_fixed_threshold(fixed_threshold)
         self.box_rule = _box_rule(box_rule)
-        if self.fixed_threshold is not None and not self.box_rule.sweep:
-            raise ValueError(f"fixed_threshold reads the threshold sweep; with box_rule={self.box_rule.name!r} the "
-                             f"rule sets the threshold: drop fixed_threshold (or use box_rule='fixed:"
-                             f"{self.fixed_threshold}' alone)")
-        columns = len(self.thresholds) if self.box_rule.sweep else 1
-        self.counts = torch.zeros(3, columns, dtype=torch.int64)   # gt-known, top1, top5
+        self.fixed_threshold = _checked_fixed_threshold(fixed_threshold, self.box_rule)
+        self.counts = torch.zeros(3, self.box_rule.columns(self.thresholds), dtype=torch.int64)  # gt-known, top1, top5
         self.cls_counts = torch.zeros(2, dtype=torch.int64)
         self.num_images = torch.zeros((), dtype=torch.int64)
 
@@ -403,8 +374,7 @@ class LocalizationAccuracy(_Mergeable):
                     multi_contour=self.multi_contour, fixed_threshold=self.fixed_threshold, box_rule=self.box_rule)
 
     def update_from_curves(self, iou_curves, logits, labels):
-        """``iou_curves`` (N, T) of the GT-class maps ((N, 1) best IoUs under a box rule), ``logits`` (N, K),
-        ``labels`` (N,) ints in [0, K)."""
+        """``iou_curves`` (N, T) of the GT-class maps, ``logits`` (N, K), ``labels`` (N,) ints in [0, K)."""
         curves = _checked_curves(iou_curves, self.counts.shape[1])
         logits, labels = _checked_logits_labels(logits, labels, curves.shape[0])
         if curves.shape[0] == 0:
@@ -431,9 +401,7 @@ class LocalizationAccuracy(_Mergeable):
         return self.update_from_curves(_curves_of_batch(maps, boxes, self._curve), logits, labels)
 
     def _curve(self, score_map, boxes):
-        if not self.box_rule.sweep:
-            return rule_best_iou(score_map, boxes, self.box_rule)
-        return best_iou_per_threshold(score_map, boxes, self.thresholds, self.multi_contour)
+        return self.box_rule.curve(score_map, boxes, self.thresholds, self.multi_contour)
 
     def compute(self):
         n = int(self.num_images)

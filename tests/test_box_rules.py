@@ -269,7 +269,8 @@ def test_fixed_rule_equals_the_sweep_read_at_its_threshold():
 def test_rule_metrics_merge_exactly_and_refuse_another_rule():
     maps = _three_maps()
     whole = MaxBoxAcc(box_rule="pas").update(maps, GT)
-    merged = MaxBoxAcc(box_rule="pas").update(maps[:1], GT[:1]).merge(MaxBoxAcc(box_rule="pas").update(maps[1:], GT[1:]))
+    merged = MaxBoxAcc(box_rule="pas").update(maps[:1], GT[:1])
+    merged.merge(MaxBoxAcc(box_rule="pas").update(maps[1:], GT[1:]))
     assert torch.equal(whole.counts, merged.counts) and int(merged.num_images) == 3
     with pytest.raises(ValueError, match="configurations differ"):
         whole.merge(MaxBoxAcc(box_rule="cicam"))
@@ -361,3 +362,12 @@ def test_parse_method_options_literals():
         == {"cam": {"clamp_negative_weights": True}, "sscam": {"num_samples": 8}, "bagcams": {"weighting": "mean"}}
     assert parse_method_options(None) is None
     assert math.isclose(parse_method_options(["x.y=0.5"])["x"]["y"], 0.5)
+
+
+def test_the_training_loops_evaluator_takes_a_rule():
+    from camkit.evaluation import localization_evaluator
+
+    with pytest.raises(ValueError, match="unknown box rule"):
+        localization_evaluator(box_rule="otsu")
+    scores = localization_evaluator(("cam",), layers=("features",), box_rule="fixed:0.5")(_Identity(), _Blocks())
+    assert scores == {"cam/features/BoxAcc": pytest.approx((200 / 3 + 200 / 3 + 100 / 3) / 3)}

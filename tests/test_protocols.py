@@ -61,7 +61,8 @@ def test_file_transform_crops_the_resized_picture():
 def test_annotated_folder_under_the_centre_crop(tmp_path):
     Image.fromarray(_picture()).save(tmp_path / "a.png")
     (tmp_path / "annotations.json").write_text(json.dumps([
-        {"file": "a.png", "label": 1, "width": 300, "height": 200, "boxes_xyxy": [[30, 20, 150, 180], [0, 0, 50, 100]]}]))
+        {"file": "a.png", "label": 1, "width": 300, "height": 200,
+         "boxes_xyxy": [[30, 20, 150, 180], [0, 0, 50, 100]]}]))
     dataset = AnnotatedFolderDataset(tmp_path, transform=WSOLEvalTransform(224, (0.5,) * 3, (0.25,) * 3))
     cropped = with_protocol(dataset, "center-crop")
     assert isinstance(dataset.transform, WSOLEvalTransform)         # the original is untouched

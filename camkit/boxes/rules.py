@@ -30,7 +30,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from camkit.boxes.iou import validate_boxes
+from camkit.boxes.curves import best_iou_per_threshold
+from camkit.boxes.iou import box_iou, validate_boxes
 from camkit.boxes.threshold import (boxes_cicam, boxes_cicam_kept_mean, boxes_fixed_threshold,
                                     boxes_percentile_threshold)
 
@@ -81,7 +82,7 @@ class BoxRule:
         if self.sweep:
             raise ValueError("box_rule 'wsol' is MaxBoxAcc's threshold sweep, which needs ground-truth boxes to "
                              "choose the threshold; to box a map on its own pick a rule: " + _FORMS)
-        out = self.function(score_map)
+        out = self.function(score_map.detach().cpu().numpy() if hasattr(score_map, "detach") else score_map)
         height, width = np.shape(score_map)[-2:]
         try:
             boxes = validate_boxes(out)
@@ -96,6 +97,22 @@ class BoxRule:
             raise ValueError(f"box rule {self.name!r} returned boxes outside the {height} x {width} map "
                              f"(inclusive pixel indices 0..W-1, 0..H-1): {boxes[outside].tolist()[:3]}")
         return boxes
+
+    def columns(self, thresholds) -> int:
+        """Columns of a metric's counts: one per threshold for the sweep, one for a rule."""
+        return len(thresholds) if self.sweep else 1
+
+    def curve(self, score_map, gt_boxes, thresholds, multi_contour) -> np.ndarray:
+        """The best-IoU curve of one map: (T,) over ``thresholds`` for the sweep
+        (:func:`camkit.boxes.best_iou_per_threshold`, V2 when ``multi_contour``), else (1,) :meth:`best_iou`."""
+        if self.sweep:
+            return best_iou_per_threshold(score_map, gt_boxes, thresholds, multi_contour)
+        return self.best_iou(score_map, gt_boxes)
+
+    def best_iou(self, score_map, gt_boxes) -> np.ndarray:
+        """The best IoU (1,) float64 of this rule's boxes of ``score_map`` (H, W) with ``gt_boxes`` (g, 4):
+        the max over boxes x GT boxes, inclusive "+1" areas (:func:`camkit.boxes.box_iou`)."""
+        return np.asarray([box_iou(self(score_map), gt_boxes).max()], np.float64)
 
     def _config(self):
         """What the boxes depend on: the function and its options (so ``"fixed:0.5"`` equals ``"fixed"`` with
