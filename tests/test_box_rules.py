@@ -371,3 +371,25 @@ def test_the_training_loops_evaluator_takes_a_rule():
         localization_evaluator(box_rule="otsu")
     scores = localization_evaluator(("cam",), layers=("features",), box_rule="fixed:0.5")(_Identity(), _Blocks())
     assert scores == {"cam/features/BoxAcc": pytest.approx((200 / 3 + 200 / 3 + 100 / 3) / 3)}
+
+
+def test_cli_explain_boxes_with_the_chosen_rule(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(tmp_path / "photo.png"), "--model", TINY, "--out", str(out), "--methods",
+                     "gradcam", "--layers", "layer2", "--box-rule", "cicam", "--no-figures"]) == 0
+    (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert record["box_rule"] == "cicam"
+    (entry,) = record["maps"].values()
+    assert entry["boxes_input"] == boxes_cicam(np.load(out / entry["npy"])).tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("rule", ["pas", "cicam"])
+def test_rule_evaluation_on_cuda_equals_the_cpu(rule):
+    rows = [evaluate(_Identity().to(device), _Blocks(), methods="cam", layers="features", progress=False,
+                     metric_workers=0, box_rule=rule) for device in ("cpu", "cuda")]
+    assert rows[0] == rows[1]

@@ -176,7 +176,7 @@ def _write_batch(exp, paths, originals, spec, target, args, out: Path, used_stem
             for p, c in zip(probabilities[index], classes[index])],
             "target": explained, "target_name": exp.class_name(explained) if explained is not None else None,
             "input_size": list(exp.images.shape[-2:]), "image_size": [original.shape[0], original.shape[1]],
-            "layers": list(exp.layers), "methods": list(exp.methods), "maps": {}}
+            "layers": list(exp.layers), "methods": list(exp.methods), "box_rule": args.box_rule.name, "maps": {}}
         print(f"{path}:")
         for rank, entry in enumerate(record["top_k"], 1):
             print(f"  {rank}. {entry['name']} ({entry['class']})  p={entry['probability']:.3f}")
