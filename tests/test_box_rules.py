@@ -116,6 +116,8 @@ def test_named_rules_and_fixed_fractions_resolve():
     assert box_rule("fixed:0.5").name == "fixed:0.5"
     assert box_rule("fixed:.25").options == {"fraction": 0.25}
     assert box_rule("pas", q=95).options == {"q": 95}
+    assert box_rule("pas", q=95).name == "pas(q=95)" and box_rule("fixed:0.3", multi_contour=True).name == \
+        "fixed:0.3(multi_contour=True)"
     assert box_rule().sweep and not box_rule("cicam").sweep
     rule = box_rule("cicam")
     assert box_rule(rule) is rule

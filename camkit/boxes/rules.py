@@ -62,11 +62,11 @@ class BoxRule:
     """A checked box rule (make it with :func:`box_rule`).
 
     Attributes:
-        name: ``"wsol"``, a registered name (``"fixed:0.5"`` for a fraction given in the name), or the
-            callable's ``__name__``.
+        name: ``"wsol"``, the spec (``"fixed:0.5"``, ``"cicam"``) with the options given, if any
+            (``"pas(q=95)"``), or the callable's ``__name__``; the rows' ``"box_rule"``.
         sweep: True for ``"wsol"`` (the metric sweeps the thresholds; there is no function).
         function: ``score_map -> boxes`` with the options bound; ``None`` for ``"wsol"``.
-        options: the options given (``{"fraction": 0.5}`` for ``"fixed:0.5"``).
+        options: the options bound (``{"fraction": 0.5}`` for ``"fixed:0.5"``).
 
     ``rule(score_map)`` returns the boxes as int64 ``(n, 4)`` (inclusive ``x0, y0, x1, y1``), checked to
     be whole, ordered and inside the map; ``ValueError`` naming the rule otherwise.
@@ -185,10 +185,10 @@ def box_rule(spec="wsol", **options) -> BoxRule:
     elif isinstance(spec, str) and spec.startswith("fixed:"):
         if "fraction" in options:
             raise ValueError(f"box rule {spec!r} gives the fraction in its name; do not pass fraction= too")
-        options = {"fraction": _fraction_of(spec), **options}
-        rule = BoxRule(spec, _bound(boxes_fixed_threshold, options, spec), options)
+        bound = {"fraction": _fraction_of(spec), **options}
+        rule = BoxRule(_named(spec, options), _bound(boxes_fixed_threshold, bound, spec), bound)
     elif isinstance(spec, str) and spec in BOX_RULES:
-        rule = BoxRule(spec, _bound(BOX_RULES[spec], options, spec), options)
+        rule = BoxRule(_named(spec, options), _bound(BOX_RULES[spec], options, spec), options)
     else:
         raise ValueError(f"unknown box rule {spec!r}; give {_FORMS}")
     try:
@@ -197,6 +197,11 @@ def box_rule(spec="wsol", **options) -> BoxRule:
         message = str(error)
         raise ValueError(message if message.startswith("box rule") else f"box rule {rule.name!r}: {message}") from None
     return rule
+
+
+def _named(spec: str, options: dict) -> str:
+    """The rule's name in tables: ``spec``, with its options when given (``"pas(q=95)"``)."""
+    return spec + ("(" + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")" if options else "")
 
 
 def _bound(function: Callable, options: dict, spec: str) -> _Bound:
