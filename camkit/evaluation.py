@@ -10,7 +10,7 @@ and the metric states (integer counts) are all-reduced, so the table equals a si
 Per (method, layer) the table holds: ``MaxBoxAccV2`` (V2 boxes, IoU 30/50/70), ``MaxBoxAcc@{30,50,70}``
 (V2), ``GT-known``, ``Top-1 Loc``, ``Top-5 Loc`` (V1 box, IoU 50, best threshold; also at
 ``fixed_threshold`` when given), ``PxAP`` / ``pIoU`` / ``PeakIoU`` (the per-image mean; with
-``PeakIoU_pooled`` and ``PeakIoU_threshold``, the pooled curve's peak and its threshold) where the dataset
+``PeakIoU_pooled`` and ``PeakIoU_pooled_threshold``, the pooled curve's peak and its ``t / 255``) where the dataset
 has masks, and ``Top-1 Cls`` / ``Top-5 Cls``. With a ``box_rule`` other than ``"wsol"`` the box columns are
 the rule's single-threshold ``BoxAcc@{30,50,70}`` and ``BoxAcc`` and GT-known / Top-k Loc at its boxes.
 ``protocol="center-crop"`` evaluates the papers' resize-256 / centre-crop-224 protocol. A mask-only
@@ -44,7 +44,7 @@ __all__ = ["evaluate", "LocalizationEvaluator", "localization_evaluator", "forma
 
 
 COLUMNS = ("MaxBoxAccV2", "MaxBoxAcc@50", "BoxAcc", "BoxAcc@50", "GT-known", "Top-1 Loc", "Top-5 Loc", "PxAP", "pIoU",
-           "PeakIoU", "PeakIoU_threshold",
+           "PeakIoU", "PeakIoU_pooled", "PeakIoU_pooled_threshold",
            "Top-1 Cls", "Top-5 Cls", "Deletion", "Insertion", "ROAD", "Average Drop", "Increase in Confidence")
 
 
@@ -212,7 +212,7 @@ class LocalizationEvaluator:
             row["PxAP"], row["pIoU"] = out["PxAP"], out["pIoU"]
             peak = metrics["peak"].compute()
             row["PeakIoU"], row["PeakIoU_pooled"] = peak["PeakIoU"], peak["PeakIoU_pooled"]
-            row["PeakIoU_threshold"] = peak["peak_threshold_pooled"] / 255
+            row["PeakIoU_pooled_threshold"] = peak["peak_threshold_pooled"] / 255
         return row
 
 

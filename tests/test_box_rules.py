@@ -334,8 +334,8 @@ def test_lid_track3_combination_is_one_cli_line(tmp_path, capsys):
     assert status == 0
     (row,) = json.loads(out.read_text())
     assert row["box_rule"] == "pas" and 0 <= row["BoxAcc"] <= 100
-    assert 0 <= row["PeakIoU"] <= 100 and 0 <= row["PeakIoU_threshold"] <= 1
-    assert {"PeakIoU", "PeakIoU_threshold"} <= set(capsys.readouterr().out.split())
+    assert 0 <= row["PeakIoU"] <= 100 and 0 <= row["PeakIoU_pooled_threshold"] <= 1
+    assert {"PeakIoU", "PeakIoU_pooled_threshold"} <= set(capsys.readouterr().out.split())
 
 
 BAD_CLI = [
@@ -395,3 +395,27 @@ def test_rule_evaluation_on_cuda_equals_the_cpu(rule):
     rows = [evaluate(_Identity().to(device), _Blocks(), methods="cam", layers="features", progress=False,
                      metric_workers=0, box_rule=rule) for device in ("cpu", "cuda")]
     assert rows[0] == rows[1]
+
+
+class _Ringed(torch.utils.data.Dataset):
+    """One 8 x 8 image: channel 0 is 1.0 on a 3 x 3 block (x, y 2..4) and 0.5 on the ring around it; the mask
+    is the block."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        image = torch.zeros(3, 8, 8)
+        image[0, 1:6, 1:6] = 0.5
+        image[0, 2:5, 2:5] = 1.0
+        mask = torch.zeros(8, 8, dtype=torch.uint8)
+        mask[2:5, 2:5] = 1
+        return {"image": image, "label": 0, "boxes": torch.tensor([[2, 2, 4, 4]]), "mask": mask}
+
+
+def test_peak_iou_and_its_threshold_on_a_hand_map():
+    (row,) = evaluate(_Identity(), _Ringed(), methods="cam", layers="features", progress=False, metric_workers=0,
+                      box_rule="pas").values()
+    # u = 255 (block), 127 (ring), 0: IoU(t) = 9/64 at t = 0, 9/25 for t in 1..127, 1 for t in 128..255
+    assert row["PeakIoU"] == 100.0 and row["PeakIoU_pooled"] == 100.0
+    assert row["PeakIoU_pooled_threshold"] == 128 / 255
