@@ -64,6 +64,9 @@ class LocalizationEvaluator:
             metrics' policy, as wsolevaluation) or counted as a localisation miss, IoU 0 at every
             threshold (``"miss"``: the ``"center-crop"`` protocol, whose crop can drop every box of an
             image); the rows then report ``"num_images_without_box"``.
+        with_boxes: whether the dataset has boxes (box metrics) or only masks; ``None`` (default) decides
+            from the first batch (boxes in it, or no masks). Give it when a batch may lose all its boxes
+            (``boxless="miss"``), so that every rank builds the same metrics.
         pool: a :class:`camkit.metric_pool.MetricPool` computing the box curves (default: in this
             process, at once). With worker processes, :meth:`update` only sends the batch's uint8 maps
             and returns; the curves are merged in submission order (so the counts equal the serial
@@ -76,7 +79,7 @@ class LocalizationEvaluator:
 
     def __init__(self, iou_thresholds: Sequence[int] = (30, 50, 70), cam_curve_interval: float = 0.001,
                  fixed_threshold: Optional[float] = None, pool: Optional[MetricPool] = None, max_pending: int = 64,
-                 box_rule="wsol", boxless: str = "error"):
+                 box_rule="wsol", boxless: str = "error", with_boxes: Optional[bool] = None):
         if boxless not in ("error", "miss"):
             raise ValueError(f"boxless must be 'error' (refuse an image without a box) or 'miss' (count it as a "
                              f"localisation miss), got {boxless!r}")
@@ -91,7 +94,8 @@ class LocalizationEvaluator:
         MaxBoxAcc(self.iou_thresholds, cam_curve_interval, box_rule=self.box_rule)
         self.thresholds = thresholds_for_interval(cam_curve_interval)
         self.metrics: Dict[MapKey, Dict[str, Any]] = {}
-        self.with_boxes = True
+        self.with_boxes = True if with_boxes is None else bool(with_boxes)
+        self._decide_boxes = with_boxes is None
         self.pool = pool if pool is not None else MetricPool(0)
         self.max_pending = max_pending
         self._pending: list = []   # (metrics, future of (v1, v2) or None, logits, labels, has_box), in order
@@ -126,7 +130,7 @@ class LocalizationEvaluator:
         boxes = [np.asarray(torch.as_tensor(b).reshape(-1, 4).cpu(), np.int64) for b in batch["boxes"]]
         masks = batch.get("mask")
         logits = explanation.logits.detach().cpu()
-        if not self.metrics:
+        if not self.metrics and self._decide_boxes:
             self.with_boxes = masks is None or any(len(b) for b in boxes)
         has_box = np.array([len(b) > 0 for b in boxes], bool)
         if self.with_boxes and self.boxless == "error":
@@ -303,9 +307,12 @@ def evaluate(model, dataset, methods: Union[str, Sequence[str], None] = None, la
     if unknown:
         raise ValueError(f"unknown fusion rule(s) {unknown}; choose from {', '.join(map(repr, FUSION_RULES))}")
     # options checked before any model, pool or loader exists (the pool is attached below)
-    evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold, box_rule=box_rule,
-                                      boxless="miss" if protocol == "center-crop" else "error")
+    box_rule = resolve_box_rule(box_rule)
     dataset = with_protocol(dataset, protocol, resize_size, crop_size)
+    cropped = protocol == "center-crop"   # the crop may leave an image, or a whole batch, without a box
+    evaluator = LocalizationEvaluator(iou_thresholds, cam_curve_interval, fixed_threshold, box_rule=box_rule,
+                                      boxless="miss" if cropped else "error",
+                                      with_boxes=getattr(dataset, "has_boxes", None) if cropped else None)
     rank, world_size = world()
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total < world_size:  # every rank sees this, so all of them stop (none waits in all_reduce)

@@ -69,6 +69,7 @@ def test_annotated_folder_under_the_centre_crop(tmp_path):
     assert cropped.transform.mean == (0.5,) * 3 and cropped.transform.std == (0.25,) * 3
     item = cropped[0]
     assert item["image"].shape == (3, 224, 224) and item["boxes"].tolist() == [[0, 9, 112, 214]]
+    assert cropped.has_boxes
     assert with_protocol(dataset, "wsol") is dataset
 
 
@@ -93,6 +94,7 @@ def test_tensor_view_under_the_centre_crop_by_hand():
     view = with_protocol(EvaluationView(_Raw(), None, (0.0,) * 3, (1.0,) * 3), "center-crop", resize_size=48,
                          crop_size=32)
     assert isinstance(view, CenterCropView)
+    assert view.has_boxes
     item = view[0]
     # 60 x 40 -> 72 x 48, corner (round(40/2), round(16/2)) = (20, 8); box x0 int(24*1.2) = 28 - 20 = 8,
     # y0 int(14.4) = 14 - 8 = 6, x1 int(42.0) - 20 = 22, y1 int(32.4) = 32 - 8 = 24
@@ -194,3 +196,24 @@ def test_cli_protocol_flag(tmp_path, capsys):
     assert row["num_images"] == 4 and "num_images_without_box" in row and "MaxBoxAccV2" in row
     assert cli.main(argv + ["--protocol", "center-crop", "--crop-size", "300"]) == 2
     assert "--crop-size must be between 1 and --resize-size (256)" in capsys.readouterr().err
+
+
+def _centre_crop_rows(rule):
+    return evaluate(_Channel0(), EvaluationView(_Raw(), None, (0.0,) * 3, (1.0,) * 3), methods="cam", layers="features",
+                    progress=False, metric_workers=0, box_rule=rule, protocol="center-crop", resize_size=48,
+                    crop_size=32)
+
+
+@pytest.mark.parametrize("rule", ["wsol", "pas"])
+def test_two_ranks_count_the_box_less_images_exactly(rule):
+    from two_ranks import on_two_ranks
+
+    # rank 0 evaluates item 0, rank 1 item 1 (the one without a box in the crop)
+    assert on_two_ranks(_centre_crop_rows, rule) == _centre_crop_rows(rule)
+
+
+def test_the_evaluator_refuses_an_unknown_boxless_policy():
+    from camkit.evaluation import LocalizationEvaluator
+
+    with pytest.raises(ValueError, match="boxless must be 'error'"):
+        LocalizationEvaluator(boxless="skip")

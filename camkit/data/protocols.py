@@ -137,6 +137,7 @@ class CenterCropView(torch.utils.data.Dataset):
     picture's own resolution, ``"label"``, ``"box"`` ``(4,)`` or ``"boxes"`` ``(g, 4)`` and optionally ``"mask"``
     ``(H, W)``. The view's items: ``"image"`` ``(3, crop, crop)`` normalised, ``"label"``, ``"boxes"``
     ``(g', 4)`` int64 (:func:`center_crop_boxes`) and ``"mask"`` ``(crop, crop)`` uint8 (nearest neighbour).
+    ``has_boxes``: whether the items have boxes before the crop (read from the first item).
     """
 
     def __init__(self, dataset, resize_size: int = 256, crop_size: int = 224,
@@ -147,6 +148,8 @@ class CenterCropView(torch.utils.data.Dataset):
         for name in ("class_names", "num_classes"):
             if getattr(dataset, name, None) is not None:
                 setattr(self, name, getattr(dataset, name))
+        first = dataset[0] if len(dataset) else {"boxes": ()}
+        self.has_boxes = len(torch.as_tensor(first["boxes"] if "boxes" in first else first["box"]).reshape(-1, 4)) > 0
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -177,7 +180,9 @@ def with_protocol(dataset, protocol: str = "wsol", resize_size: int = 256, crop_
     :class:`camkit.data.wsol.WSOLEvalTransform` (``WSOLDataset``, ``AnnotatedFolderDataset``, from
     :func:`camkit.data.open.open_dataset`), returned as a copy with a :class:`CenterCropEvalTransform` of the
     same mean and std, or an :class:`camkit.data.views.EvaluationView` (the synthetic benchmark), replaced
-    by a :class:`CenterCropView` of the dataset under it.
+    by a :class:`CenterCropView` of the dataset under it. The result's ``has_boxes`` says whether the
+    pictures have boxes before the crop (so an evaluation knows a box dataset even where the crop leaves a
+    batch without any).
 
     Raises:
         ValueError: an unknown protocol, bad sizes, or ``"center-crop"`` for another kind of dataset.
@@ -195,6 +200,7 @@ def with_protocol(dataset, protocol: str = "wsol", resize_size: int = 256, crop_
         old = dataset.transform
         view = copy.copy(dataset)
         view.transform = CenterCropEvalTransform(resize_size, crop_size, old.mean, old.std)
+        view.has_boxes = bool(getattr(dataset, "_boxes", True))   # a WSOLDataset's box table; folders: always
         return view
     if isinstance(dataset, EvaluationView):
         return CenterCropView(dataset.dataset, resize_size, crop_size, dataset.mean, dataset.std)
