@@ -24,13 +24,13 @@ examples:
   camkit evaluate --model checkpoint:runs/cam/checkpoint.pt --data synthetic
 
   # the LID 2020 Track-3 combination: NWC (CAM with negative weights clamped) and PaS boxes;
-  # on a mask dataset the table has Peak-IoU and its peak threshold (--json has every key)
-  camkit evaluate --model checkpoint:runs/cam-tap/checkpoint.pt --data synthetic \
+  # on a mask dataset the table has PeakIoU, PeakIoU_pooled and PeakIoU_pooled_threshold
+  camkit evaluate --model checkpoint:runs/cam-tap/checkpoint.pt --data synthetic \\
       --methods cam --box-rule pas --method-options cam.clamp_negative_weights=true
 
   # the CAM / CI-CAM papers' protocol: resize 256, centre crop 224, GT boxes clipped to the crop
-  camkit evaluate --model torchvision:vgg16 --weights vgg16.pth --data /data/CUB --protocol center-crop \
-      --box-rule cicam
+  camkit evaluate --model torchvision:resnet50 --weights resnet50.pth --data /data/CUB --metadata metadata/CUB/test \\
+      --protocol center-crop --box-rule cicam
 
   # two processes, each on a shard; the counts are all-reduced exactly
   torchrun --nproc_per_node=2 -m camkit.cli evaluate --model ... --data ...
