@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per forward (default 8)")
     parser.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map (default 0.5)")
-    parser.add_argument("--box-threshold", type=float, default=0.2, metavar="TAU",
+    parser.add_argument("--box-threshold", type=float, default=None, metavar="TAU",
                         help="boxes keep pixels above TAU x max of the map (default 0.2; the rule fixed:TAU)")
     parser.add_argument("--box-rule", default=None, metavar="RULE",
                         help="how maps become boxes: fixed:F, pas, cicam or cicam-kept-mean "
@@ -107,7 +107,7 @@ def _check_arguments(args) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-    if not 0 <= args.box_threshold <= 1:
+    if args.box_threshold is not None and not 0 <= args.box_threshold <= 1:
         raise UsageError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
     if not 0 <= args.alpha <= 1:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -119,8 +119,8 @@ def _checked_box_rule(args):
     from camkit.boxes import box_rule
 
     if args.box_rule is None:
-        return box_rule("fixed", fraction=args.box_threshold)
-    if args.box_threshold != 0.2:
+        return box_rule("fixed", fraction=0.2 if args.box_threshold is None else args.box_threshold)
+    if args.box_threshold is not None:
         raise UsageError("give --box-threshold or --box-rule, not both (--box-rule fixed:F sets the threshold)")
     if args.box_rule == "wsol":
         raise UsageError("--box-rule wsol is the evaluation's threshold sweep (it needs ground-truth boxes); "
