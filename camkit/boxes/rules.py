@@ -1,8 +1,9 @@
 """Named box rules: how a score map becomes boxes, as one option everywhere camkit makes boxes.
 
 A box rule is given as ``box_rule=`` to :class:`camkit.metrics.MaxBoxAcc`,
-:class:`camkit.metrics.LocalizationAccuracy`, :func:`camkit.evaluate`, :meth:`camkit.Explanation.boxes`
-and the ``--box-rule`` flag of ``camkit evaluate`` / ``camkit explain``:
+:class:`camkit.metrics.LocalizationAccuracy`, :func:`camkit.evaluate`,
+:func:`camkit.evaluation.localization_evaluator`, :func:`camkit.bench.run_benchmark`,
+:meth:`camkit.Explanation.boxes` and the ``--box-rule`` flag of ``camkit evaluate`` / ``benchmark`` / ``explain``:
 
 * ``"wsol"``: wsolevaluation's threshold sweep (every ``tau`` of ``arange(0, 1, cam_curve_interval)``,
   :func:`camkit.boxes.boxes_from_map` at each, the best ``tau`` per IoU level). It needs ground-truth
