@@ -82,15 +82,18 @@ class Explanation:
         saliency = (maps[index, 0] if maps.dim() == 4 else maps[index]).float().cpu().numpy()
         return saliency if self.frames is None else map_to_photo(saliency, self.frames[index])
 
-    def boxes(self, method: str, layer: Optional[str] = None, rule: str = "fixed",
+    def boxes(self, method: str, layer: Optional[str] = None, box_rule="fixed",
               sizes: Optional[Sequence[Tuple[int, int]]] = None, on_photo: bool = False,
               **options) -> List[np.ndarray]:
-        """Boxes of one map per image, from a named box rule (:data:`camkit.boxes.BOX_RULES`).
+        """Boxes of one map per image, from a box rule (:func:`camkit.boxes.box_rule`).
 
         Args:
             method, layer: which maps (``layer`` may be omitted when one layer was explained).
-            rule: ``"fixed"`` (``u > int(fraction * max)``, option ``fraction=0.2``, the largest
-                contour's box), ``"percentile"`` (``tau``, ``q``) or ``"cicam"`` (``seg_thr``).
+            box_rule: ``"fixed"`` (``u > int(fraction * max)``, option ``fraction=0.2``, the largest
+                contour's box) or ``"fixed:F"``, ``"pas"`` / ``"percentile"`` (``tau``, ``q``),
+                ``"cicam"`` (the released CI-CAM rule, ``seg_thr``), ``"cicam-kept-mean"``, a callable
+                ``score_map (H, W) -> (n, 4)`` or a :class:`camkit.boxes.BoxRule`. ``"wsol"`` (the
+                metric's threshold sweep) needs ground-truth boxes and is refused here.
             sizes: ``(H, W)`` of each original picture to map the boxes onto (an inclusive pixel edge
                 ``x1`` of a ``w`` wide map becomes ``int((x1 + 1) * W / w) - 1``). Default: the input's
                 pixels (``images.shape[-2:]``), also for maps kept at the layer's resolution.
@@ -101,11 +104,21 @@ class Explanation:
         Returns:
             ``B`` int64 arrays ``(n, 4)`` of inclusive ``x0, y0, x1, y1`` boxes (``(B, T)`` targets: the
             first target's).
+
+        Raises:
+            ValueError: an unknown or sweeping rule, a bad option (checked before any map is boxed),
+                ``sizes`` of the wrong length, ``on_photo`` without frames.
         """
-        from camkit.boxes import get_box_rule
+        from camkit.boxes import box_rule as resolve_box_rule
         from camkit.inputs import boxes_to_photo
 
-        box_rule = get_box_rule(rule)
+        if "rule" in options:
+            raise ValueError("Explanation.boxes takes box_rule= (the rule= keyword was renamed), e.g. "
+                             "box_rule='fixed:0.2'")
+        rule = resolve_box_rule(box_rule, **options)
+        if rule.sweep:
+            raise ValueError("box_rule 'wsol' is MaxBoxAcc's threshold sweep, which needs ground-truth boxes; to box "
+                             "a map on its own use e.g. box_rule='fixed:0.2', 'pas' or 'cicam'")
         maps = self[(method, layer) if layer is not None else method].detach()
         if maps.dim() == 4:
             maps = maps[:, 0]
@@ -118,7 +131,7 @@ class Explanation:
                              "raw images (PIL, uint8 arrays, paths); for tensor inputs give sizes=")
         out = []
         for index, (size, saliency) in enumerate(zip(sizes, maps.float().cpu().numpy())):
-            boxes = np.asarray(box_rule(saliency, **options), np.int64).reshape(-1, 4)
+            boxes = rule(saliency)
             if on_photo:
                 boxes = boxes_to_photo(boxes, self.frames[index], saliency.shape)
             elif tuple(size) != saliency.shape:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from camkit.distributed import all_reduce_sum
-from camkit.boxes import best_iou_per_threshold, thresholds_for_interval, validate_boxes
+from camkit.boxes import box_rule as _box_rule, thresholds_for_interval, validate_boxes
 from camkit.faithfulness import AverageDrop, DeletionInsertion, ROAD  # noqa: F401  (re-exported)
 
 __all__ = ["MaxBoxAcc", "LocalizationAccuracy", "PxAP", "PeakIoU", "max_box_accuracy", "pixel_average_precision",
@@ -86,10 +86,13 @@ def _checked_ignore_index(ignore_index):
     return int(ignore_index)
 
 
-def _checked_fixed_threshold(fixed_threshold):
+def _checked_fixed_threshold(fixed_threshold, rule):
     fixed_threshold = _scalar(fixed_threshold)
     if fixed_threshold is not None and (not _is_real_number(fixed_threshold) or not 0 <= fixed_threshold <= 1):
         raise ValueError(f"fixed_threshold must be None or a CAM threshold in [0, 1], got {fixed_threshold!r}")
+    if fixed_threshold is not None and not rule.sweep:
+        raise ValueError(f"fixed_threshold reads the threshold sweep; box_rule={rule.name!r} sets its own threshold: "
+                         f"drop fixed_threshold (or use box_rule='fixed:{fixed_threshold}' alone)")
     return fixed_threshold
 
 
@@ -259,32 +262,38 @@ class MaxBoxAcc(_Mergeable):
     attaining it), the mean over the deltas -- ``"MaxBoxAccV2"`` for V2, ``"MaxBoxAcc"`` for V1 (the
     paper's MaxBoxAcc with ``iou_thresholds=(50,)``) -- and ``"curve"`` ((D, T) percent correct).
 
+    ``box_rule`` (:func:`camkit.boxes.box_rule`): ``"wsol"`` (default) is the sweep above; any other rule
+    sets its own threshold, so nothing is swept: the best IoU is over the rule's boxes x GT boxes, and
+    ``compute()`` returns ``"BoxAcc@{delta}"`` (percent with IoU >= delta/100), their mean ``"BoxAcc"`` and
+    ``"box_rule"`` (no MaxBoxAcc key, threshold or curve); ``multi_contour`` applies to the sweep only.
+
     Options are checked when the metric is built: ``iou_thresholds`` a non-empty sequence of distinct
-    whole percentages in (0, 100], ``0 < cam_curve_interval < 1``, ``multi_contour`` a bool. An empty
-    batch (B = 0) is a no-op; any refused input leaves the counts unchanged.
+    whole percentages in (0, 100], ``0 < cam_curve_interval < 1``, ``multi_contour`` a bool, ``box_rule``
+    a valid rule. An empty batch (B = 0) is a no-op; any refused input leaves the counts unchanged.
     """
 
     _state = ("counts", "num_images")
 
-    def __init__(self, iou_thresholds=(30, 50, 70), cam_curve_interval=0.001, multi_contour=True):
+    def __init__(self, iou_thresholds=(30, 50, 70), cam_curve_interval=0.001, multi_contour=True, box_rule="wsol"):
         self.iou_thresholds = _checked_iou_thresholds(iou_thresholds)
         self.thresholds = thresholds_for_interval(cam_curve_interval)
         self.cam_curve_interval = cam_curve_interval
         self.multi_contour = _checked_multi_contour(multi_contour)
-        self.counts = torch.zeros(len(self.iou_thresholds), len(self.thresholds), dtype=torch.int64)
+        self.box_rule = _box_rule(box_rule)
+        self.counts = torch.zeros(len(self.iou_thresholds), self.box_rule.columns(self.thresholds), dtype=torch.int64)
         self.num_images = torch.zeros((), dtype=torch.int64)
 
     def _config(self):
-        return (self.iou_thresholds, self.cam_curve_interval, self.multi_contour)
+        return (self.iou_thresholds, self.cam_curve_interval, self.multi_contour, self.box_rule)
 
     def _config_kwargs(self):
         return dict(iou_thresholds=self.iou_thresholds, cam_curve_interval=self.cam_curve_interval,
-                    multi_contour=self.multi_contour)
+                    multi_contour=self.multi_contour, box_rule=self.box_rule)
 
     def update_from_curves(self, iou_curves):
         """Add images given their best-IoU curves (N, T) or (T,) in [0, 1] on this metric's threshold grid
-        (see :func:`camkit.boxes.best_iou_per_threshold`)."""
-        curves = _checked_curves(iou_curves, len(self.thresholds))
+        (see :func:`camkit.boxes.best_iou_per_threshold`); (N, 1) best IoUs under a box rule."""
+        curves = _checked_curves(iou_curves, self.counts.shape[1])
         deltas = torch.tensor(self.iou_thresholds, dtype=torch.float64) / 100
         self.counts += (curves[None] >= deltas[:, None, None]).sum(1)
         self.num_images += curves.shape[0]
@@ -299,7 +308,7 @@ class MaxBoxAcc(_Mergeable):
         return self.update_from_curves(_curves_of_batch(maps, boxes, self._curve))
 
     def _curve(self, score_map, boxes):
-        return best_iou_per_threshold(score_map, boxes, self.thresholds, self.multi_contour)
+        return self.box_rule.curve(score_map, boxes, self.thresholds, self.multi_contour)
 
     def compute(self):
         n = int(self.num_images)
@@ -307,6 +316,9 @@ class MaxBoxAcc(_Mergeable):
             raise RuntimeError("MaxBoxAcc.compute() before any update(); feed some score maps first")
         acc = self.counts.to(torch.float64).numpy() * 100 / n
         out = {}
+        if not self.box_rule.sweep:
+            out = {f"BoxAcc@{d}": float(acc[k, 0]) for k, d in enumerate(self.iou_thresholds)}
+            return {**out, "BoxAcc": float(np.mean(acc[:, 0])), "box_rule": self.box_rule.name, "num_images": n}
         for k, d in enumerate(self.iou_thresholds):
             i = int(np.argmax(acc[k]))
             out[f"MaxBoxAcc@{d}"] = float(acc[k, i])
@@ -331,6 +343,9 @@ class LocalizationAccuracy(_Mergeable):
     ``fixed_threshold`` is given, ``"GT-known@fixed"``, ``"Top-1 Loc@fixed"``, ``"Top-5 Loc@fixed"`` at the
     nearest curve threshold. ``"Top-1 Cls"`` / ``"Top-5 Cls"`` are the classification accuracies.
 
+    ``box_rule`` other than ``"wsol"`` (see :class:`MaxBoxAcc`): GT-known and Top-k Loc at the rule's boxes,
+    ``"box_rule"`` instead of ``"best_threshold"``, (N, 1) curves; ``fixed_threshold`` is then refused.
+
     Options are checked when the metric is built (``iou_threshold`` a whole percentage in (0, 100],
     ``0 < cam_curve_interval < 1``, ``multi_contour`` a bool, ``fixed_threshold`` None or in [0, 1]).
     Inputs are checked against the maps: one box set (at least one box), one logits row (B, K) and one
@@ -339,26 +354,28 @@ class LocalizationAccuracy(_Mergeable):
 
     _state = ("counts", "cls_counts", "num_images")
 
-    def __init__(self, iou_threshold=50, cam_curve_interval=0.001, multi_contour=False, fixed_threshold=None):
+    def __init__(self, iou_threshold=50, cam_curve_interval=0.001, multi_contour=False, fixed_threshold=None,
+                 box_rule="wsol"):
         self.iou_threshold = _checked_iou_percent(iou_threshold, "iou_threshold")
         self.thresholds = thresholds_for_interval(cam_curve_interval)
         self.cam_curve_interval = cam_curve_interval
         self.multi_contour = _checked_multi_contour(multi_contour)
-        self.fixed_threshold = _checked_fixed_threshold(fixed_threshold)
-        self.counts = torch.zeros(3, len(self.thresholds), dtype=torch.int64)   # gt-known, top1, top5
+        self.box_rule = _box_rule(box_rule)
+        self.fixed_threshold = _checked_fixed_threshold(fixed_threshold, self.box_rule)
+        self.counts = torch.zeros(3, self.box_rule.columns(self.thresholds), dtype=torch.int64)  # gt-known, top1, top5
         self.cls_counts = torch.zeros(2, dtype=torch.int64)
         self.num_images = torch.zeros((), dtype=torch.int64)
 
     def _config(self):
-        return (self.iou_threshold, self.cam_curve_interval, self.multi_contour, self.fixed_threshold)
+        return (self.iou_threshold, self.cam_curve_interval, self.multi_contour, self.fixed_threshold, self.box_rule)
 
     def _config_kwargs(self):
         return dict(iou_threshold=self.iou_threshold, cam_curve_interval=self.cam_curve_interval,
-                    multi_contour=self.multi_contour, fixed_threshold=self.fixed_threshold)
+                    multi_contour=self.multi_contour, fixed_threshold=self.fixed_threshold, box_rule=self.box_rule)
 
     def update_from_curves(self, iou_curves, logits, labels):
         """``iou_curves`` (N, T) of the GT-class maps, ``logits`` (N, K), ``labels`` (N,) ints in [0, K)."""
-        curves = _checked_curves(iou_curves, len(self.thresholds))
+        curves = _checked_curves(iou_curves, self.counts.shape[1])
         logits, labels = _checked_logits_labels(logits, labels, curves.shape[0])
         if curves.shape[0] == 0:
             return self
@@ -384,7 +401,7 @@ class LocalizationAccuracy(_Mergeable):
         return self.update_from_curves(_curves_of_batch(maps, boxes, self._curve), logits, labels)
 
     def _curve(self, score_map, boxes):
-        return best_iou_per_threshold(score_map, boxes, self.thresholds, self.multi_contour)
+        return self.box_rule.curve(score_map, boxes, self.thresholds, self.multi_contour)
 
     def compute(self):
         n = int(self.num_images)
@@ -393,9 +410,12 @@ class LocalizationAccuracy(_Mergeable):
         acc = self.counts.to(torch.float64).numpy() * 100 / n
         i = int(np.argmax(acc[0]))
         out = {"GT-known": float(acc[0, i]), "Top-1 Loc": float(acc[1, i]), "Top-5 Loc": float(acc[2, i]),
-               "best_threshold": float(self.thresholds[i]),
                "Top-1 Cls": float(self.cls_counts[0]) * 100 / n, "Top-5 Cls": float(self.cls_counts[1]) * 100 / n,
                "num_images": n}
+        if not self.box_rule.sweep:
+            out["box_rule"] = self.box_rule.name
+            return out
+        out["best_threshold"] = float(self.thresholds[i])
         if self.fixed_threshold is not None:
             j = int(np.argmin(np.abs(self.thresholds - self.fixed_threshold)))
             out.update({"GT-known@fixed": float(acc[0, j]), "Top-1 Loc@fixed": float(acc[1, j]),

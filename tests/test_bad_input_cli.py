@@ -53,12 +53,18 @@ CASES = [
     (EXPLAIN + ["--mean", "0.1", "0.2"], "--mean takes 1 or 3 values"),
     (EXPLAIN + ["--batch-size", "0"], "--batch-size must be at least 1"),
     (EXPLAIN + ["--box-threshold", "1.5"], "--box-threshold must be in [0, 1]"),
+    (EXPLAIN + ["--box-rule", "otsu"], "--box-rule: unknown box rule 'otsu'"),
+    (EXPLAIN + ["--box-rule", "wsol"], "--box-rule wsol is the evaluation's threshold sweep"),
+    (EXPLAIN + ["--box-rule", "pas", "--box-threshold", "0.3"], "give --box-threshold or --box-rule, not both"),
     (["explain", "photo.png", "--model", TINY, "--out", "photo.png"], "exists and is not a folder"),
     # evaluate
     (EVALUATE[:3] + ["--data", "nowhere"], "is not an existing folder nor 'synthetic"),
     (EVALUATE + ["--methods", "gradcamm"], "unknown method 'gradcamm'"),
     (EVALUATE + ["--layers", "layer9"], "layer9"),
     (EVALUATE + ["--batch-size", "0"], "--batch-size must be at least 1"),
+    (EVALUATE + ["--box-rule", "fixed:2"], "--box-rule: box rule 'fixed:2'"),
+    (EVALUATE + ["--method-options", "cam=1"], "--method-options takes METHOD.OPTION=VALUE"),
+    (EVALUATE + ["--protocol", "center-crop", "--crop-size", "300"], "--crop-size must be between 1 and"),
     (EVALUATE[:3] + ["--data", "synthetic:num_imagez=4"], "unknown key(s) ['num_imagez']"),
     # train
     (["train", "camm"] + TRAIN[2:], "camm"),

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from camkit.boxes import (best_iou_per_threshold, box_iou, boxes_cicam, boxes_fixed_threshold, boxes_from_map,
-                          boxes_percentile_threshold, get_box_rule, iou_curves, resize_boxes, validate_boxes)
+from camkit.boxes import (best_iou_per_threshold, box_iou, boxes_cicam, boxes_cicam_kept_mean, boxes_fixed_threshold,
+                          boxes_from_map, boxes_percentile_threshold, get_box_rule, iou_curves, resize_boxes,
+                          validate_boxes)
 from camkit.metrics import (LocalizationAccuracy, MaxBoxAcc, PeakIoU, PxAP, max_box_accuracy,
                             pixel_average_precision)
 
@@ -236,13 +237,17 @@ BOX_CASES = {
     "boxes_from_map-empty": (lambda: boxes_from_map(np.zeros((0, 4)), 0.5), ValueError, "score map is empty"),
     "boxes_from_map-complex": (lambda: boxes_from_map(MAP.astype(complex), 0.5), ValueError, "complex"),
     "get_box_rule-unknown": (lambda: get_box_rule("otsu"), ValueError,
-                             "unknown box rule 'otsu'; known rules: cicam, fixed, percentile"),
-    "get_box_rule-none": (lambda: get_box_rule(None), ValueError, "known rules: cicam, fixed, percentile"),
+                             "unknown box rule 'otsu'; known rules: cicam, cicam-kept-mean, fixed, pas, percentile"),
+    "get_box_rule-none": (lambda: get_box_rule(None), ValueError, "known rules: cicam, cicam-kept-mean, fixed"),
     "fixed-fraction-2": (lambda: boxes_fixed_threshold(MAP, fraction=2), ValueError,
                          "fraction must be a number in [0, 1]"),
     "percentile-q-150": (lambda: boxes_percentile_threshold(MAP, q=150), ValueError, "q must be a number in [0, 100]"),
     "percentile-tau-negative": (lambda: boxes_percentile_threshold(MAP, tau=-1), ValueError, "tau must be"),
     "cicam-seg-thr-negative": (lambda: boxes_cicam(MAP, seg_thr=-0.5), ValueError, "seg_thr must be"),
+    "cicam-seg-thr-above-1": (lambda: boxes_cicam(MAP, seg_thr=1.5), ValueError, "seg_thr must be"),
+    "cicam-map-above-1": (lambda: boxes_cicam(MAP * 2 + 0.1, seg_thr=0.1), ValueError, "must lie in [0, 1]"),
+    "cicam-kept-mean-seg-thr-negative": (lambda: boxes_cicam_kept_mean(MAP, seg_thr=-0.5), ValueError,
+                                         "seg_thr must be"),
     "best_iou-multi-contour-both": (lambda: best_iou_per_threshold(MAP, BOXES[0], None, "both"), ValueError,
                                     "for both curves at once use camkit.boxes.iou_curves"),
     "iou_curves-thresholds-above-1": (lambda: iou_curves(MAP, BOXES[0], [0.5, 2.0]), ValueError,

@@ -7,8 +7,8 @@ from scipy import ndimage as ndi
 
 import wsol_reference as ref
 from box_maps import MAP_A, MAP_B, TAUS, seeded_maps
-from camkit.boxes import (BOX_RULES, best_iou_per_threshold, boxes_cicam, boxes_fixed_threshold, boxes_from_map,
-                          boxes_percentile_threshold, get_box_rule, iou_curves, scoremap_to_uint8)
+from camkit.boxes import (BOX_RULES, best_iou_per_threshold, boxes_cicam, boxes_cicam_kept_mean, boxes_fixed_threshold,
+                          boxes_from_map, boxes_percentile_threshold, get_box_rule, iou_curves, scoremap_to_uint8)
 
 
 @pytest.mark.parametrize("score_map, expected", [
@@ -96,28 +96,29 @@ def test_percentile_rule():
     assert boxes_percentile_threshold(m).tolist() == [[1, 1, 4, 3]]
 
 
-def test_cicam_rule():
+def test_cicam_kept_mean_rule():
     m = np.zeros((8, 8))
     m[1, 1:3] = 0.9           # small strong blob: bbox area 2
-    m[4:7, 4:7] = 0.6         # larger blob: mean of kept = (2*.9*255.. ) -> both survive the mean? no:
+    m[4:7, 4:7] = 0.6         # larger blob with a peak
     m[5, 5] = 1.0
-    # kept: > 0.2*255 -> all non-zero; mean of kept u over 2+9 pixels; then > mean; largest 4-conn bbox
+    # kept: u > 0.2*255 -> all non-zero; then u > the mean of the kept u only; largest 4-conn bbox, tight
     u = scoremap_to_uint8(m).astype(float)
     kept = u > 0.2 * u.max()
     keep = kept & (u > u[kept].mean())
     lab, _ = ndi.label(keep)
     expected = max(ndi.find_objects(lab), key=lambda s: (s[0].stop - s[0].start) * (s[1].stop - s[1].start))
-    got = boxes_cicam(m)[0].tolist()
+    got = boxes_cicam_kept_mean(m)[0].tolist()
     assert got == [expected[1].start, expected[0].start, expected[1].stop - 1, expected[0].stop - 1]
-    assert boxes_cicam(np.zeros((4, 4))).tolist() == [[0, 0, 0, 0]]
-
+    assert boxes_cicam_kept_mean(np.zeros((4, 4))).tolist() == [[0, 0, 0, 0]]
 
 
 def test_box_rules_registry():
-    assert BOX_RULES == {"fixed": boxes_fixed_threshold, "percentile": boxes_percentile_threshold,
-                         "cicam": boxes_cicam}
+    assert BOX_RULES == {"fixed": boxes_fixed_threshold, "pas": boxes_percentile_threshold,
+                         "percentile": boxes_percentile_threshold, "cicam": boxes_cicam,
+                         "cicam-kept-mean": boxes_cicam_kept_mean}
     assert get_box_rule("percentile") is boxes_percentile_threshold
-    with pytest.raises(ValueError, match="unknown box rule 'otsu'; known rules: cicam, fixed, percentile"):
+    with pytest.raises(ValueError, match="unknown box rule 'otsu'; known rules: cicam, cicam-kept-mean, fixed, pas, "
+                                         "percentile"):
         get_box_rule("otsu")
 
 

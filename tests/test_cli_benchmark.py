@@ -32,6 +32,18 @@ def test_run_writes_the_outputs_and_prints_the_tables(tmp_path, capsys):
     assert "| method | layer | images/s |" in printed and "MaxBoxAccV2" in printed and "PxAP" in printed
 
 
+def test_a_box_rule_reports_the_single_threshold_accuracy(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert command.run(parser().parse_args(SMALL + ["--out", str(out), "--no-figures", "--box-rule", "fixed:0.5"])) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["settings"]["box_rule"] == "fixed:0.5"
+    for per_layer in result["quality"].values():
+        for row in per_layer.values():
+            assert {"BoxAcc", "BoxAcc@50"} <= set(row) and "MaxBoxAccV2" not in row
+    assert "Boxes by the rule `fixed:0.5`" in (out / "report.md").read_text()
+    assert "BoxAcc" in capsys.readouterr().out
+
+
 def test_help_has_examples_datasets_and_model_specifiers():
     text = parser().format_help()
     for part in ("examples:", "datasets (--data):", "model specifiers (--model):", "--metadata DIR",
@@ -49,6 +61,7 @@ def test_help_has_examples_datasets_and_model_specifiers():
     (["--data", "synthetic", "--metadata", "meta"], ValueError, "--metadata applies to a wsolevaluation"),
     (["--methods", "nosuch"], ValueError, "unknown method 'nosuch'. Available:"),
     (["--layers", "nolayer"], ValueError, "the model has no layer named 'nolayer'"),
+    (["--box-rule", "otsu"], UsageError, "--box-rule: unknown box rule 'otsu'"),
 ])
 def test_bad_flags_fail_clearly_and_leave_no_output_folder(tmp_path, flags, error, fragment):
     out = tmp_path / "bench"

@@ -22,9 +22,10 @@ from camkit.bench.cost import CostRow
 __all__ = ["QUALITY_METRICS", "BenchmarkResult", "markdown_table", "quality_markdown", "cost_markdown",
            "metrics_present", "report_markdown", "figure_name", "write_outputs"]
 
-#: The localisation metrics of a benchmark, in table order (those that apply to a dataset are reported).
-QUALITY_METRICS = ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70", "GT-known", "Top-1 Loc",
-                   "Top-5 Loc", "PxAP", "pIoU", "PeakIoU")
+#: The localisation metrics of a benchmark, in table order (those that apply are reported: ``BoxAcc*``, the
+#: single-threshold accuracies, instead of ``MaxBoxAcc*`` under a box rule other than ``"wsol"``).
+QUALITY_METRICS = ("MaxBoxAccV2", "MaxBoxAcc@30", "MaxBoxAcc@50", "MaxBoxAcc@70", "BoxAcc", "BoxAcc@30", "BoxAcc@50",
+                   "BoxAcc@70", "GT-known", "Top-1 Loc", "Top-5 Loc", "PxAP", "pIoU", "PeakIoU")
 
 PEER_COLUMNS = ("peer", "method", "layer", "max_abs_difference", "mean_abs_difference", "camkit_seconds",
                 "peer_seconds", "speed_ratio", "error")
@@ -136,6 +137,9 @@ def report_markdown(result: BenchmarkResult) -> str:
              f"{s.get('images')} images, methods {', '.join(s.get('methods', []))}, "
              f"layers {', '.join(s.get('layers', []))}. Classification top-1: "
              f"{_fmt(result.classification.get('top1'))}%.", ""]
+    if s.get("box_rule", "wsol") != "wsol":
+        parts += [f"Boxes by the rule `{s['box_rule']}`, which sets its own threshold: BoxAcc is the accuracy at its "
+                  f"boxes, with no threshold sweep.", ""]
     for metric in metrics_present(result):
         parts += [f"## {metric} (methods x layers)", "", quality_markdown(result, metric), ""]
     parts += ["## Cost", "",

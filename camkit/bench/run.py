@@ -22,11 +22,11 @@ Quality = Dict[str, Dict[str, Dict[str, float]]]
 
 def evaluate_quality(model: nn.Module, dataset, methods: Sequence[str], layers: Sequence[str],
                      batch_size: int = 16, limit: Optional[int] = None, device=None,
-                     progress: bool = False) -> Tuple[Quality, Dict[str, float]]:
+                     progress: bool = False, box_rule="wsol") -> Tuple[Quality, Dict[str, float]]:
     """Localisation metrics of every (method, layer): :func:`camkit.evaluation.evaluate` regrouped.
 
     Maps are of the ground-truth class (wsolevaluation). ``device`` is unused: maps are computed on
-    the model's device.
+    the model's device. ``box_rule``: as in :func:`camkit.evaluation.evaluate`.
 
     Returns:
         ``({method: {layer: {metric: value}}}, {"top1": %, "top5": %, "images": n})`` with the metrics
@@ -37,7 +37,7 @@ def evaluate_quality(model: nn.Module, dataset, methods: Sequence[str], layers: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. CAM skipped at layers its head does not fit
         rows = evaluate(model, dataset, methods=list(methods), layers=list(layers), batch_size=batch_size,
-                        progress=progress, limit=limit)
+                        progress=progress, limit=limit, box_rule=box_rule)
     quality: Quality = {m: {} for m in methods}
     classification: Dict[str, float] = {}
     for (method, layer), row in rows.items():
@@ -74,8 +74,8 @@ def _default_layers(loaded, dataset, device: torch.device):
 def run_benchmark(loaded, dataset, methods: Sequence[str] = DEFAULT_METHODS,
                   layers: Optional[Sequence[str]] = None, batch_size: int = 16,
                   limit: Optional[int] = None, cost_batch: int = 8, repeats: int = 3,
-                  peers: bool = True, progress: bool = False, settings: Optional[dict] = None
-                  ) -> BenchmarkResult:
+                  peers: bool = True, progress: bool = False, settings: Optional[dict] = None,
+                  box_rule="wsol") -> BenchmarkResult:
     """Quality and cost of ``methods`` x ``layers`` for one model on one dataset.
 
     Args:
@@ -92,14 +92,20 @@ def run_benchmark(loaded, dataset, methods: Sequence[str] = DEFAULT_METHODS,
         peers: run installed peer libraries on the cost batch.
         progress: show the quality pass's progress bar.
         settings: extra entries for ``result.settings`` (e.g. ``model`` and ``data`` for the report).
+        box_rule: how maps become boxes (:func:`camkit.boxes.box_rule`; ``"wsol"``, the sweep, by default);
+            another rule reports the single-threshold ``BoxAcc*`` instead of ``MaxBoxAcc*``.
 
     Returns:
         A :class:`camkit.bench.report.BenchmarkResult`.
 
     Raises:
-        ValueError: ``batch_size``, ``cost_batch``, ``repeats`` or ``limit`` below 1 (before any work).
+        ValueError: ``batch_size``, ``cost_batch``, ``repeats`` or ``limit`` below 1, or a bad ``box_rule``
+            (before any work).
     """
+    from camkit.boxes import box_rule as resolve_box_rule
+
     _check_counts(batch_size, limit, cost_batch, repeats)
+    rule = resolve_box_rule(box_rule)
     from camkit.model_spec import LoadedModel
 
     if isinstance(loaded, nn.Module):
@@ -112,13 +118,13 @@ def run_benchmark(loaded, dataset, methods: Sequence[str] = DEFAULT_METHODS,
     layers = list(layers) if layers is not None else _default_layers(loaded, dataset, device)
 
     quality, classification = evaluate_quality(model, dataset, methods, layers, batch_size, limit,
-                                               device, progress)
+                                               device, progress, rule)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     cost_images = torch.stack([dataset[i]["image"] for i in range(min(cost_batch, count))]).to(device)
     cost = measure_cost(model, cost_images, methods, layers, repeats=repeats)
     peer_rows, skipped = compare_peers(model, cost_images, methods, layers, repeats) if peers else ([], {})
     settings = dict(settings or {})
     settings.update(methods=methods, layers=layers, images=count, batch_size=batch_size,
-                    cost_batch=int(cost_images.shape[0]), repeats=repeats)
+                    cost_batch=int(cost_images.shape[0]), repeats=repeats, box_rule=rule.name)
     return BenchmarkResult(quality=quality, classification=classification, cost=cost, peers=peer_rows,
                            skipped_peers=skipped, environment=environment(device), settings=settings)

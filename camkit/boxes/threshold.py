@@ -25,8 +25,10 @@ One-threshold contour emulation (:class:`_Contours`), equal to OpenCV ``findCont
   order. The parent of a component is the hole (or the image frame) around it; the parent of a hole is
   the component around it. V1 keeps the first contour of largest area in that order.
 
-Box rules (:data:`BOX_RULES`, :func:`get_box_rule`) all take ``(score_map (H, W) in [0, 1], **options)``
-and return int64 (n, 4) boxes x0, y0, x1, y1, inclusive pixel coordinates.
+The box rules here (:func:`boxes_fixed_threshold`, :func:`boxes_percentile_threshold`, :func:`boxes_cicam`,
+:func:`boxes_cicam_kept_mean`; named in :mod:`camkit.boxes.rules`) all take
+``(score_map (H, W) in [0, 1], **options)`` and return int64 (n, 4) boxes x0, y0, x1, y1, inclusive pixel
+coordinates.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from camkit.boxes.iou import _to_numpy
 
 __all__ = [
     "scoremap_to_uint8", "thresholds_for_interval", "integer_thresholds", "boxes_from_map",
-    "boxes_fixed_threshold", "boxes_percentile_threshold", "boxes_cicam", "BOX_RULES", "get_box_rule",
+    "boxes_fixed_threshold", "boxes_percentile_threshold", "boxes_cicam", "boxes_cicam_kept_mean",
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -68,17 +70,9 @@ def _check_multi_contour(multi_contour):
                          "camkit.boxes.iou_curves")
 
 
-def scoremap_to_uint8(score_map):
-    """``uint8(score_map * 255)`` after checking the map.
-
-    Args:
-        score_map: (H, W) real floats in [0, 1] (numpy or torch; other real dtypes are taken as float64).
-    Returns:
-        (H, W) uint8 numpy array.
-    Raises:
-        ValueError: for a map that is not 2-D, is empty, is already uint8, is complex, has NaN or values
-            outside [0, 1].
-    """
+def _checked_map(score_map):
+    """A score map (H, W) of real floats in [0, 1] as a numpy array in its own floating dtype (other real
+    dtypes as float64); ``ValueError`` naming the problem otherwise (see :func:`scoremap_to_uint8`)."""
     s = _to_numpy(score_map)
     if s.ndim != 2:
         raise ValueError(f"score map must be 2-D (H, W), got shape {s.shape}")
@@ -95,6 +89,21 @@ def scoremap_to_uint8(score_map):
     if (s < 0).any() or (s > 1).any():
         raise ValueError(f"score map values must lie in [0, 1], got range [{s.min()}, {s.max()}]; "
                          "normalise it first (e.g. per-image min-max)")
+    return s
+
+
+def scoremap_to_uint8(score_map):
+    """``uint8(score_map * 255)`` after checking the map.
+
+    Args:
+        score_map: (H, W) real floats in [0, 1] (numpy or torch; other real dtypes are taken as float64).
+    Returns:
+        (H, W) uint8 numpy array.
+    Raises:
+        ValueError: for a map that is not 2-D, is empty, is already uint8, is complex, has NaN or values
+            outside [0, 1].
+    """
+    s = _checked_map(score_map)
     return (s * s.dtype.type(255)).astype(np.uint8)
 
 
@@ -285,12 +294,60 @@ def boxes_percentile_threshold(score_map, tau=0.35, q=90, multi_contour=False):
     return _contour_boxes(u > tau * np.percentile(u, q), multi_contour)
 
 
-def boxes_cicam(score_map, seg_thr=0.2):
-    """The CI-CAM rule: keep ``u > seg_thr * max``, then ``> mean`` of what is kept, then the 4-connected
-    component with the largest bounding-box area (first on ties, raster order of labels).
+def _largest_box_component(keep, stop):
+    """The 4-connected component of ``keep`` (H, W) bool whose bounding box has the largest area (the first
+    in label order, i.e. raster order of first pixels, on ties) as a (1, 4) int64 box; ``stop(xs, ys)`` turns
+    its ``(x slice, y slice)`` into the box; ``[[0, 0, 0, 0]]`` when ``keep`` is empty."""
+    labels, n = ndi.label(keep, structure=_FOUR)
+    if n == 0:
+        return np.zeros((1, 4), np.int64)
+    slices = ndi.find_objects(labels)
+    areas = [(ys.stop - ys.start) * (xs.stop - xs.start) for ys, xs in slices]
+    ys, xs = slices[int(np.argmax(areas))]  # argmax: the first of equal maxima
+    return np.asarray([stop(xs, ys)], np.int64)
 
-    ``score_map`` (H, W) in [0, 1]; ``seg_thr`` in [0, 1]. Returns one tight inclusive box (1, 4) int64
-    x0, y0, x1, y1, or ``[[0, 0, 0, 0]]`` when nothing is kept.
+
+def boxes_cicam(score_map, seg_thr=0.12):
+    """The box rule of the released CI-CAM code (shaofeifei11/CI-CAM, ``utils.py`` ``create_rois`` and
+    ``_connected_component``).
+
+    1. ``cut = map`` where ``map > seg_thr * max(map)``, else 0 (the float map, not its uint8 form);
+    2. keep ``cut > mean(cut)``, the mean over the *whole* image, zeros included;
+    3. label the kept pixels' 4-connected components (``scipy.ndimage.label``'s default structure) and
+       take the one whose bounding box has the largest area (the first in label order on ties);
+    4. the released box is ``[x.start, y.start, x.stop, y.stop]`` of that component's slices, stops
+       *exclusive*, scored with "+1" areas. In camkit's inclusive convention (the one of
+       :func:`boxes_from_map`, where a contour ``(x, y, w, h)`` is ``(x, y, min(x+w, W-1), min(y+h, H-1))``)
+       that is ``x0 = x.start, y0 = y.start, x1 = min(x.stop, W-1), y1 = min(y.stop, H-1)``: one pixel
+       beyond the tight box on the right and bottom, unless at the image edge.
+
+    Args:
+        score_map: (H, W) floats in [0, 1] (numpy or torch); only ``map / max(map)`` matters.
+        seg_thr: in [0, 1], the fraction of the maximum below which pixels are zeroed. Default 0.12, the
+            released ``option.py`` default; the released CUB runs (``run.sh``) pass ``--seg_thr 0.0``.
+
+    Returns:
+        int64 (1, 4) box ``x0, y0, x1, y1``; ``[[0, 0, 0, 0]]`` when nothing is kept (an all-zero map, or a
+        constant one whose mean rounds to its value, where the released code fails on an empty ``argmax``).
+    """
+    _check_real("seg_thr", seg_thr, 0, 1, hint=" (a fraction of the map's maximum)")
+    s = _checked_map(score_map).astype(np.float64)
+    height, width = s.shape
+    cut = np.where(s > seg_thr * s.max(), s, 0.0)
+    return _largest_box_component(cut > cut.mean(), lambda xs, ys: (xs.start, ys.start, min(xs.stop, width - 1),
+                                                                    min(ys.stop, height - 1)))
+
+
+def boxes_cicam_kept_mean(score_map, seg_thr=0.2):
+    """camkit's earlier CI-CAM-like rule, kept under its own name: keep ``u > seg_thr * max(u)`` of
+    ``u = uint8(255 * map)``, then ``u > mean`` of the *kept* pixels only, then the 4-connected component
+    with the largest bounding-box area (first on ties); its *tight* inclusive box ``stop - 1``.
+
+    It differs from :func:`boxes_cicam` (the released rule) in the mean (kept pixels vs the whole image),
+    the box edge (tight vs one pixel beyond) and the default ``seg_thr`` (0.2 vs 0.12).
+
+    ``score_map`` (H, W) in [0, 1]; ``seg_thr`` in [0, 1]. Returns int64 (1, 4) ``x0, y0, x1, y1``, or
+    ``[[0, 0, 0, 0]]`` when nothing is kept.
     """
     _check_real("seg_thr", seg_thr, 0, 1, hint=" (a fraction of the map's maximum)")
     u = scoremap_to_uint8(score_map).astype(np.float64)
@@ -298,26 +355,4 @@ def boxes_cicam(score_map, seg_thr=0.2):
     if not keep.any():
         return np.zeros((1, 4), np.int64)
     keep &= u > u[keep].mean()
-    labels, n = ndi.label(keep, structure=_FOUR)
-    if n == 0:
-        return np.zeros((1, 4), np.int64)
-    best, best_area = None, -1
-    for ys, xs in ndi.find_objects(labels):
-        area = (ys.stop - ys.start) * (xs.stop - xs.start)
-        if area > best_area:
-            best, best_area = (xs.start, ys.start, xs.stop - 1, ys.stop - 1), area
-    return np.asarray([best], np.int64)
-
-
-BOX_RULES = {"fixed": boxes_fixed_threshold, "percentile": boxes_percentile_threshold, "cicam": boxes_cicam}
-
-
-def get_box_rule(name):
-    """The box rule registered as ``name`` in :data:`BOX_RULES` (``"fixed"``, ``"percentile"``, ``"cicam"``).
-
-    A rule is called as ``rule(score_map (H, W) in [0, 1], **options)`` and returns int64 (n, 4) boxes.
-    Raises ``ValueError`` naming the known rules for an unknown name.
-    """
-    if not isinstance(name, str) or name not in BOX_RULES:
-        raise ValueError(f"unknown box rule {name!r}; known rules: {', '.join(sorted(BOX_RULES))}")
-    return BOX_RULES[name]
+    return _largest_box_component(keep, lambda xs, ys: (xs.start, ys.start, xs.stop - 1, ys.stop - 1))

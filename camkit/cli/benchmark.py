@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-peers", action="store_true",
                         help="do not run pytorch-grad-cam / torchcam / captum even if installed")
     parser.add_argument("--no-figures", action="store_true", help="write tables only")
+    parser.add_argument("--box-rule", default="wsol", metavar="RULE",
+                        help="how maps become boxes: wsol (the threshold sweep, MaxBoxAcc; default) or fixed:F, pas, "
+                             "cicam, cicam-kept-mean (single-threshold BoxAcc)")
 
 
 def _data_label(args) -> str:
@@ -70,8 +73,14 @@ def run(args) -> int:
     from camkit.bench import cost_markdown, metrics_present, quality_markdown, run_benchmark, write_outputs
     from camkit.data.open import open_dataset
 
+    from camkit.boxes import box_rule
+
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    try:
+        rule = box_rule(args.box_rule)
+    except ValueError as error:
+        raise UsageError(f"--box-rule: {error}") from None
     with output_folder(args.out) as out:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -83,11 +92,11 @@ def run(args) -> int:
         result = run_benchmark(loaded, dataset, methods=split_names(args.methods), layers=split_names(args.layers),
                                batch_size=args.batch_size, limit=args.limit, cost_batch=args.cost_batch,
                                repeats=args.repeats, peers=not args.no_peers, progress=True,
-                               settings={"model": loaded.spec, "data": _data_label(args)})
+                               settings={"model": loaded.spec, "data": _data_label(args)}, box_rule=rule)
         paths = write_outputs(result, out, figures=not args.no_figures)
     top1 = result.classification.get("top1")
     print("top-1: " + ("-" if top1 is None else f"{top1:.2f}") + "%")
-    for metric in ("MaxBoxAccV2", "PxAP"):
+    for metric in ("MaxBoxAccV2", "BoxAcc", "PxAP"):
         if metric in metrics_present(result):
             print(f"\n{metric}\n" + quality_markdown(result, metric))
     print("\ncost\n" + cost_markdown(result))

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
 __all__ = ["UsageError", "Formatter", "add_model_arguments", "load_model_from_args", "add_data_arguments",
-           "split_names", "output_folder", "model_epilog", "resolve_device", "add_device_argument"]
+           "split_names", "output_folder", "model_epilog", "resolve_device", "add_device_argument",
+           "parse_method_options"]
 
 
 class UsageError(Exception):
@@ -115,6 +116,42 @@ def split_names(values: Optional[Sequence[str]]) -> Optional[List[str]]:
     if values is None:
         return None
     return [part for value in values for part in value.split(",") if part]
+
+
+_WORDS = {"true": True, "false": False, "none": None}
+
+
+def parse_method_options(items: Optional[Sequence[str]]) -> Optional[dict]:
+    """``["cam.clamp_negative_weights=true", "bagcams.weighting=mean"]`` -> ``{"cam": {"clamp_negative_weights":
+    True}, "bagcams": {"weighting": "mean"}}`` (``method_options`` of :class:`camkit.Explainer`).
+
+    Values: ``true`` / ``false`` / ``none`` (any case), Python literals (``3``, ``0.5``, ``'a'``), else the
+    text itself. ``None`` for no items. Raises :class:`UsageError` for an item not ``METHOD.OPTION=VALUE``
+    or an option given twice; unknown methods and options are refused by the explainer, naming them.
+    """
+    import ast
+
+    if not items:
+        return None
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        method, dot, option = key.strip().partition(".")
+        if not sep or not dot or not method or not option:
+            raise UsageError(f"--method-options takes METHOD.OPTION=VALUE, e.g. cam.clamp_negative_weights=true; "
+                             f"got {item!r}")
+        text = text.strip()
+        if text.lower() in _WORDS:
+            value = _WORDS[text.lower()]
+        else:
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+        if option in out.setdefault(method, {}):
+            raise UsageError(f"--method-options gives {method}.{option} twice")
+        out[method][option] = value
+    return out
 
 
 @contextlib.contextmanager

@@ -67,8 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per forward (default 8)")
     parser.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map (default 0.5)")
-    parser.add_argument("--box-threshold", type=float, default=0.2, metavar="TAU",
-                        help="boxes keep pixels above TAU x max of the map (default 0.2)")
+    parser.add_argument("--box-threshold", type=float, default=None, metavar="TAU",
+                        help="boxes keep pixels above TAU x max of the map (default 0.2; the rule fixed:TAU)")
+    parser.add_argument("--box-rule", default=None, metavar="RULE",
+                        help="how maps become boxes: fixed:F, pas, cicam or cicam-kept-mean "
+                             "(default fixed:TAU of --box-threshold)")
     parser.add_argument("--no-figures", action="store_true", help="write only .npy maps and the .json")
     parser.add_argument("--list-methods", action=_ListMethods, help="print the available methods and exit")
 
@@ -104,10 +107,28 @@ def _check_arguments(args) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-    if not 0 <= args.box_threshold <= 1:
+    if args.box_threshold is not None and not 0 <= args.box_threshold <= 1:
         raise UsageError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
     if not 0 <= args.alpha <= 1:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    args.box_rule = _checked_box_rule(args)
+
+
+def _checked_box_rule(args):
+    """The :class:`camkit.boxes.BoxRule` of ``--box-rule`` (default ``fixed:`` ``--box-threshold``)."""
+    from camkit.boxes import box_rule
+
+    if args.box_rule is None:
+        return box_rule("fixed", fraction=0.2 if args.box_threshold is None else args.box_threshold)
+    if args.box_threshold is not None:
+        raise UsageError("give --box-threshold or --box-rule, not both (--box-rule fixed:F sets the threshold)")
+    if args.box_rule == "wsol":
+        raise UsageError("--box-rule wsol is the evaluation's threshold sweep (it needs ground-truth boxes); "
+                         "camkit explain boxes each map on its own: use fixed:F, pas, cicam or cicam-kept-mean")
+    try:
+        return box_rule(args.box_rule)
+    except ValueError as error:
+        raise UsageError(f"--box-rule: {error}") from None
 
 
 def run(args) -> int:
@@ -143,9 +164,9 @@ def _write_batch(exp, paths, originals, spec, target, args, out: Path, used_stem
 
     probabilities, classes = exp.top_k(args.top_k)
     sizes = [original.shape[:2] for original in originals]
-    boxes_input = {key: exp.boxes(*key, rule="fixed", fraction=args.box_threshold) for key in exp.maps}
+    boxes_input = {key: exp.boxes(*key, box_rule=args.box_rule) for key in exp.maps}
     on_photo = {"on_photo": True} if exp.frames is not None else {"sizes": sizes}   # the crop's place
-    boxes_image = {key: exp.boxes(*key, rule="fixed", fraction=args.box_threshold, **on_photo)
+    boxes_image = {key: exp.boxes(*key, box_rule=args.box_rule, **on_photo)
                    for key in exp.maps}
     for index, (path, original) in enumerate(zip(paths, originals)):
         stem = _unique(_safe(Path(path).stem), used_stems)
@@ -155,7 +176,7 @@ def _write_batch(exp, paths, originals, spec, target, args, out: Path, used_stem
             for p, c in zip(probabilities[index], classes[index])],
             "target": explained, "target_name": exp.class_name(explained) if explained is not None else None,
             "input_size": list(exp.images.shape[-2:]), "image_size": [original.shape[0], original.shape[1]],
-            "layers": list(exp.layers), "methods": list(exp.methods), "maps": {}}
+            "layers": list(exp.layers), "methods": list(exp.methods), "box_rule": args.box_rule.name, "maps": {}}
         print(f"{path}:")
         for rank, entry in enumerate(record["top_k"], 1):
             print(f"  {rank}. {entry['name']} ({entry['class']})  p={entry['probability']:.3f}")
