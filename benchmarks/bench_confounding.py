@@ -33,7 +33,6 @@ disjoint ``--settings`` into one ``--out`` and a last run without ``--settings``
 import argparse
 import csv
 import json
-import math
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 import camkit
+from camkit.bench.stats import mean_interval
 from camkit.causal import fit_context
 from camkit.data.synthetic import LEARNABLE, context_energy_share, habitat_accuracy, make_synthetic
 from camkit.metrics import MaxBoxAcc, PxAP
@@ -150,15 +150,6 @@ def run_setting(name, overrides, seed, args):
     return results
 
 
-def interval(values):
-    """Mean and the half-width of the 95% t-interval (0 for a single value)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), 0.0
-    from scipy.stats import t
-    return float(values.mean()), float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-
-
 def summarise(results):
     table = []
     for setting in dict.fromkeys(r["setting"] for r in results):
@@ -166,7 +157,7 @@ def summarise(results):
             group = [r for r in results if r["setting"] == setting and r["row"] == row]
             entry = dict(setting=setting, habitat_p=group[0]["habitat_p"], row=row, seeds=len(group))
             for metric in METRICS:
-                entry[metric], entry[metric + "_ci"] = interval([r[metric] for r in group])
+                entry[metric], entry[metric + "_ci"] = mean_interval([r[metric] for r in group])
             table.append(entry)
     return table
 

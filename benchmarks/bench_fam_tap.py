@@ -37,7 +37,6 @@ model-seed's scores are cached. Outputs: ``table.md``, ``results.json``.
 """
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 
 import camkit
+from camkit.bench.stats import mean_interval
 from camkit.boxes import box_iou, boxes_percentile_threshold
 from camkit.data.synthetic import LEARNABLE, context_energy_share, make_synthetic
 from camkit.fam_metrics import fixed_threshold_localization
@@ -128,15 +128,6 @@ def score_rows(seed, args):
     return results
 
 
-def interval(values):
-    """Mean and the half-width of the 95% t-interval (0 for a single value)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), 0.0
-    from scipy.stats import t
-    return float(values.mean()), float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-
-
 def markdown(results):
     lines = ["| row | top-1 | MaxBoxAccV2 | GT-known@0.5 | PxAP | energy out |", "|---|---|---|---|---|---|"]
     table = []
@@ -144,7 +135,7 @@ def markdown(results):
         group = [r for r in results if r["row"] == row]
         entry = dict(row=row, seeds=len(group))
         for metric in METRICS:
-            entry[metric], entry[metric + "_ci"] = interval([r[metric] for r in group])
+            entry[metric], entry[metric + "_ci"] = mean_interval([r[metric] for r in group])
         table.append(entry)
         cells = [f"{entry[m]:.3f} ± {entry[m + '_ci']:.3f}" if m == "energy_out" else
                  f"{entry[m]:.1f} ± {entry[m + '_ci']:.1f}" for m in METRICS]

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import camkit
+from camkit.bench.stats import mean_interval
 from camkit.data.synthetic import LEARNABLE, make_synthetic
 from camkit.metrics import LocalizationAccuracy, MaxBoxAcc
 from camkit.train.loop import train
@@ -135,22 +134,13 @@ def run_seed(seed, args):
     return results
 
 
-def interval(values):
-    """Mean and the half-width of the 95% t-interval (0 for a single value)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), 0.0
-    from scipy.stats import t
-    return float(values.mean()), float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-
-
 def markdown(results):
     lines = ["| model | seeds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
     for row, *_ in ROWS:
         group = [r for r in results if r["row"] == row]
         cells = []
         for metric in METRICS:
-            mean, half = interval([r[metric] for r in group])
+            mean, half = mean_interval([r[metric] for r in group])
             cells.append(f"{mean:.1f} ± {half:.1f}")
         lines.append(f"| {row} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

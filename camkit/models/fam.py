@@ -29,7 +29,7 @@ returns (upsampled and normalised like every map).
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 from torch import nn
