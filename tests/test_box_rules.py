@@ -328,7 +328,7 @@ def test_evaluate_reports_the_single_threshold_accuracy(rule):
 
 def test_lid_track3_combination_is_one_cli_line(tmp_path, capsys):
     out = tmp_path / "lid.json"
-    status = cli.main(["evaluate", "--model", TINY, "--data", "synthetic:num_images=4,image_size=32",
+    status = cli.main(["evaluate", "--model", TINY, "--data", "synthetic:num_images=4,image_size=32,num_classes=4",
                        "--methods", "cam", "--box-rule", "pas", "--method-options", "cam.clamp_negative_weights=true",
                        "--json", str(out), "--no-progress"])
     assert status == 0
@@ -349,7 +349,7 @@ BAD_CLI = [
 
 @pytest.mark.parametrize("extra, fragment", BAD_CLI, ids=[c[0][1] for c in BAD_CLI])
 def test_cli_refuses_bad_rules_and_method_options(tmp_path, capsys, extra, fragment):
-    argv = ["evaluate", "--model", TINY, "--data", "synthetic:num_images=4,image_size=32", "--no-progress",
+    argv = ["evaluate", "--model", TINY, "--data", "synthetic:num_images=4,image_size=32,num_classes=4", "--no-progress",
             "--json", str(tmp_path / "x.json")]
     assert cli.main(argv + extra) == 2
     err = capsys.readouterr().err

@@ -188,7 +188,7 @@ def test_bad_protocols_are_refused_before_anything_runs(options, fragment):
 
 
 def test_cli_protocol_flag(tmp_path, capsys):
-    argv = ["evaluate", "--model", TINY, "--data", "synthetic:num_images=4,image_size=32", "--no-progress",
+    argv = ["evaluate", "--model", TINY, "--data", "synthetic:num_images=4,image_size=32,num_classes=4", "--no-progress",
             "--methods", "gradcam", "--layers", "layer2"]
     assert cli.main(argv + ["--protocol", "center-crop", "--resize-size", "40", "--crop-size", "32",
                             "--json", str(tmp_path / "cc.json")]) == 0
