@@ -243,7 +243,8 @@ def _head_weight_and_bias(head) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
 def fit_context(model: nn.Module, layer, loader: Iterable, *, head=None, output=None,
                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                 epochs: int = 5, lr: float = 1e-2, update_rate: float = 0.01, eps: float = 1e-5,
-                calibration: str = "mean", calibration_passes: int = 1, init: str = "zeros", combination="cicam-quadratic",
+                calibration: str = "mean", calibration_passes: int = 1, init: str = "zeros",
+                combination="cicam-quadratic",
                 cache_limit_bytes: int = 1 << 30, seed: int = 0, device=None, preprocess=None,
                 batch_size: int = 32) -> CausalContext:
     """Fit a :class:`CausalContext` for ``layer`` of the frozen ``model`` on ``loader``.
