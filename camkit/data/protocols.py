@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from camkit.boxes import resize_boxes
+from camkit.data.views import EvaluationView, copy_dataset_info, item_image_and_boxes
 from camkit.inputs import IMAGENET_MEAN, IMAGENET_STD, _three, load_rgb, read_image, resize_and_normalize, resize_image
 
 __all__ = ["PROTOCOLS", "center_crop_geometry", "center_crop_boxes", "CenterCropEvalTransform", "CenterCropView",
@@ -145,23 +146,18 @@ class CenterCropView(torch.utils.data.Dataset):
         self.dataset = dataset
         self.resize_size, self.crop_size = _checked_sizes(resize_size, crop_size)
         self.mean, self.std = tuple(mean), tuple(std)
-        for name in ("class_names", "num_classes"):
-            if getattr(dataset, name, None) is not None:
-                setattr(self, name, getattr(dataset, name))
-        first = dataset[0] if len(dataset) else {"boxes": ()}
-        self.has_boxes = len(torch.as_tensor(first["boxes"] if "boxes" in first else first["box"]).reshape(-1, 4)) > 0
+        copy_dataset_info(self, dataset)
+        self.has_boxes = len(dataset) > 0 and len(item_image_and_boxes(dataset[0])[1]) > 0
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         item = self.dataset[index]
-        image = torch.as_tensor(item["image"])
-        image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        image, boxes = item_image_and_boxes(item)
         height, width = image.shape[-2:]
         resized_w, resized_h, left, top = center_crop_geometry(width, height, self.resize_size, self.crop_size)
         cropped = _crop(resize_image(image, (resized_h, resized_w)), left, top, self.crop_size)
-        boxes = torch.as_tensor(item["boxes"] if "boxes" in item else item["box"]).reshape(-1, 4)
         out = {"image": resize_and_normalize(cropped, None, self.mean, self.std), "label": int(item["label"]),
                "boxes": torch.from_numpy(center_crop_boxes(boxes, (width, height), self.resize_size,
                                                            self.crop_size))}
@@ -187,7 +183,6 @@ def with_protocol(dataset, protocol: str = "wsol", resize_size: int = 256, crop_
     Raises:
         ValueError: an unknown protocol, bad sizes, or ``"center-crop"`` for another kind of dataset.
     """
-    from camkit.data.views import EvaluationView
     from camkit.data.wsol import WSOLEvalTransform
 
     if protocol not in PROTOCOLS:

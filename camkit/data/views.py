@@ -9,7 +9,22 @@ import torch.nn.functional as F
 from camkit.boxes import resize_boxes
 from camkit.inputs import resize_and_normalize
 
-__all__ = ["EvaluationView"]
+__all__ = ["EvaluationView", "item_image_and_boxes", "copy_dataset_info"]
+
+
+def item_image_and_boxes(item: Dict[str, Any]):
+    """A WSOL item's image as ``(3, H, W)`` float in ``[0, 1]`` (uint8 divided by 255) and its boxes as a
+    ``(g, 4)`` tensor (from ``"boxes"``, else the single ``"box"``)."""
+    image = torch.as_tensor(item["image"])
+    image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    return image, torch.as_tensor(item["boxes"] if "boxes" in item else item["box"]).reshape(-1, 4)
+
+
+def copy_dataset_info(view, dataset) -> None:
+    """Give ``view`` the ``class_names`` and ``num_classes`` that ``dataset`` has."""
+    for name in ("class_names", "num_classes"):
+        if getattr(dataset, name, None) is not None:
+            setattr(view, name, getattr(dataset, name))
 
 
 class EvaluationView(torch.utils.data.Dataset):
@@ -27,21 +42,16 @@ class EvaluationView(torch.utils.data.Dataset):
         self.dataset = dataset
         self.size = None if size is None else int(size)
         self.mean, self.std = tuple(mean), tuple(std)
-        for name in ("class_names", "num_classes"):
-            if getattr(dataset, name, None) is not None:
-                setattr(self, name, getattr(dataset, name))
+        copy_dataset_info(self, dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         item = self.dataset[index]
-        image = torch.as_tensor(item["image"])
-        image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        image, boxes = item_image_and_boxes(item)
         height, width = image.shape[-2:]
         size = (height, width) if self.size is None else (self.size, self.size)
-        boxes = item["boxes"] if "boxes" in item else item["box"]
-        boxes = torch.as_tensor(boxes).reshape(-1, 4)
         out = {"image": resize_and_normalize(image, size, self.mean, self.std), "label": int(item["label"]),
                "boxes": torch.from_numpy(resize_boxes(boxes, (width, height), (size[1], size[0])))}
         if item.get("mask") is not None:
