@@ -73,6 +73,8 @@ CASES = [
     (TRAIN + ["--set", "no_such_field=1"], "no_such_field"),
     (TRAIN + ["--set", "lr"], "expected KEY=VALUE"),
     (TRAIN + ["--num-classes", "0"], "--num-classes must be at least 1"),
+    (TRAIN + ["--box-rule", "otsu"], "--box-rule: unknown box rule 'otsu'"),
+    (TRAIN + ["--box-rule", "fixed:1.5"], "--box-rule: box rule 'fixed:1.5'"),
 ]
 
 

@@ -375,6 +375,34 @@ def test_the_training_loops_evaluator_takes_a_rule():
     assert scores == {"cam/features/BoxAcc": pytest.approx((200 / 3 + 200 / 3 + 100 / 3) / 3)}
 
 
+def test_cli_train_scores_its_evaluation_with_the_chosen_rule(tmp_path):
+    """``camkit train --box-rule pas``: the periodic evaluation reports PaS's single-threshold BoxAcc, equal to
+    ``camkit.evaluate(box_rule="pas")`` of the saved model on the same evaluation split."""
+    from camkit.data.open import open_dataset
+    from camkit.data.views import EvaluationView
+    from camkit.train.checkpoint import load_checkpoint_model
+
+    data = "synthetic:num_images=8,num_classes=2,image_size=32"
+    assert cli.main(["train", "cam", "--data", data, "--backbone", "tiny", "--preset", "synthetic-cpu", "--epochs",
+                     "1", "--batch-size", "8", "--set", "resize_size=32", "--set", "crop_size=32", "--set",
+                     "eval_every=1", "--model-option", "widths=4,8,8,8", "--box-rule", "pas", "--out", str(tmp_path),
+                     "--no-progress"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["event"] == "eval"][-1]
+    (key,) = [k for k in last if k.endswith("/BoxAcc")]
+    assert not any(k.endswith("MaxBoxAccV2") for k in last)
+    model = load_checkpoint_model(tmp_path)
+    _, layer, _ = key.split("/")
+    config = _checkpoint_config(tmp_path)
+    view = EvaluationView(open_dataset(data, split="test", image_size=32), 32, config["mean"], config["std"])
+    rows = evaluate(model, view, methods="cam", layers=layer, progress=False, box_rule="pas")
+    assert last[key] == pytest.approx(rows[("cam", layer)]["BoxAcc"])
+
+
+def _checkpoint_config(run: Path) -> dict:
+    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]
+
+
 def test_cli_explain_boxes_with_the_chosen_rule(tmp_path):
     from PIL import Image
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from camkit.cli.common import (UsageError, add_data_arguments, add_model_arguments, load_model_from_args,
-                               model_epilog, output_folder, split_names)
+from camkit.cli.common import (UsageError, add_box_rule_argument, add_data_arguments, add_model_arguments,
+                               load_model_from_args, model_epilog, output_folder, parse_box_rule, split_names)
 
 HELP = "quality and cost of every method at every layer: tables, CSV/JSON and plots"
 
@@ -57,9 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-peers", action="store_true",
                         help="do not run pytorch-grad-cam / torchcam / captum even if installed")
     parser.add_argument("--no-figures", action="store_true", help="write tables only")
-    parser.add_argument("--box-rule", default="wsol", metavar="RULE",
-                        help="how maps become boxes: wsol (the threshold sweep, MaxBoxAcc; default) or fixed:F, pas, "
-                             "cicam, cicam-kept-mean (single-threshold BoxAcc)")
+    add_box_rule_argument(parser)
 
 
 def _data_label(args) -> str:
@@ -73,14 +71,9 @@ def run(args) -> int:
     from camkit.bench import cost_markdown, metrics_present, quality_markdown, run_benchmark, write_outputs
     from camkit.data.open import open_dataset
 
-    from camkit.boxes import box_rule
-
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    try:
-        rule = box_rule(args.box_rule)
-    except ValueError as error:
-        raise UsageError(f"--box-rule: {error}") from None
+    rule = parse_box_rule(args.box_rule)
     with output_folder(args.out) as out:
         if args.threads:
             torch.set_num_threads(args.threads)

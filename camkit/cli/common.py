@@ -111,6 +111,25 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str = "test") -> 
     parser.epilog = (parser.epilog or "").rstrip("\n") + f"\n\ndatasets (--data):\n{DATA_FORMS}\n"
 
 
+BOX_RULE_HELP = ("how maps become boxes: wsol (the threshold sweep: MaxBoxAcc, default), or a rule that sets its "
+                 "own threshold (single-threshold BoxAcc@30/50/70, their mean BoxAcc, GT-known/Top-k Loc at its "
+                 "boxes): fixed:F (F in [0, 1]), pas, cicam, cicam-kept-mean")
+
+
+def add_box_rule_argument(parser: argparse.ArgumentParser) -> None:
+    """``--box-rule RULE`` (default ``wsol``) of the commands that score boxes against ground truth."""
+    parser.add_argument("--box-rule", default="wsol", metavar="RULE", help=BOX_RULE_HELP)
+
+
+def parse_box_rule(text: str):
+    """The :class:`camkit.boxes.BoxRule` named by ``--box-rule``; a bad name is a :class:`UsageError`."""
+    from camkit.boxes import box_rule
+    try:
+        return box_rule(text)
+    except ValueError as error:
+        raise UsageError(f"--box-rule: {error}") from None
+
+
 def split_names(values: Optional[Sequence[str]]) -> Optional[List[str]]:
     """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (flags take space- or comma-separated names)."""
     if values is None:

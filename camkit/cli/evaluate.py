@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from camkit.cli.common import (UsageError, add_data_arguments, add_model_arguments, load_model_from_args,
-                               model_epilog, parse_method_options, resolve_device, split_names)
+from camkit.cli.common import (UsageError, add_box_rule_argument, add_data_arguments, add_model_arguments,
+                               load_model_from_args, model_epilog, parse_box_rule, parse_method_options,
+                               resolve_device, split_names)
 
 HELP = "localisation metrics (MaxBoxAccV2, GT-known, PxAP, ...) of methods x layers on a dataset"
 DESCRIPTION = ("Localisation metrics of every method at every layer with wsolevaluation's protocol "
@@ -53,10 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=float, default=0.001, help="CAM threshold step (default 0.001)")
     parser.add_argument("--fixed-threshold", type=float, default=None,
                         help="also report GT-known / Top-k Loc at this fixed threshold (with --box-rule wsol)")
-    parser.add_argument("--box-rule", default="wsol", metavar="RULE",
-                        help="how maps become boxes: wsol (the threshold sweep: MaxBoxAcc, default), or a rule "
-                             "that sets its own threshold (single-threshold BoxAcc@30/50/70, their mean BoxAcc, "
-                             "GT-known/Top-k Loc at its boxes): fixed:F (F in [0, 1]), pas, cicam, cicam-kept-mean")
+    add_box_rule_argument(parser)
     parser.add_argument("--protocol", choices=("wsol", "center-crop"), default="wsol",
                         help="wsol: resize to the model's size, no crop (default); center-crop: resize the shorter "
                              "side to --resize-size, crop the centre --crop-size, boxes and masks alike (the "
@@ -78,14 +76,9 @@ def run(args) -> int:
     from camkit.distributed import setup_distributed, teardown_distributed
     from camkit.evaluation import evaluate, format_table
 
-    from camkit.boxes import box_rule
-
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    try:
-        rule = box_rule(args.box_rule)
-    except ValueError as error:
-        raise UsageError(f"--box-rule: {error}") from None
+    rule = parse_box_rule(args.box_rule)
     if args.fixed_threshold is not None and not rule.sweep:
         raise UsageError(f"--fixed-threshold reads the wsol threshold sweep; --box-rule {args.box_rule} sets its own "
                          f"threshold: give one of them (--box-rule fixed:F is the fixed-threshold protocol)")

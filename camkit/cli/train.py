@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import json
 
-from camkit.cli.common import UsageError, add_data_arguments, add_device_argument
+from camkit.cli.common import UsageError, add_box_rule_argument, add_data_arguments, add_device_argument, parse_box_rule
 
 HELP = "train a WSOL recipe (CAM, CI-CAM, ...) on a dataset"
 DESCRIPTION = "Train a WSOL recipe with camkit's one training loop (progress, JSON-lines logs, exact resume, DDP)."
@@ -73,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--loc-teacher", default=None, metavar="CKPT",
                         help="kd-student only: checkpoint of a kd-loc-teacher run (model option loc_teacher)")
     add_device_argument(parser)
+    add_box_rule_argument(parser)
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing OUT/checkpoint.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from camkit.train.transforms import EvalTransform
 
     recipe = get_recipe(args.recipe)
+    rule = parse_box_rule(args.box_rule)
     model_options = parse_options(args.model_options)
     if args.pool is not None:
         if recipe.name != "cam":
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if eval_set is not None:  # every --data form has boxes or masks: CAM localisation in the evaluation
         evaluate_fn = localization_evaluator(recipe.eval_methods, transform=EvalTransform(config.crop_size, config.mean,
                                                                                 config.std),
-                                             max_images=500, output=recipe.logits)
+                                             max_images=500, output=recipe.logits, box_rule=rule)
     pretrained = True if args.pretrained == "torchvision" else args.pretrained
     if args.num_classes is not None and args.num_classes < 1:
         raise UsageError(f"--num-classes must be at least 1, got {args.num_classes}")
