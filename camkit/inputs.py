@@ -111,8 +111,9 @@ class Preprocess:
     def _resized_size(self, height: int, width: int) -> Tuple[int, int]:
         """The size before the crop: the picture scaled to cover ``size / crop`` (short side exact)."""
         target_h, target_w = (round(side / self.crop) for side in self.size)
-        scale = max(target_h / height, target_w / width)
-        return max(target_h, int(height * scale)), max(target_w, int(width * scale))
+        if target_h * width >= target_w * height:       # the height sets the scale (torchvision's integer form)
+            return target_h, max(target_w, int(target_h * width / height))
+        return max(target_h, int(target_w * height / width)), target_w
 
     def _offsets(self, height: int, width: int) -> Tuple[int, int]:
         """``(top, left)`` of the centre crop in the resized picture (torchvision's ``CenterCrop``)."""

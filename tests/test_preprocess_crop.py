@@ -20,6 +20,14 @@ def test_default_preprocess_is_torchvisions_resize_256_centre_crop_224():
     assert (ours - reference).abs().max() <= 1.5 / 255       # PIL rounds its antialiased resize to uint8
 
 
+@pytest.mark.parametrize("height, width", [(309, 206), (253, 1012), (428, 856), (300, 451), (224, 224), (97, 500)])
+def test_resized_size_is_torchvisions_integer_form(height, width):
+    # torchvision's Resize(256): long = int(256 * long / short). 309 x 206 -> 256 * 309 / 206 = 384.0 exactly, which
+    # int(309 * (256 / 206)) would floor to 383 through float rounding.
+    expected = tuple(T.Resize(256)(Image.new("RGB", (width, height))).size[::-1])
+    assert camkit.Preprocess()._resized_size(height, width) == expected
+
+
 def test_crop_none_squashes_the_whole_picture_as_before():
     rgb = torch.from_numpy(PHOTO).permute(2, 0, 1).float() / 255
     expected = resize_and_normalize(rgb, (224, 224), camkit.IMAGENET_MEAN, camkit.IMAGENET_STD)
