@@ -205,7 +205,7 @@ def write_readme_results(folder, readme=None, results=None, rendered_by=None) ->
 
 
 def readme_main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/run_all.py --readme",
+    parser = argparse.ArgumentParser(prog="benchmarks/run_all.py",
                                      description="regenerate docs/results.md and the README's results block")
     parser.add_argument("--readme", action="store_true", required=True,
                         help="run the default benchmark, then write docs/results.md and the README block")
@@ -238,5 +238,7 @@ if __name__ == "__main__":
     elif argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["benchmark"] + argv
     elif argv[0] in ("-h", "--help"):
+        print("benchmarks/run_all.py takes the flags of camkit benchmark (below), or --readme [--from DIR] to "
+              "regenerate docs/results.md and the README's results block (see --readme --help).\n")
         argv = ["benchmark", "--help"]
     sys.exit(main(argv))
