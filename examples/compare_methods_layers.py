@@ -1,6 +1,7 @@
 """Every CAM method at every layer of a real ImageNet MobileNetV2: a BagCAMs-style table.
 
-Runs offline on CPU in a few minutes, from the project root::
+Runs offline on CPU, as long as ``benchmarks/run_all.py`` (docs/results.md records its wall time), from the
+project root::
 
     python examples/compare_methods_layers.py
 

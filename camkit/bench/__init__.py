@@ -33,11 +33,12 @@ one dataset:
 """
 from camkit.bench.cost import CostRow, PeakMemory, environment, floor_pass, measure_cost, synchronize
 from camkit.bench.peers import PEERS, compare_peers
-from camkit.bench.report import (QUALITY_METRICS, BenchmarkResult, cost_markdown, metrics_present,
-                                 quality_markdown, report_markdown, write_outputs)
+from camkit.bench.report import (QUALITY_METRICS, BenchmarkResult, cost_markdown, cost_ratio_markdown, load_result,
+                                 metrics_present, quality_markdown, quality_summary_markdown, report_markdown,
+                                 write_outputs)
 from camkit.bench.run import DEFAULT_METHODS, evaluate_quality, run_benchmark
 
 __all__ = ["run_benchmark", "BenchmarkResult", "evaluate_quality", "measure_cost", "CostRow", "floor_pass",
            "PeakMemory", "environment", "synchronize", "compare_peers", "PEERS", "write_outputs",
-           "report_markdown", "quality_markdown", "cost_markdown", "metrics_present", "QUALITY_METRICS",
-           "DEFAULT_METHODS"]
+           "report_markdown", "quality_markdown", "cost_markdown", "quality_summary_markdown", "cost_ratio_markdown",
+           "load_result", "metrics_present", "QUALITY_METRICS", "DEFAULT_METHODS"]

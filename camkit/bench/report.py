@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Sequence
 from camkit.bench.cost import CostRow
 
 __all__ = ["QUALITY_METRICS", "BenchmarkResult", "markdown_table", "quality_markdown", "cost_markdown",
-           "metrics_present", "report_markdown", "figure_name", "write_outputs"]
+           "quality_summary_markdown", "cost_ratio_markdown", "metrics_present", "report_markdown", "figure_name",
+           "write_outputs", "load_result"]
 
 #: The localisation metrics of a benchmark, in table order (those that apply are reported: ``BoxAcc*``, the
 #: single-threshold accuracies, instead of ``MaxBoxAcc*`` under a box rule other than ``"wsol"``).
@@ -55,6 +56,46 @@ class BenchmarkResult:
     def to_dict(self) -> Dict[str, Any]:
         """The result as standard JSON values: NaN and infinities become ``None``."""
         return _json_safe(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "BenchmarkResult":
+        """The inverse of :meth:`to_dict` (``None`` numbers come back as NaN).
+
+        Raises:
+            ValueError: ``data`` lacks ``quality``, ``classification`` or ``cost``.
+        """
+        missing = [key for key in ("quality", "classification", "cost") if key not in data]
+        if missing:
+            raise ValueError(f"not a benchmark result: no {', '.join(missing)} (expected results.json as written "
+                             f"by camkit benchmark)")
+        nan = lambda v: math.nan if v is None else v  # noqa: E731
+        quality = {m: {l: {k: nan(v) for k, v in values.items()} for l, values in per.items()}
+                   for m, per in data["quality"].items()}
+        numbers = ("seconds", "images_per_second", "ratio_to_floor", "peak_memory_mib")
+        cost = [CostRow(**{k: (nan(v) if k in numbers else v) for k, v in row.items()}) for row in data["cost"]]
+        return cls(quality=quality, classification=dict(data["classification"]), cost=cost,
+                   peers=list(data.get("peers", [])), skipped_peers=dict(data.get("skipped_peers", {})),
+                   environment=dict(data.get("environment", {})), settings=dict(data.get("settings", {})))
+
+
+def load_result(path) -> BenchmarkResult:
+    """Read a ``results.json`` written by :func:`write_outputs` (or a folder holding one).
+
+    Raises:
+        FileNotFoundError: no such file; ValueError: the file is not a benchmark result.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark result at {path}: run camkit benchmark --out DIR first")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); rerun the benchmark") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a benchmark result (expected a JSON object)")
+    return BenchmarkResult.from_dict(data)
 
 
 def _json_safe(value):
@@ -99,6 +140,50 @@ def quality_markdown(result: BenchmarkResult, metric: str = "MaxBoxAccV2") -> st
     rows = [[method] + [result.quality[method].get(layer, {}).get(metric, math.nan) for layer in layers]
             for method in result.quality]
     return markdown_table(["method \\ layer"] + list(layers), rows)
+
+
+def _layers(result: BenchmarkResult) -> List[str]:
+    return list(result.settings.get("layers") or sorted({l for v in result.quality.values() for l in v}))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def quality_summary_markdown(result: BenchmarkResult, metric: str = "MaxBoxAccV2") -> str:
+    """Methods x layers table of one metric for a page: one decimal, ``–`` where it does not apply, and each
+    layer's best value in bold (every tied one)."""
+    layers = _layers(result)
+    values = {m: [per.get(layer, {}).get(metric) for layer in layers] for m, per in result.quality.items()}
+    best = [max((round(v[i], 1) for v in values.values() if not _missing(v[i])), default=None)
+            for i in range(len(layers))]
+    rows = []
+    for method, row in values.items():
+        cells = ["–" if _missing(v) else (f"**{v:.1f}**" if round(v, 1) == best[i] else f"{v:.1f}")
+                 for i, v in enumerate(row)]
+        rows.append("| " + " | ".join([method] + cells) + " |")
+    header = ["| method \\ layer | " + " | ".join(layers) + " |", "|" + "---|" * (len(layers) + 1)]
+    return "\n".join(header + rows)
+
+
+def cost_ratio_markdown(result: BenchmarkResult) -> str:
+    """Methods x layers table of time / floor (``1.07×``), the floor's own row in images/s and ``all`` (every
+    method in one call) last; ``–`` for a call that failed or was not measured."""
+    layers = _layers(result)
+    cells: Dict[str, Dict[str, str]] = {}
+    for row in result.cost:
+        if row.method == "floor":
+            text = "–" if _missing(row.images_per_second) else f"{row.images_per_second:.1f} images/s"
+        else:
+            text = "–" if _missing(row.ratio_to_floor) else f"{row.ratio_to_floor:.2f}×"
+        cells.setdefault(row.method, {})[row.layer] = text
+    order = (["floor"] if "floor" in cells else []) + [m for m in cells if m not in ("floor", "all")]
+    order += ["all"] if "all" in cells else []
+    names = {"floor": "floor (forward + grad)", "all": "all methods, one call"}
+    lines = ["| method \\ layer | " + " | ".join(layers) + " |", "|" + "---|" * (len(layers) + 1)]
+    lines += ["| " + " | ".join([names.get(m, m)] + [cells[m].get(layer, "–") for layer in layers]) + " |"
+              for m in order]
+    return "\n".join(lines)
 
 
 def _cost_rows(result: BenchmarkResult) -> List[list]:

@@ -15,8 +15,9 @@ DESCRIPTION = ("Localisation quality (MaxBoxAccV2, MaxBoxAcc@30/50/70, GT-known 
 
 EPILOG = model_epilog("""\
 examples:
-  # the real MobileNetV2 on the 50 annotated ImageNet dev images (a few minutes on 2 CPU cores)
-  camkit benchmark --model mobilenet_v2:../shared/assets/weights/mobilenet_v2_imagenet.pth \\
+  # the real MobileNetV2 on the 50 annotated ImageNet dev images: the README's results (about 10 minutes
+  # on a busy 2-core machine; docs/results.md records the last run's wall time)
+  camkit benchmark --model mobilenet_v2-tf:../shared/assets/weights/mobilenet_v2_imagenet.pth \\
       --data ../shared/assets/imagenet-val-dev50 --layers features.6 features.13 features.18 --out bench/
 
   # a wsolevaluation-format dataset (images under the root, metadata/<split>/*.txt, masks for OpenImages)

@@ -32,7 +32,7 @@ examples:
   # KD-CI-CAM: two teachers, then the student distilled from their checkpoints
   camkit train kd-cls-teacher --data synthetic --backbone tiny --preset synthetic-cpu --out runs/cls
   camkit train kd-loc-teacher --data synthetic --backbone tiny --preset synthetic-cpu --out runs/loc
-  camkit train kd-student --cls-teacher runs/cls/checkpoint.pt --loc-teacher runs/loc/checkpoint.pt \
+  camkit train kd-student --cls-teacher runs/cls/checkpoint.pt --loc-teacher runs/loc/checkpoint.pt \\
       --data synthetic --backbone tiny --preset synthetic-cpu --out runs/student
 
   # two processes with DistributedDataParallel (gloo on CPU, nccl on GPU)
