@@ -100,17 +100,26 @@ def test_bad_dense_target_arguments_raise_at_construction(arguments, words):
     assert words in str(info.value)
 
 
-def test_fcn_resnet50_with_a_segmentation_target_gives_finite_maps():
-    model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None,
-                                                         num_classes=CLASSES).eval()
-    images = torch.randn(2, 3, 32, 32)
-    mask = torch.zeros(32, 32, dtype=torch.bool)
-    mask[8:24, 8:24] = True
-    exp = camkit.explain(model, images, methods=("gradcam", "pcs"), layers="backbone.layer3", output="out",
+@pytest.mark.parametrize("name, layer", [("fcn_resnet50", "backbone.layer3"), ("deeplabv3_resnet50", "backbone.layer3"),
+                                         ("deeplabv3_mobilenet_v3_large", "backbone.16")])
+def test_torchvision_segmenters_with_a_segmentation_target_give_informative_maps(name, layer):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None,
+                                                           num_classes=CLASSES).eval()
+    images = torch.randn(2, 3, 64, 64)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[16:48, 16:48] = True
+    before = snapshot(model)
+    exp = camkit.explain(model, images, methods=("gradcam", "pcs"), layers=layer, output="out",
                          target=camkit.SegmentationTarget([1, 2], mask))
-    assert exp.logits.shape == (2, 1)
+    assert_unchanged(model, before)
+    with torch.no_grad():
+        out = model(images)["out"]
+    torch.testing.assert_close(exp.logits[:, 0], torch.stack([out[0, 1][mask].sum(), out[1, 2][mask].sum()]),
+                               rtol=1e-5, atol=1e-4)
     for maps in exp.maps.values():
-        assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all()
+        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
+        assert (maps.flatten(1).std(dim=1) > 0).all()
 
 
 DETECTORS = {
