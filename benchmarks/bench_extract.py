@@ -18,7 +18,10 @@ separate call per variant (CUDA allocator peak, or the RSS high-water mark on CP
 With ``--model vit_b_16`` (issue 12): torchvision's ViT-B/16 (random init, its zero-initialised head
 re-drawn), all five methods at the last block's first norm ``encoder.layers.encoder_layer_11.ln_1``
 (CAM runs with a warning there: the head reads the class token, not pooled patch tokens) against
-floor(that layer), and the standard set (``methods=None``) for comparison. Goal: <= 1.15.
+floor(that layer), Grad-CAM alone and every registered one-pass method (``methods="all"``) for
+comparison, and pytorch-grad-cam's ``GradCAM`` (when installed) with the ``reshape_transform`` of its
+ViT tutorial on the same batch and top-1 classes, its maps upsampled and normalised as camkit's.
+Goal: <= 1.15.
 
     python benchmarks/bench_extract.py [--model resnet50|vit_b_16] [--batch 8] [--size 224] [--rounds 5]
         [--threads N]
@@ -56,15 +59,48 @@ def variants(model, batch):
     }
 
 
+def vit_reshape_transform(tensor, height=14, width=14):
+    """pytorch-grad-cam's ViT tutorial transform: ``(B, 1 + h * w, C)`` tokens -> ``(B, C, h, w)``."""
+    result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
+    return result.transpose(2, 3).transpose(1, 2)
+
+
+def grad_cam_peer(model, batch):
+    """pytorch-grad-cam's ``GradCAM`` at ``VIT_LAYER`` with its tutorial reshape, or ``None`` if not installed.
+
+    The CAM object is made inside the call (its hooks exist only while it runs, as in its README's
+    ``with`` form), so the other variants run on a model without its hooks."""
+    try:
+        from pytorch_grad_cam import GradCAM
+    except ImportError:
+        return None
+    layer = dict(model.named_modules())[VIT_LAYER]
+    side = batch.shape[-1] // 16
+
+    def run():
+        with GradCAM(model=model, target_layers=[layer],
+                     reshape_transform=lambda t: vit_reshape_transform(t, side, side)) as cam:
+            return cam(input_tensor=batch, targets=None)     # None: the top-1 classes, as camkit
+    return run
+
+
 def vit_variants(model, batch):
     """``{name: (callable, floor name or None)}`` for ViT-B/16 at the last block's ``ln_1``."""
     five = camkit.Explainer(model, methods=METHODS, layers=VIT_LAYER)
     gradcam = camkit.Explainer(model, methods="gradcam", layers=VIT_LAYER)
-    return {
+    every = camkit.Explainer(model, methods="all", layers=VIT_LAYER)
+    jobs = {
         "floor(ln_1)": (lambda: floor_pass(model, batch, VIT_LAYER), None),
         "camkit: all five at ln_1": (lambda: five(batch), "floor(ln_1)"),
         "camkit: gradcam at ln_1": (lambda: gradcam(batch), "floor(ln_1)"),
+        "camkit: methods='all' at ln_1": (lambda: every(batch), "floor(ln_1)"),
     }
+    peer = grad_cam_peer(model, batch)
+    if peer is not None:
+        jobs["pytorch-grad-cam: GradCAM + reshape_transform at ln_1"] = (peer, "floor(ln_1)")
+    else:
+        print("pytorch-grad-cam is not installed: its row is skipped (pip install -e '.[peers]')")
+    return jobs
 
 
 def build(name, device):

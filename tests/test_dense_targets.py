@@ -8,10 +8,9 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.ops import box_iou
 
 import camkit
-from untouched import assert_unchanged, snapshot
+from untouched import assert_tensor_unchanged, assert_unchanged, snapshot, tensor_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,50 +100,122 @@ def test_bad_dense_target_arguments_raise_at_construction(arguments, words):
     assert words in str(info.value)
 
 
-def test_fcn_resnet50_with_a_segmentation_target_gives_finite_maps():
-    model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None,
-                                                         num_classes=CLASSES).eval()
-    images = torch.randn(2, 3, 32, 32)
-    mask = torch.zeros(32, 32, dtype=torch.bool)
-    mask[8:24, 8:24] = True
-    exp = camkit.explain(model, images, methods=("gradcam", "pcs"), layers="backbone.layer3", output="out",
-                         target=camkit.SegmentationTarget([1, 2], mask))
-    assert exp.logits.shape == (2, 1)
-    for maps in exp.maps.values():
-        assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all()
-
-
-def _detector():
+@pytest.mark.parametrize("name, layer", [("fcn_resnet50", "backbone.layer3"), ("deeplabv3_resnet50", "backbone.layer3"),
+                                         ("deeplabv3_mobilenet_v3_large", "backbone.16")])
+def test_torchvision_segmenters_with_a_segmentation_target_give_informative_maps(name, layer):
     torch.manual_seed(0)
-    return torchvision.models.detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=5, min_size=64, max_size=64,
-        box_score_thresh=0.0).eval()
+    model = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None,
+                                                           num_classes=CLASSES).eval()
+    images = torch.randn(2, 3, 64, 64)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[16:48, 16:48] = True
+    before = snapshot(model)
+    exp = camkit.explain(model, images, methods=("gradcam", "pcs"), layers=layer, output="out",
+                         target=camkit.SegmentationTarget([1, 2], mask))
+    assert_unchanged(model, before)
+    with torch.no_grad():
+        out = model(images)["out"]
+    torch.testing.assert_close(exp.logits[:, 0], torch.stack([out[0, 1][mask].sum(), out[1, 2][mask].sum()]),
+                               rtol=1e-5, atol=1e-4)
+    for maps in exp.maps.values():
+        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
+        assert (maps.flatten(1).std(dim=1) > 0).all()
 
 
-def _matched_score(detection, boxes, labels, threshold):
-    iou = box_iou(torch.tensor(boxes, dtype=torch.float32), detection["boxes"])
-    match = (iou >= threshold) & (torch.tensor(labels)[:, None] == detection["labels"][None])
-    return float((match.float() * detection["scores"][None]).sum())
+DETECTORS = {
+    "fasterrcnn_resnet50_fpn": dict(box_score_thresh=0.0),
+    "retinanet_resnet50_fpn": dict(score_thresh=0.0),
+    "fcos_resnet50_fpn": dict(score_thresh=0.0),
+}
+DETECTION_LAYER = "backbone.body.layer4"
 
 
-def test_box_score_target_on_faster_rcnn_sums_the_matched_scores_and_gives_informative_maps():
-    model = _detector()
+def _detector(name="fasterrcnn_resnet50_fpn"):
+    """A torchvision detector with fixed random weights, eval mode, at a 64-pixel input (seconds on a CPU)."""
+    torch.manual_seed(0)
+    return getattr(torchvision.models.detection, name)(
+        weights=None, weights_backbone=None, num_classes=5, min_size=64, max_size=64, **DETECTORS[name]).eval()
+
+
+def _iou(a, b):
+    """IoU of two (x1, y1, x2, y2) boxes, in plain Python floats; 0 when the union is empty."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _matches(detection, boxes, labels, threshold):
+    """Per given box, the indices ``d`` of the detections it matches, by the definition."""
+    found, found_labels = detection["boxes"].tolist(), detection["labels"].tolist()
+    matched = []
+    for box, label in zip(boxes, labels):
+        matched.append([])
+        for d, (other, other_label) in enumerate(zip(found, found_labels)):
+            iou = _iou(box, other)
+            assert abs(iou - threshold) > 1e-4, "an IoU at the threshold: pick another seed"
+            if other_label == label and iou >= threshold:
+                matched[-1].append(d)
+    return matched
+
+
+def _given_boxes(detection):
+    """Boxes to explain, read off a detection list: its two best boxes of positive area, the best one
+    shifted by 3 pixels (it matches more than one detection) and the best one with another label."""
+    keep = [d for d, box in enumerate(detection["boxes"].tolist()) if (box[2] - box[0]) * (box[3] - box[1]) > 4]
+    boxes = [detection["boxes"][d].tolist() for d in keep[:2]]
+    labels = [int(detection["labels"][d]) for d in keep[:2]]
+    boxes.append([v + 3 for v in boxes[0]])
+    labels.append(labels[0])
+    boxes.append(boxes[0])
+    labels.append((labels[0] + 1) % 5)
+    return boxes, labels
+
+
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_box_score_target_on_a_detector_is_the_sum_of_the_matched_scores(name):
+    """Faster R-CNN, RetinaNet and FCOS: the score, its PCS map at layer4 (our own hook and autograd)
+    and the hygiene of the call (no hook, no ``.grad``, weights and an existing ``.grad`` untouched)."""
+    model = _detector(name)
     torch.manual_seed(3)
     images = torch.rand(2, 3, 64, 64)
+    threshold = 0.3
     with torch.no_grad():
         detections = model(images)
-    boxes = [detections[b]["boxes"][:2].tolist() for b in range(2)]
-    labels = [detections[b]["labels"][:2].tolist() for b in range(2)]
-    expected = [_matched_score(detections[b], boxes[b], labels[b], 0.5) for b in range(2)]
-    before = snapshot(model)
-    exp = camkit.explain(model, images, methods=("gradcam", "pcs"), layers="backbone.body.layer4",
-                         target=camkit.BoxScoreTarget(labels, boxes, iou_threshold=0.5))
+    given = [_given_boxes(detections[b]) for b in range(2)]
+    boxes, labels = [g[0] for g in given], [g[1] for g in given]
+    per_box = [_matches(detections[b], boxes[b], labels[b], threshold) for b in range(2)]
+    assert all(max(len(m) for m in image) >= 2 for image in per_box)    # a box matching several detections
+    matched = [[d for m in image for d in m] for image in per_box]      # repeats: a detection per box it matches
+    expected = [sum(float(detections[b]["scores"][d]) for d in matched[b]) for b in range(2)]
+
+    captured = {}
+    handle = model.backbone.body.layer4.register_forward_hook(lambda m, i, o: captured.setdefault("a", o))
+    try:
+        graph = model(images)
+    finally:
+        handle.remove()
+    hand_score = sum(graph[b]["scores"][matched[b]].sum() for b in range(2))
+    grad, = torch.autograd.grad(hand_score, captured["a"])
+    hand_pcs = (grad * captured["a"].detach()).sum(1).relu()
+
+    layer4 = model.backbone.body.layer4[0].conv1.weight
+    layer4.grad = torch.full_like(layer4, 0.25)
+    before, images_before = snapshot(model), tensor_snapshot(images)
+    target = camkit.BoxScoreTarget(labels, boxes, iou_threshold=threshold)
+    exp = camkit.explain(model, images, methods=("gradcam", "gradcam++", "pcs"), layers=DETECTION_LAYER,
+                         target=target)
+    raw = camkit.explain(model, images, methods="pcs", layers=DETECTION_LAYER, target=target, upsample=False,
+                         normalize=False)
     assert_unchanged(model, before)
-    torch.testing.assert_close(exp.logits[:, 0], torch.tensor(expected), rtol=1e-5, atol=1e-5)
-    assert min(expected) > 0
-    for maps in exp.maps.values():
-        assert torch.isfinite(maps).all() and (maps.flatten(1).std(dim=1) > 0).all()
-    assert not exp.notes
+    assert_tensor_unchanged(images, images_before)
+
+    torch.testing.assert_close(exp.logits[:, 0], torch.tensor(expected), rtol=1e-5, atol=1e-6)
+    assert min(expected) > 0 and not exp.notes
+    torch.testing.assert_close(raw.maps[("pcs", DETECTION_LAYER)], hand_pcs, rtol=1e-4, atol=1e-7)
+    assert (hand_pcs.flatten(1).std(dim=1) > 0).all()
+    for key, maps in exp.maps.items():
+        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all(), key
+    assert (exp.maps[("pcs", DETECTION_LAYER)].flatten(1).std(dim=1) > 0).all()
 
 
 def test_box_score_target_without_a_match_scores_zero_with_a_note():

@@ -223,3 +223,14 @@ def test_torchvision_maxvit_defaults_to_its_last_block():
     assert exp.layers == ["blocks.1"]
     assert float(exp.maps[("gradcam", "blocks.1")].std()) > 0
     assert_unchanged(model, before)
+
+
+@pytest.mark.slow
+def test_torchvision_maxvit_t_defaults_to_its_last_block():
+    torch.manual_seed(0)
+    model = torchvision.models.maxvit_t(weights=None).eval()
+    before = snapshot(model)
+    exp = camkit.explain(model, torch.randn(1, 3, 224, 224), methods="gradcam")
+    assert exp.layers == ["blocks.3"]
+    assert float(exp.maps[("gradcam", "blocks.3")].std()) > 0
+    assert_unchanged(model, before)
