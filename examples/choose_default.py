@@ -1,8 +1,11 @@
 """Choose camkit's recommended setting: every method x layer x fusion rule on two real ImageNet models.
 
-Runs offline on CPU, from the project root (about 10-15 minutes on 2 cores)::
+Runs offline on CPU, from the project root. The table of docs/methods.md is (229 s on 2 shared cores)::
 
-    python examples/choose_default.py --out outputs/choose_default.md
+    python examples/choose_default.py --perturbation-limit 0
+
+Score-CAM / Ablation-CAM add about 5 minutes at ``--perturbation-limit 10`` (one forward per channel),
+and ``--faithfulness 10`` more than 10 minutes, on 2 cores.
 
 For the real MobileNetV2 (``../shared/assets/weights``, TensorFlow SAME padding restored) and the real
 EfficientNet-Lite0 (from the package index), on the 50 annotated ImageNet validation images of
@@ -144,7 +147,7 @@ def main(argv=None) -> int:
                         help="the MobileNetV2 state_dict (TF-trained, inputs in [-1, 1])")
     parser.add_argument("--data", default=str(ASSETS / "imagenet-val-dev50"),
                         help="an annotated folder (annotations.json + images/)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="models to measure")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--perturbation-limit", type=int, default=5,
                         help="images for Score-CAM / Ablation-CAM (0: skip them)")
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
                         help="measure only Score-CAM / Ablation-CAM (a second, smaller run)")
     parser.add_argument("--faithfulness", type=int, default=0, metavar="N",
                         help="deletion/insertion of the best cells on the first N images (0: off)")
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=10, help="images per engine call")
     parser.add_argument("--top", type=int, default=12, help="cells shown in the ranking (and REFERENCE_CELLS)")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "choose_default.md"), help="the markdown file")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
