@@ -189,6 +189,17 @@ def main(argv=None) -> int:
         per_model[name + " layers"] = layers
     layer_sets = {name: per_model.pop(name + " layers") for name in args.models}
     ranked = ranking(per_model) if not args.perturbation_only else []
+    lines = ["## Ranking: mean MaxBoxAccV2 over " + ", ".join(args.models), "",
+             "| rank | method | column | mean MaxBoxAccV2 | " + " | ".join(args.models) + " | mean GT-known |",
+             "|---|---|---|---|" + "---|" * len(args.models) + "---|"]
+    shown = [(rank, entry) for rank, entry in enumerate(ranked, 1) if rank <= args.top or entry[1] in REFERENCE_CELLS]
+    for rank, (mean, (method, column), values, gt) in shown:
+        lines.append(f"| {rank} | {method} | {column} | {mean:.1f} | "
+                     + " | ".join(f"{v:.1f}" for v in values) + f" | {gt:.1f} |")
+    text = "\n".join(lines) + "\n\n" + "\n\n".join(sections) + "\n"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)      # now, so that a slow faithfulness run cannot lose the localisation table
     if args.faithfulness:
         picks = FAITHFULNESS_CELLS
         for name in args.models:
@@ -200,14 +211,6 @@ def main(argv=None) -> int:
             faithful[name] = faithfulness_rows(loaded, dataset, layer_sets[name], list(dict.fromkeys(picks)),
                                                args.faithfulness, args.batch_size)
 
-    lines = ["## Ranking: mean MaxBoxAccV2 over " + ", ".join(args.models), "",
-             "| rank | method | column | mean MaxBoxAccV2 | " + " | ".join(args.models) + " | mean GT-known |",
-             "|---|---|---|---|" + "---|" * len(args.models) + "---|"]
-    shown = [(rank, entry) for rank, entry in enumerate(ranked, 1) if rank <= args.top or entry[1] in REFERENCE_CELLS]
-    for rank, (mean, (method, column), values, gt) in shown:
-        lines.append(f"| {rank} | {method} | {column} | {mean:.1f} | "
-                     + " | ".join(f"{v:.1f}" for v in values) + f" | {gt:.1f} |")
-    text = "\n".join(lines) + "\n\n" + "\n\n".join(sections) + "\n"
     if faithful:
         rows = ["| model | method | column | images | Deletion (lower better) | Insertion (higher better) |",
                 "|---|---|---|---|---|---|"]
@@ -217,8 +220,6 @@ def main(argv=None) -> int:
                             f"{row['Insertion']:.3f} |")
         text += "\n### Faithfulness (softmax of the ground-truth class, 20 steps)\n\n" + "\n".join(rows) + "\n"
     text += f"\nL1-L3: the three layers; L2-L3: the last two. Total {time.perf_counter() - start:.0f} s.\n"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
     print(f"wrote {out}")
