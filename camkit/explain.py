@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
@@ -26,11 +25,15 @@ from torch import nn
 from camkit import postprocess, smoothing, tokens
 from camkit.dense_targets import is_output_target, output_scores
 from camkit.explanation import Explanation
+from camkit.fusion import checked_rule, fuse as fuse_layers
+from camkit.presets import preset_setting
+from camkit.shape_cache import ShapeCache
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
 from camkit.inputs import Preprocess, as_batch, as_photo_batch, run_model
 from camkit.outputs import as_logits, check_output_adapter, select_output
-from camkit.layers import LayerError, LayerSpec, input_rank, last_spatial_layer, resolve_layer, resolve_layers
+from camkit.layers import (LayerError, LayerSpec, input_rank, is_stage_selection, last_spatial_layer, resolve_layer,
+                           resolve_layers)
 from camkit.methods import NAMED_ONLY_NEEDS, STANDARD_METHODS, LayerInputs, get_method, list_methods
 from camkit.methods.fam import check_foreground_model
 from camkit.methods.perturbation import ModelForward
@@ -61,6 +64,9 @@ class Explainer:
         layers: module names (``"name"`` or ``"name@k"`` for the k-th call of a reused module),
             modules, or ``None``: the model's ``explain_layer`` name if it has one (FAM's ``"features"``),
             else the last layer with spatial output (chosen per input shape, in ``Explanation.layers``).
+            ``"all-stages"`` is the last layer of every spatial resolution, ``"last-stages:N"`` that of
+            the ``N`` deepest ones and ``"stage:K"`` that of the ``K``-th (negative from the deepest:
+            ``"stage:-2"`` is the second deepest), chosen per input shape (:func:`camkit.layers.stage_layers`).
         head: the classifier used by CAM: an ``nn.Linear``, a 1x1 ``nn.Conv2d``, its module name, or
             a ``(K, C)`` tensor. ``None`` finds it automatically.
         output: how to get logits from the model output: ``None`` (the output is the logits), a key
@@ -88,6 +94,12 @@ class Explainer:
             flipped copies on the input frame (targets resolved on the input; needs ``upsample=True``).
         eigen_smooth: replace each map by the first principal component of the method's weighted
             activations (see :mod:`camkit.smoothing`); refused for methods that are not channel sums.
+        fuse: a fusion rule (``"max"``, ``"mean"``, ``"layercam"``): calls return
+            ``camkit.fuse(exp, rule=fuse)``, the layers' maps and the fused ones (needs ``upsample=True``).
+        preset: instead of ``methods``, ``layers`` and ``fuse``, a named setting (:mod:`camkit.presets`):
+            ``"recommended"`` is BagCAMs at the last layer of the second deepest resolution
+            (``methods="bagcams", layers="stage:-2"``), the best of the table in ``docs/methods.md``;
+            ``"classic"`` the default, Grad-CAM at the last spatial layer.
 
     Arguments are checked here, and images and targets at the start of a call, before any hook
     is attached: a wrong value raises an error that says what to give instead and leaves the model
@@ -100,10 +112,15 @@ class Explainer:
                  layers=None, head=None, output=None, preprocess: Optional[Callable] = None,
                  class_names: Optional[Sequence[str]] = None, eval_mode: bool = True,
                  guided_modules=DEFAULT_GUIDED_MODULES, method_options: Optional[dict] = None,
-                 context: Any = None, reshape=None, aug_smooth=False, eigen_smooth: bool = False):
+                 context: Any = None, reshape=None, aug_smooth=False, eigen_smooth: bool = False,
+                 fuse: Optional[str] = None, preset: Optional[str] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if preset is not None:
+            methods, layers, fuse = preset_setting(preset, methods, layers, fuse)
+        self.fuse = fuse if fuse is None else checked_rule(fuse, "fuse")
         self.model = model
+        self.preset = preset
         self.methods, self.optional_methods = _method_selection(methods)
         self.layers = layers
         self.head = resolve_head(model, head)
@@ -146,6 +163,11 @@ class Explainer:
             raise RuntimeError("camkit.explain cannot run under torch.inference_mode(): gradient-based "
                                "maps need autograd, which inference mode disables for good. Call it "
                                "outside the inference_mode block (torch.no_grad() is fine).")
+        if self.fuse is not None and not upsample:
+            raise ValueError(f"fuse={self.fuse!r} combines the layers' maps on the input frame: use upsample=True")
+        if self.fuse is not None:
+            exp = _copy_with(self, fuse=None)(images, target, methods, layers, upsample, normalize)
+            return fuse_layers(exp, rule=self.fuse, normalize=normalize)
         if methods is None:
             names, optional = self.methods, self.optional_methods
         elif _is_all(methods):
@@ -229,7 +251,7 @@ class Explainer:
             logits = as_logits(run_model(self.model, batch), self.output, batch.shape[0])
         resolved = resolve_targets(target, logits)
         classes = resolved.classes if resolved.per_image or resolved.classes is None else resolved.classes[:, 0]
-        single = _without_aug_smooth(self)
+        single = _copy_with(self, aug_smooth=None)
         maps, first = smoothing.aug_smoothed_maps(
             lambda view, view_target: single(view, view_target, methods, layers, True, normalize), batch,
             target if classes is None else classes, self.aug_smooth, normalize)
@@ -317,6 +339,11 @@ class Explainer:
         return weights, notes
 
     def _resolve_layers(self, batch: torch.Tensor, layers) -> List[LayerSpec]:
+        if is_stage_selection(layers):           # probed once per input shape, as for layers=None
+            key = (_shape_key(batch), layers)
+            if self._auto_layer.get(key) is None:
+                self._auto_layer[key] = resolve_layers(self.model, layers, batch)
+            return self._auto_layer.get(key)
         if layers is not None:
             return resolve_layers(self.model, layers, batch)
         if isinstance(getattr(self.model, "explain_layer", None), str):      # e.g. FAM's trunk output
@@ -359,8 +386,9 @@ def explain(model: nn.Module, images, methods: Union[str, Sequence[str], None] =
                              layers=("layer3", "layer4"))
         exp.maps[("gradcam", "layer4")]   # (B, H, W) in [0, 1]
 
-    ``methods=None`` runs the standard set with CAM optional (see :class:`Explainer`). See
-    :class:`Explainer` for ``options`` (``head``, ``output``, ``preprocess``, ...).
+    ``methods=None`` runs the standard set with CAM optional; ``preset="recommended"`` (instead of
+    ``methods`` and ``layers``) camkit's recommended map, ``exp["bagcams"]`` (:mod:`camkit.presets`).
+    See :class:`Explainer` for ``options`` (``head``, ``output``, ``preprocess``, ``fuse``, ...).
     """
     return Explainer(model, methods=methods, layers=layers, **options)(
         images, target=target, upsample=upsample, normalize=normalize)
@@ -373,41 +401,12 @@ def _shape_key(batch: torch.Tensor) -> tuple:
     return tuple(batch.shape[1:]), batch.dtype, batch.device
 
 
-class ShapeCache:
-    """A small least-recently-used dict: the ``maxsize`` most recently read or written keys."""
-
-    def __init__(self, maxsize: int):
-        self.maxsize = maxsize
-        self._items: "OrderedDict[Any, Any]" = OrderedDict()
-
-    def get(self, key, default=None):
-        """The value of ``key`` (now the most recently used), or ``default``."""
-        if key not in self._items:
-            return default
-        self._items.move_to_end(key)
-        return self._items[key]
-
-    def __setitem__(self, key, value) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.maxsize:
-            self._items.popitem(last=False)
-
-    def pop(self, key, default=None):
-        return self._items.pop(key, default)
-
-    def clear(self) -> None:
-        self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-def _without_aug_smooth(explainer: Explainer) -> Explainer:
-    """A shallow copy of ``explainer`` (same model, options and caches) that explains one view."""
-    single = copy.copy(explainer)
-    single.aug_smooth = None
-    return single
+def _copy_with(explainer: Explainer, **changes) -> Explainer:
+    """A shallow copy of ``explainer`` (same model, options and caches) with ``changes`` set."""
+    copied = copy.copy(explainer)
+    for name, value in changes.items():
+        setattr(copied, name, value)
+    return copied
 
 
 def _method_selection(methods) -> Tuple[List[str], FrozenSet[str]]:

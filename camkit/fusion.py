@@ -14,16 +14,23 @@ an :class:`~camkit.Explanation`, and keyed ``(method, "fused:<rule>")``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 
 from camkit import postprocess
 from camkit.explanation import Explanation
 
-__all__ = ["fuse", "FUSION_RULES", "fused_key"]
+__all__ = ["fuse", "FUSION_RULES", "fused_key", "checked_rule"]
 
 FUSION_RULES = ("max", "mean", "layercam")
+
+
+def checked_rule(rule, name: str = "rule") -> str:
+    """``rule`` if it is one of :data:`FUSION_RULES`; anything else raises ``ValueError``."""
+    if rule not in FUSION_RULES:
+        raise ValueError(f"unknown fusion rule {rule!r} ({name}=); choose one of {', '.join(map(repr, FUSION_RULES))}")
+    return rule
 
 
 def fused_key(rule: str) -> str:
@@ -51,8 +58,7 @@ def fuse(exp: Explanation, layers: Union[None, str, Sequence[str]] = None, rule:
         fused maps, ``(B, H, W)`` or ``(B, T, H, W)``, and whose ``layers`` end with
         ``"fused:<rule>"``.
     """
-    if rule not in FUSION_RULES:
-        raise ValueError(f"unknown fusion rule {rule!r}; choose one of {', '.join(map(repr, FUSION_RULES))}")
+    checked_rule(rule)
     layers = _checked_layers(exp, layers)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
         raise ValueError(f"gamma must be a number > 0 (LayerCAM uses 2), got {gamma!r}")

@@ -228,6 +228,10 @@ def last_spatial_layer(model: nn.Module, image: torch.Tensor) -> Tuple[str, Dict
 
 #: ``layers=ALL_STAGES``: the last layer of every spatial resolution (see :func:`stage_layers`)
 ALL_STAGES = "all-stages"
+#: ``layers="last-stages:N"``: the last layer of each of the ``N`` deepest resolutions
+LAST_STAGES = "last-stages:"
+#: ``layers="stage:K"``: the last layer of the ``K``-th resolution (``K < 0`` counts from the deepest)
+STAGE = "stage:"
 
 
 def stage_layers(model: nn.Module, image: torch.Tensor) -> List[str]:
@@ -237,13 +241,21 @@ def stage_layers(model: nn.Module, image: torch.Tensor) -> List[str]:
     run the last output of the least nested module (fewest dots in its name) is taken, so a block
     (``features.13``, ``layer3``) is preferred to its last sub-layer, and the first layer of the next
     stage, which often still runs at the old resolution (an expansion 1x1 conv), is not picked.
+    An output larger than the resolution before it (the input's, for the first) is a padding layer
+    (TensorFlow "SAME" padding modules, as in EfficientNet-Lite's ``static_padding``) and is left out,
+    so it neither forms a stage nor cuts one in two.
     """
     runs: List[Tuple[Tuple[int, int], List[str]]] = []
+    previous = tuple(image.shape[2:])
     for label, shape in list_layers(model, image):
-        if runs and runs[-1][0] == shape[2:]:
+        resolution = tuple(shape[2:])
+        if len(resolution) == len(previous) and any(r > p for r, p in zip(resolution, previous)):
+            continue                                   # a padded copy of the previous resolution
+        previous = resolution
+        if runs and runs[-1][0] == resolution:
             runs[-1][1].append(label)
         else:
-            runs.append((shape[2:], [label]))
+            runs.append((resolution, [label]))
     if not runs:
         raise LayerError("no layer of the model outputs a spatial map (B, C, h, w) for this input; "
                          "class activation maps need a convolutional feature map")
@@ -256,14 +268,54 @@ def stage_layers(model: nn.Module, image: torch.Tensor) -> List[str]:
     return picked
 
 
+def last_stages_count(layers) -> Optional[int]:
+    """``N`` of ``layers="last-stages:N"`` (``None`` for any other value); a malformed ``N`` raises."""
+    if not isinstance(layers, str) or not layers.startswith(LAST_STAGES):
+        return None
+    count = layers[len(LAST_STAGES):]
+    if not count.isdigit() or int(count) < 1:
+        raise LayerError(f"layers={layers!r}: give the number of deepest stages as a positive integer, "
+                         f"e.g. 'last-stages:2' (or 'all-stages' for every stage)")
+    return int(count)
+
+
+def stage_index(layers) -> Optional[int]:
+    """``K`` of ``layers="stage:K"`` (``None`` for any other value); a malformed ``K`` raises."""
+    if not isinstance(layers, str) or not layers.startswith(STAGE):
+        return None
+    index = layers[len(STAGE):]
+    if not index.lstrip("-").isdigit():
+        raise LayerError(f"layers={layers!r}: give the stage as an integer index into the resolutions, shallow "
+                         f"to deep, e.g. 'stage:-2' for the second deepest (or 'stage:0' for the shallowest)")
+    return int(index)
+
+
+def is_stage_selection(layers) -> bool:
+    """Whether ``layers`` is ``"all-stages"``, ``"last-stages:N"`` or ``"stage:K"`` (resolved per input
+    shape)."""
+    return isinstance(layers, str) and (layers == ALL_STAGES or layers.startswith((LAST_STAGES, STAGE)))
+
+
 def resolve_layers(model: nn.Module, layers: Optional[Union[LayerLike, Sequence[LayerLike]]],
                    example: torch.Tensor) -> List[LayerSpec]:
-    """Resolve ``layers`` (a name, module, sequence of them, ``None`` = last spatial layer, or
-    ``"all-stages"`` = :func:`stage_layers`)."""
+    """Resolve ``layers`` (a name, module, sequence of them, ``None`` = last spatial layer,
+    ``"all-stages"`` = :func:`stage_layers`, ``"last-stages:N"`` = its last ``N``, or ``"stage:K"`` = its
+    ``K``-th, negative from the deepest)."""
     if layers is None:
         return [resolve_layer(model, last_spatial_layer(model, example)[0])]
     if isinstance(layers, str) and layers == ALL_STAGES:
         return [resolve_layer(model, name) for name in stage_layers(model, example)]
+    count = last_stages_count(layers)
+    if count is not None:
+        return [resolve_layer(model, name) for name in stage_layers(model, example)[-count:]]
+    index = stage_index(layers)
+    if index is not None:
+        stages = stage_layers(model, example)
+        if not -len(stages) <= index < len(stages):
+            raise LayerError(f"layers={layers!r}: this model has {len(stages)} spatial resolution(s) for this "
+                             f"input ({', '.join(stages)}), so the stage index must be in "
+                             f"{-len(stages)}..{len(stages) - 1}; give a layer name or layers=None (the last one)")
+        return [resolve_layer(model, stages[index])]
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     if not isinstance(layers, (list, tuple)) or not all(isinstance(l, (str, nn.Module)) for l in layers):

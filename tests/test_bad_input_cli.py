@@ -57,6 +57,9 @@ CASES = [
     (EXPLAIN + ["--box-rule", "wsol"], "--box-rule wsol is the evaluation's threshold sweep"),
     (EXPLAIN + ["--box-rule", "pas", "--box-threshold", "0.3"], "give --box-threshold or --box-rule, not both"),
     (["explain", "photo.png", "--model", TINY, "--out", "photo.png"], "exists and is not a folder"),
+    (EXPLAIN + ["--preset", "best"], "best"),
+    (EXPLAIN + ["--preset", "recommended", "--methods", "pcs"], "give --preset or --methods/--layers, not both"),
+    (EXPLAIN + ["--preset", "classic", "--layers", "layer1"], "give --preset or --methods/--layers, not both"),
     # evaluate
     (EVALUATE[:3] + ["--data", "nowhere"], "is not an existing folder nor 'synthetic"),
     (EVALUATE + ["--methods", "gradcamm"], "unknown method 'gradcamm'"),

@@ -141,6 +141,19 @@ CASES = {
     "layer misspelt": (explain(layers="blok"), camkit.LayerError, "block", LATE),  # lists layers: a probe
     "layer call index out of range": (explain(layers="stem@5"), camkit.LayerError, "out of range", LATE),
     "layer not spatial": (explain(layers="fc"), camkit.LayerError, "(B, C, h, w)", LATE),
+    "last-stages:0": (explain(layers="last-stages:0"), camkit.LayerError, "positive integer", EARLY),
+    "last-stages:two": (explain(layers="last-stages:two"), camkit.LayerError, "'last-stages:2'", EARLY),
+    "stage:x": (explain(layers="stage:x"), camkit.LayerError, "'stage:-2'", EARLY),
+    "stage:-3 of two stages": (explain(layers="stage:-3"), camkit.LayerError, "2 spatial resolution(s)", LATE),
+    # -- preset and fuse
+    "preset unknown": (explain(preset="best", layers=None), ValueError, "'recommended', 'classic'", EARLY),
+    "preset not a string": (explain(preset=1, layers=None), ValueError, "unknown preset 1", EARLY),
+    "preset with layers": (explain(preset="recommended"), ValueError, "layers='block', not both", EARLY),
+    "preset with methods": (explain(preset="recommended", methods="pcs", layers=None), ValueError,
+                            "methods='pcs', not both", EARLY),
+    "preset with fuse": (explain(preset="classic", fuse="mean", layers=None), ValueError, "fuse='mean'", EARLY),
+    "fuse unknown rule": (explainer(fuse="sum"), ValueError, "'max', 'mean', 'layercam'", EARLY),
+    "fuse without upsample": (explain(fuse="max", upsample=False), ValueError, "upsample=True", EARLY),
     # -- target
     "target (B, 0)": (explain(target=torch.zeros(2, 0, dtype=torch.long)), ValueError, "no class to explain", EARLY),
     "target empty list": (explain(target=[]), ValueError, "no class to explain", EARLY),

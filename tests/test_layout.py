@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "camkit"
 
 #: lowest first; a module may import modules of its own layer (without a circle) or of lower ones
 LAYERS = [
-    ["camkit._version", "camkit.constants", "camkit.distributed", "camkit.inputs", "camkit.boxes", "camkit.pixels",
-     "camkit.tokens", "camkit.outputs"],
+    ["camkit._version", "camkit.constants", "camkit.presets", "camkit.shape_cache", "camkit.distributed",
+     "camkit.inputs", "camkit.boxes", "camkit.pixels", "camkit.tokens", "camkit.outputs"],
     ["camkit.layers", "camkit.heads", "camkit.targets", "camkit.dense_targets", "camkit.postprocess", "camkit.methods",
      "camkit.metrics", "camkit.fam_metrics", "camkit.metric_pool", "camkit.viz", "camkit.faithfulness", "camkit.smoothing"],
     ["camkit.capture", "camkit.explanation", "camkit.models"],

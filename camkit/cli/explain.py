@@ -19,6 +19,9 @@ examples:
   # every standard method at the last spatial layer, top-5 classes printed
   camkit explain cat.jpg owl.jpg --model efficientnet-lite0 --out out/
 
+  # the recommended map: BagCAMs at the second deepest resolution (docs/methods.md)
+  camkit explain cat.jpg --model efficientnet-lite0 --preset recommended --out out/
+
   # the real MobileNetV2 asset, two layers, Grad-CAM and BagCAMs, explaining class 281
   camkit explain cat.jpg --model mobilenet_v2:../shared/assets/weights/mobilenet_v2_imagenet.pth \\
       --methods gradcam bagcams --layers features.13 features.18 --target 281 --out out/
@@ -60,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
                         help="module names, 'name@k' for the k-th call of a reused module "
                              "(default: the last layer with spatial output)")
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help="a named setting instead of --methods/--layers: 'recommended' = BagCAMs at the "
+                             "last layer of the second deepest resolution (the best localisation in "
+                             "docs/methods.md), 'classic' = Grad-CAM at the last layer")
     parser.add_argument("--target", default="top1", metavar="T",
                         help="class to explain: 'top1' (default), a class index, or a class name")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to print (default 5)")
@@ -111,6 +118,13 @@ def _check_arguments(args) -> None:
         raise UsageError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
     if not 0 <= args.alpha <= 1:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    from camkit.presets import PRESETS
+
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UsageError(f"unknown --preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.preset is not None and (args.methods or args.layers):
+        raise UsageError(f"--preset {args.preset} sets the methods and layers: give --preset or "
+                         f"--methods/--layers, not both")
     args.box_rule = _checked_box_rule(args)
 
 
@@ -140,8 +154,8 @@ def run(args) -> int:
     loaded = load_model_from_args(args)
     methods = split_names(args.methods)  # None: the standard set, CAM only where a linear head fits
     target = parse_target(args.target, loaded.class_names)
-    explainer = Explainer(loaded.model, methods=methods, layers=split_names(args.layers),
-                                 preprocess=loaded.preprocess, class_names=loaded.class_names)
+    choice = {"preset": args.preset} if args.preset else {"methods": methods, "layers": split_names(args.layers)}
+    explainer = Explainer(loaded.model, preprocess=loaded.preprocess, class_names=loaded.class_names, **choice)
     used_stems: set = set()
     with output_folder(args.out) as out:
         for start in range(0, len(args.images), args.batch_size):

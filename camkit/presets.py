@@ -1,0 +1,70 @@
+"""Named settings of the explainer: ``camkit.explain(model, images, preset="recommended")``.
+
+A preset fixes ``methods``, ``layers`` and ``fuse`` together (see :class:`camkit.Explainer`):
+
+* ``"recommended"``: BagCAMs at the last layer of the second deepest resolution (``layers="stage:-2"``:
+  ``features.13`` of MobileNetV2, ``_blocks.10`` of EfficientNet-Lite0, ``layer3`` of a ResNet), the
+  best mean MaxBoxAccV2 of the table in ``docs/methods.md`` (``python examples/choose_default.py``):
+  one rule for every model, chosen on the 50 annotated ImageNet dev images of two models
+  (MobileNetV2 and EfficientNet-Lite0), not tuned per model, and not checked on a held-out test set;
+* ``"classic"``: Grad-CAM at the last spatial layer, what ``camkit.explain`` gives without options.
+
+This module is data only: the engine reads :data:`PRESETS` through :func:`get_preset`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+__all__ = ["Preset", "PRESETS", "get_preset", "preset_setting"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named setting.
+
+    Attributes:
+        name: the preset's name.
+        methods: the method names.
+        layers: a layer selection as :class:`camkit.Explainer` takes it (``None``: the last spatial
+            layer; ``"stage:K"``: the last layer of the ``K``-th resolution, negative from the deepest;
+            ``"last-stages:N"``: that of each of the ``N`` deepest resolutions).
+        fuse: the fusion rule (:func:`camkit.fuse`) over those layers, or ``None``.
+        description: one line for ``--help`` and the docs.
+    """
+
+    name: str
+    methods: Tuple[str, ...]
+    layers: Optional[str]
+    fuse: Optional[str]
+    description: str
+
+
+PRESETS = {
+    "recommended": Preset(
+        "recommended", ("bagcams",), "stage:-2", None,
+        "BagCAMs at the last layer of the second deepest resolution (features.13 of MobileNetV2)"),
+    "classic": Preset(
+        "classic", ("gradcam",), None, None,
+        "Grad-CAM at the last spatial layer (camkit.explain's default)"),
+}
+
+
+def get_preset(name) -> Preset:
+    """The preset called ``name``; an unknown name raises ``ValueError`` listing the presets."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(map(repr, PRESETS))} "
+                         f"(or give methods= and layers= yourself)")
+    return PRESETS[name]
+
+
+def preset_setting(preset, methods, layers, fuse):
+    """``(methods, layers, fuse)`` of ``preset``, given to :class:`camkit.Explainer` with ``methods``,
+    ``layers`` and ``fuse`` at their defaults (``"gradcam"``, ``None``, ``None``); any other value is refused."""
+    setting = get_preset(preset)
+    given = [f"{name}={value!r}" for name, value, default in
+             (("methods", methods, "gradcam"), ("layers", layers, None), ("fuse", fuse, None)) if value != default]
+    if given:
+        raise ValueError(f"preset={preset!r} sets methods={setting.methods!r}, layers={setting.layers!r} and "
+                         f"fuse={setting.fuse!r}; give the preset or {', '.join(given)}, not both")
+    return setting.methods, setting.layers, setting.fuse
