@@ -220,25 +220,17 @@ def max_tree(image, connectivity):
     edges = _basin_edges(pixel_basin, flat_values, offsets, (h, w), n_basins)
     edge_a, edge_b, merge_level = _merge_edges(*edges, n_basins)
     parent, preorder, subtree_stop = _dendrogram(edge_a, edge_b, n_basins)
-    n_dendro = parent.size
     dendro_level = np.concatenate([flat_values[roots].astype(np.int64), np.asarray(merge_level, np.int64)])
     # distinct (basin, value) pairs -> their holder; max-tree nodes: distinct (holder, value)
     basin_value = pixel_basin.astype(np.int64) * _N_VALUES + flat_values
-    seen = np.zeros(n_basins * _N_VALUES, bool)
-    seen[basin_value] = True
-    pair_keys = np.flatnonzero(seen)
+    # sorted unique keys (O(n log n)), not dense tables of n_basins * 256 entries (slow on noisy maps)
+    pair_keys, pair_of_pixel = np.unique(basin_value, return_inverse=True)
     value = pair_keys % _N_VALUES
     holder = _holders(parent, dendro_level, pair_keys // _N_VALUES, value)
     node_key = holder * _N_VALUES + value
-    present = np.zeros(n_dendro * _N_VALUES, bool)
-    present[node_key] = True
-    node_keys = np.flatnonzero(present)                  # sorted by (dendrogram node, value)
+    node_keys, node_of_pair = np.unique(node_key, return_inverse=True)   # sorted by (dendrogram node, value)
     n_nodes = node_keys.size
-    node_of_key = np.zeros(n_dendro * _N_VALUES, np.int64)
-    node_of_key[node_keys] = np.arange(n_nodes)
-    node_of_pair = np.zeros(n_basins * _N_VALUES, np.int64)
-    node_of_pair[pair_keys] = node_of_key[node_key]
-    pixel_node = node_of_pair[basin_value]
+    pixel_node = node_of_pair.ravel()[pair_of_pixel.ravel()]
     node_dendro, node_level = node_keys // _N_VALUES, node_keys % _N_VALUES
     parent_node = _node_parents(parent, node_dendro, n_nodes)
     # renumber the nodes in preorder (step 4)
