@@ -49,7 +49,7 @@ def _peer_timer(model, images, method, chunk):
     def run():
         cam = peer_cls(model=model, target_layers=[model.layer4])
         cam.batch_size = chunk
-        cam(input_tensor=images)
+        cam(input_tensor=images, targets=None)        # top-1 targets, as camkit's default
 
     return run
 
