@@ -141,6 +141,17 @@ def ranking(per_model):
     return scored
 
 
+def model_and_dev_images(name: str, weights: str, data: str):
+    """The real model ``name`` of :data:`MODELS` and the dev images at its input size and normalisation."""
+    from camkit.data.open import open_dataset
+    from camkit.model_spec import load_model
+
+    loaded = load_model(MODELS[name][0].format(weights=weights))
+    preprocess = loaded.preprocess
+    return loaded, open_dataset(data, split="test", image_size=preprocess.size[0],
+                                normalize=(preprocess.mean, preprocess.std))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(ASSETS / "weights" / "mobilenet_v2_imagenet.pth"),
@@ -167,17 +178,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")   # CAM is skipped where the head does not fit; BagCAMs' negative logits
 
-    from camkit.data.open import open_dataset
-    from camkit.model_spec import load_model
-
     per_model, sections, faithful = {}, [], {}
     start = time.perf_counter()
     for name in args.models:
-        spec, layers = MODELS[name]
-        loaded = load_model(spec.format(weights=args.weights))
-        preprocess = loaded.preprocess
-        dataset = open_dataset(args.data, split="test", image_size=preprocess.size[0],
-                               normalize=(preprocess.mean, preprocess.std))
+        layers = MODELS[name][1]
+        loaded, dataset = model_and_dev_images(name, args.weights, args.data)
         t0 = time.perf_counter()
         per_model[name] = cells = measure(loaded, dataset, layers, args.limit, args.perturbation_limit,
                                           args.batch_size, one_pass=not args.perturbation_only)
@@ -203,11 +208,7 @@ def main(argv=None) -> int:
     if args.faithfulness:
         picks = FAITHFULNESS_CELLS
         for name in args.models:
-            spec, layers = MODELS[name]
-            loaded = load_model(spec.format(weights=args.weights))
-            preprocess = loaded.preprocess
-            dataset = open_dataset(args.data, split="test", image_size=preprocess.size[0],
-                                   normalize=(preprocess.mean, preprocess.std))
+            loaded, dataset = model_and_dev_images(name, args.weights, args.data)
             faithful[name] = faithfulness_rows(loaded, dataset, layer_sets[name], list(dict.fromkeys(picks)),
                                                args.faithfulness, args.batch_size)
 
