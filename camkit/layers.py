@@ -234,6 +234,11 @@ LAST_STAGES = "last-stages:"
 STAGE = "stage:"
 
 
+#: Module types whose output is a padded copy of their input, never a stage of its own (torch's
+#: ``ZeroPad*``, ``ConstantPad*``, ``ReflectionPad*``, ``ReplicationPad*``, ``CircularPad*``)
+PADDING_MODULES = tuple(getattr(nn, name) for name in dir(nn) if name.endswith(("Pad1d", "Pad2d", "Pad3d")))
+
+
 def stage_layers(model: nn.Module, image: torch.Tensor) -> List[str]:
     """The last layer of every spatial resolution, shallow to deep (one no-grad forward).
 
@@ -241,17 +246,16 @@ def stage_layers(model: nn.Module, image: torch.Tensor) -> List[str]:
     run the last output of the least nested module (fewest dots in its name) is taken, so a block
     (``features.13``, ``layer3``) is preferred to its last sub-layer, and the first layer of the next
     stage, which often still runs at the old resolution (an expansion 1x1 conv), is not picked.
-    An output larger than the resolution before it (the input's, for the first) is a padding layer
-    (TensorFlow "SAME" padding modules, as in EfficientNet-Lite's ``static_padding``) and is left out,
-    so it neither forms a stage nor cuts one in two.
+    The outputs of padding modules (:data:`PADDING_MODULES`, e.g. TensorFlow "SAME" padding as in
+    EfficientNet-Lite's ``static_padding``) are left out, so a padded copy neither forms a stage nor cuts
+    one in two; a layer that really changes the resolution (an upsampling decoder) still does.
     """
+    modules = dict(model.named_modules())
     runs: List[Tuple[Tuple[int, int], List[str]]] = []
-    previous = tuple(image.shape[2:])
     for label, shape in list_layers(model, image):
+        if isinstance(modules.get(label.split("@")[0]), PADDING_MODULES):
+            continue
         resolution = tuple(shape[2:])
-        if len(resolution) == len(previous) and any(r > p for r, p in zip(resolution, previous)):
-            continue                                   # a padded copy of the previous resolution
-        previous = resolution
         if runs and runs[-1][0] == resolution:
             runs[-1][1].append(label)
         else:

@@ -132,6 +132,13 @@ def test_stage_layers_leave_out_padding_modules():
         assert camkit.explain(Padded().eval(), torch.randn(1, 3, 16, 16), layers=layers).layers == expected
 
 
+def test_an_upsampling_stage_is_kept():
+    # 16x16 -> down 8x8 -> up 16x16 -> conv: three runs of one resolution each (a decoder is not padding)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).eval()
+    assert stage_layers(model, torch.zeros(1, 3, 16, 16)) == ["1", "4"]
+
+
 def test_last_stages_are_the_deepest_resolutions_of_resnet18():
     model, images = resnet18(), torch.randn(1, 3, 64, 64)
     for count, expected in [(1, ["layer4"]), (2, ["layer3", "layer4"]), (3, ["layer2", "layer3", "layer4"]),
