@@ -118,10 +118,13 @@ def _check_arguments(args) -> None:
         raise UsageError(f"--box-threshold must be in [0, 1], got {args.box_threshold}")
     if not 0 <= args.alpha <= 1:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
-    from camkit.presets import PRESETS
+    from camkit.presets import get_preset
 
-    if args.preset is not None and args.preset not in PRESETS:
-        raise UsageError(f"unknown --preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.preset is not None:
+        try:
+            get_preset(args.preset)
+        except ValueError as error:
+            raise UsageError(f"--preset: {error}") from None
     if args.preset is not None and (args.methods or args.layers):
         raise UsageError(f"--preset {args.preset} sets the methods and layers: give --preset or "
                          f"--methods/--layers, not both")
