@@ -109,8 +109,12 @@ def _json_safe(value):
 
 
 # ------------------------------------------------------------------------------------------ tables
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
@@ -136,18 +140,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def quality_markdown(result: BenchmarkResult, metric: str = "MaxBoxAccV2") -> str:
     """Methods x layers table of one metric (the BagCAMs-style table)."""
-    layers = result.settings.get("layers") or sorted({l for v in result.quality.values() for l in v})
+    layers = _layers(result)
     rows = [[method] + [result.quality[method].get(layer, {}).get(metric, math.nan) for layer in layers]
             for method in result.quality]
-    return markdown_table(["method \\ layer"] + list(layers), rows)
+    return markdown_table(["method \\ layer"] + layers, rows)
 
 
 def _layers(result: BenchmarkResult) -> List[str]:
     return list(result.settings.get("layers") or sorted({l for v in result.quality.values() for l in v}))
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def quality_summary_markdown(result: BenchmarkResult, metric: str = "MaxBoxAccV2") -> str:
@@ -157,13 +157,9 @@ def quality_summary_markdown(result: BenchmarkResult, metric: str = "MaxBoxAccV2
     values = {m: [per.get(layer, {}).get(metric) for layer in layers] for m, per in result.quality.items()}
     best = [max((round(v[i], 1) for v in values.values() if not _missing(v[i])), default=None)
             for i in range(len(layers))]
-    rows = []
-    for method, row in values.items():
-        cells = ["–" if _missing(v) else (f"**{v:.1f}**" if round(v, 1) == best[i] else f"{v:.1f}")
-                 for i, v in enumerate(row)]
-        rows.append("| " + " | ".join([method] + cells) + " |")
-    header = ["| method \\ layer | " + " | ".join(layers) + " |", "|" + "---|" * (len(layers) + 1)]
-    return "\n".join(header + rows)
+    rows = [[method] + ["–" if _missing(v) else (f"**{v:.1f}**" if round(v, 1) == best[i] else f"{v:.1f}")
+                        for i, v in enumerate(row)] for method, row in values.items()]
+    return markdown_table(["method \\ layer"] + layers, rows)
 
 
 def cost_ratio_markdown(result: BenchmarkResult) -> str:
@@ -180,10 +176,8 @@ def cost_ratio_markdown(result: BenchmarkResult) -> str:
     order = (["floor"] if "floor" in cells else []) + [m for m in cells if m not in ("floor", "all")]
     order += ["all"] if "all" in cells else []
     names = {"floor": "floor (forward + grad)", "all": "all methods, one call"}
-    lines = ["| method \\ layer | " + " | ".join(layers) + " |", "|" + "---|" * (len(layers) + 1)]
-    lines += ["| " + " | ".join([names.get(m, m)] + [cells[m].get(layer, "–") for layer in layers]) + " |"
-              for m in order]
-    return "\n".join(lines)
+    return markdown_table(["method \\ layer"] + layers,
+                          [[names.get(m, m)] + [cells[m].get(layer, "–") for layer in layers] for m in order])
 
 
 def _cost_rows(result: BenchmarkResult) -> List[list]:
