@@ -12,6 +12,7 @@ Peer parity with pytorch-grad-cam is not here: the peer is not installed in this
 """
 import copy
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 import camkit
 import reference_methods as ref
+from camkit.methods import perturbation
 from test_methods_oracle import TinyGapNet, _input
 from untouched import assert_unchanged, snapshot
 
@@ -335,6 +337,58 @@ def test_ablationcam_closed_form_on_a_gap_linear_head():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+class FlattensByInputBatch(nn.Module):
+    """conv, relu, then a linear head on the flattened map, reshaped by the batch size of the *input*:
+    Ablation-CAM's one-image-before-the-layer path cannot broadcast that, so it must fall back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        batch = x.shape[0]
+        return self.fc(self.relu(self.conv(x)).reshape(batch, -1))
+
+
+def test_ablationcam_falls_back_to_copies_when_the_model_reshapes_by_its_input_batch():
+    """Linear head on vec(A): zeroing channel k removes W[c, k-block] . vec(A_k) from S_c (closed form)."""
+    torch.manual_seed(4)
+    model = FlattensByInputBatch().eval()
+    x = torch.randn(2, 3, 6, 6)
+    got = _raw(model, x, "ablationcam", "relu", {"batch_size": 3})
+    with torch.no_grad():
+        A = model.relu(model.conv(x)).double()
+        logits = copy.deepcopy(model).double()(x.double())
+    c = logits.argmax(1)
+    W = model.fc.weight.detach().double().reshape(3, 4, 36)[c]                # (B, C, hw)
+    removed = (W * A.flatten(2)).sum(2)                                       # (B, C)
+    weights = removed / logits.gather(1, c[:, None])
+    want = (weights[:, :, None, None] * A).sum(1).clamp(min=0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3.0.conv1"])   # the second: inside a skip connection
+def test_ablationcam_runs_the_model_before_the_layer_once_per_image_and_chunk(small_resnet, layer):
+    """Every extra forward gets a single image (the layer's output is broadcast to the chunk's copies),
+    and the maps equal those of full copies of the image."""
+    model, _ = small_resnet
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    channels = dict(model.named_modules())[layer].out_channels if layer.endswith("conv1") else 512
+    input_batches = []
+    counter = model.register_forward_pre_hook(lambda _m, args: input_batches.append(args[0].shape[0]))
+    try:
+        fast = _raw(model, images, "ablationcam", layer, {"batch_size": 100})
+    finally:
+        counter.remove()
+    chunks = -(-channels // 100)
+    assert input_batches == [3] + [1] * (3 * chunks)      # the engine's forward, then one per image and chunk
+    with mock.patch.object(perturbation, "_masked_after_layer", lambda *args: None):
+        copies = _raw(model, images, "ablationcam", layer, {"batch_size": 100})
+    torch.testing.assert_close(fast, copies, rtol=1e-4, atol=1e-4 * copies.abs().max().item())
+
+
 @pytest.mark.parametrize("method", sorted(NEW_METHODS))
 def test_model_is_left_untouched_and_no_hook_stays(small_resnet, method):
     model = copy.deepcopy(small_resnet[0]).train()          # explained in eval mode, restored to train
@@ -384,12 +438,13 @@ def test_callable_target_is_refused_by_the_perturbation_methods():
 
 
 class FailsOnBigBatches(TinyGapNet):
-    """TinyGapNet that refuses batches of more than one image (the perturbed chunks)."""
+    """TinyGapNet whose head refuses batches of more than one image (the perturbed chunks)."""
 
     def forward(self, x):
-        if x.shape[0] > 1:
+        features = torch.flatten(self.pool(self.relu(self.conv(x))), 1)
+        if features.shape[0] > 1:
             raise RuntimeError("no batches here")
-        return super().forward(x)
+        return self.fc(features)
 
 
 @pytest.mark.parametrize("method", ["ablationcam", "smoothgradcam++"])

@@ -21,8 +21,9 @@ def ablationcam(inputs: LayerInputs) -> torch.Tensor:
     """Ablation-CAM: ``w_k = (S_c - S_c^(k)) / S_c``, map ``ReLU(sum_k w_k A_k)``.
 
     ``S_c^(k)`` is the target logit of a forward whose layer output has channel ``k`` zeroed (a
-    forward hook inside the call); ``C`` forwards per image in chunks of ``batch_size`` (default
-    32). A target logit ``S_c < 0`` flips every weight's sign, as in the paper's formula.
+    forward hook inside the call); ``C`` ablated copies per image in chunks of ``batch_size`` (default
+    32). The model runs up to the layer once per image and chunk, and only the part after it on the
+    chunk's copies (see :func:`camkit.methods.perturbation.perturbed_logits`). A target logit ``S_c < 0`` flips every weight's sign, as in the paper's formula.
     pytorch-grad-cam zeroes the channel only when the layer's minimum is 0 and otherwise sets it to
     ``min - 1e7``; camkit always zeroes it, as the paper.
 
@@ -39,7 +40,8 @@ def ablationcam(inputs: LayerInputs) -> torch.Tensor:
     activations = inputs.activations
     channels = activations.shape[1]
     logits = perturbed_logits(inputs.forward, channels, batch_size=checked_batch_size(inputs.options, "ablationcam"),
-                              layer_masks_of=lambda b, n: _zero_one_channel(channels, n, activations))
+                              layer_masks_of=lambda b, n: _zero_one_channel(channels, n, activations),
+                              reference=inputs.logits)
     ablated = logits.gather(2, classes.unsqueeze(1).expand(-1, channels, -1)).transpose(1, 2)  # (B, T, C)
     original = inputs.logits.to(ablated.dtype).gather(1, classes).unsqueeze(2)                 # (B, T, 1)
     return channel_weighted_sum((original - ablated) / original, activations).relu()

@@ -63,7 +63,8 @@ def checked_batch_size(options: dict, method: str, default: int = 32) -> int:
 
 def perturbed_logits(forward: ModelForward, count: int, *, batch_size: int,
                      inputs_of: Optional[IndexFn] = None,
-                     layer_masks_of: Optional[IndexFn] = None) -> torch.Tensor:
+                     layer_masks_of: Optional[IndexFn] = None,
+                     reference: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Logits of ``count`` perturbed forwards per image: ``(B, count, K)``.
 
     Pairs ``(b, n)`` (image ``b``, perturbation ``n``) run in chunks of ``batch_size`` under
@@ -72,7 +73,16 @@ def perturbed_logits(forward: ModelForward, count: int, *, batch_size: int,
     * ``inputs_of(b, n) -> (N, C, H, W)`` is the input batch (default: ``images[b]``);
     * ``layer_masks_of(b, n) -> (N, ...)``, if given, multiplies the layer's output ``(N, C, h, w)``
       at its ``call`` (broadcasting), through a forward hook removed when the chunk is done.
+
+    With ``layer_masks_of``, unchanged inputs and ``reference`` (the ``(B, K)`` unperturbed logits),
+    the part of the model before the layer runs once per image and chunk instead of once per pair
+    (:func:`_masked_after_layer`); a model for which that is not the same computation falls back to
+    the copies.
     """
+    if inputs_of is None and layer_masks_of is not None and reference is not None:
+        logits = _masked_after_layer(forward, count, batch_size, layer_masks_of, reference)
+        if logits is not None:
+            return logits
     images = forward.images
     pairs_b, pairs_n = _pairs(images, count)
     chunks = []
@@ -85,8 +95,53 @@ def perturbed_logits(forward: ModelForward, count: int, *, batch_size: int,
     return torch.cat(chunks).reshape(images.shape[0], count, -1)
 
 
+def _masked_after_layer(forward: ModelForward, count: int, batch_size: int, layer_masks_of: IndexFn,
+                        reference: torch.Tensor) -> Optional[torch.Tensor]:
+    """``(B, count, K)`` logits with the layer's output masked, each image run alone up to the layer.
+
+    The layer's ``(1, C, h, w)`` output of image ``b`` times ``(N, C, 1, 1)`` masks is an ``(N, C, h,
+    w)`` batch from the layer on, so the model before the layer runs once per chunk, not ``N`` times
+    (for Ablation-CAM at ResNet-50's ``layer4``: once per 32 channels, not 32 times). Whatever the model
+    computes after the layer from tensors before it (a skip connection) is then a ``(1, ...)`` tensor
+    that broadcasts, exactly as ``N`` identical copies would. A model that does not broadcast so (it
+    reshapes by the input's batch size, say) is caught on the first chunk, where an unmasked row is
+    compared with ``reference``: then ``None``, and the caller runs the copies.
+    """
+    images = forward.images
+    rows = []
+    with torch.no_grad():
+        for b in range(images.shape[0]):
+            for start in range(0, count, batch_size):
+                n = torch.arange(start, min(start + batch_size, count), device=images.device)
+                mask = layer_masks_of(torch.full_like(n, b), n)
+                if b == 0 and start == 0:
+                    logits = _checked_first_chunk(forward, images[:1], mask, reference[0])
+                    if logits is None:
+                        return None
+                else:
+                    logits = _forward_once(forward, images[b:b + 1], mask)
+                rows.append(logits)
+    return torch.cat(rows).reshape(images.shape[0], count, -1)
+
+
+def _checked_first_chunk(forward: ModelForward, image: torch.Tensor, mask: torch.Tensor,
+                         reference: torch.Tensor) -> Optional[torch.Tensor]:
+    """The first chunk of :func:`_masked_after_layer` with an unmasked row in front, or ``None`` when the
+    model fails on it or the unmasked row is not the ``(K,)`` ``reference``."""
+    try:
+        logits = _forward_once(forward, image, torch.cat([torch.ones_like(mask[:1]), mask]))
+    except (RuntimeError, ValueError):
+        return None
+    reference = reference.to(logits.dtype)
+    tolerance = 1e-3 * float(reference.abs().max()) + 1e-6
+    if not torch.allclose(logits[0], reference, rtol=1e-3, atol=tolerance):
+        return None
+    return logits[1:]
+
+
 def _forward_once(forward: ModelForward, batch: torch.Tensor, layer_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """``(N, K)`` logits of ``batch``, the layer's output multiplied by ``layer_mask`` if given."""
+    """``(N, K)`` logits of ``batch``, the layer's output multiplied by ``layer_mask`` if given (``N``
+    is the mask's first size: a ``(1, ...)`` batch broadcasts to the mask's rows at the layer)."""
     if layer_mask is None:
         return forward.logits_of(forward.model(batch), batch.shape[0])
     calls = [0]
@@ -97,7 +152,7 @@ def _forward_once(forward: ModelForward, batch: torch.Tensor, layer_mask: Option
 
     handle = forward.layer.module.register_forward_hook(mask_output)
     try:
-        return forward.logits_of(forward.model(batch), batch.shape[0])
+        return forward.logits_of(forward.model(batch), max(batch.shape[0], layer_mask.shape[0]))
     finally:
         handle.remove()
 
