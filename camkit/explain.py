@@ -33,7 +33,7 @@ from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weig
 from camkit.inputs import Preprocess, as_batch, as_photo_batch, run_model
 from camkit.outputs import as_logits, check_output_adapter, select_output
 from camkit.layers import (LayerError, LayerSpec, input_rank, is_stage_selection, last_spatial_layer, resolve_layer,
-                           resolve_layers)
+                           resolve_layers, selection_labels)
 from camkit.methods import NAMED_ONLY_NEEDS, STANDARD_METHODS, LayerInputs, get_method, list_methods
 from camkit.methods.fam import check_foreground_model
 from camkit.methods.perturbation import ModelForward
@@ -184,7 +184,8 @@ class Explainer:
         _check_input(batch)
         target = names_to_classes(target, self.class_names)
         check_target(target, batch.shape[0])
-        specs = self._resolve_layers(batch, layers if layers is not None else self.layers)
+        selection = layers if layers is not None else self.layers
+        specs = self._resolve_layers(batch, selection)
         _check_reshape_keys(self.reshape, specs)
         needs = set().union(*(m.needs for m in method_list))
         if "foreground" in needs:               # before any hook: the model and layer must have a map
@@ -230,6 +231,7 @@ class Explainer:
         explanation = self._explanation(maps, logits, targets, method_list, specs, batch, display)
         explanation.notes.extend(notes + tokens.zero_gradient_notes([spec.key for spec in specs], gradients))
         explanation.photos, explanation.frames = photos, frames
+        explanation.layer_labels = self._layer_labels(selection, specs)
         if unguided:
             explanation.notes.append(
                 "BagCAMs: no nn.ReLU/nn.ReLU6 module (guided_modules) ran after the captured layer(s), so "
@@ -356,6 +358,13 @@ class Explainer:
             if self._call_totals.get(key) is None:     # the probe's counts: capture only the last call
                 self._call_totals[key] = calls
         return specs
+
+    def _layer_labels(self, selection, specs) -> Dict[str, str]:
+        """Figure labels saying why each layer was chosen (:func:`camkit.layers.selection_labels`)."""
+        keys = [spec.key for spec in specs]
+        if selection is None and isinstance(getattr(self.model, "explain_layer", None), str):
+            return {keys[0]: f"the model's explain_layer ({keys[0]})"}
+        return selection_labels(selection, keys)
 
     def _explanation(self, maps, logits, targets: ResolvedTargets, method_list, specs, batch,
                      display) -> Explanation:

@@ -34,6 +34,9 @@ class Explanation:
         frames: per photo, the :class:`camkit.inputs.PhotoFrame` saying where the model input (the
             centre crop) lies on it; :meth:`photo_map`, :meth:`boxes` (``on_photo=True``) and the figures
             use it to put the maps back onto the photos.
+        layer_labels: ``{layer key: readable label}`` saying why a layer was chosen, e.g.
+            ``"last spatial layer (_swish)"`` for ``layers=None`` or ``"2nd deepest stage (features.13)"``
+            for ``layers="stage:-2"``; the figures title their rows with it (a named layer: its key).
     """
 
     maps: Dict[MapKey, torch.Tensor]
@@ -48,6 +51,7 @@ class Explanation:
     notes: List[str] = field(default_factory=list)
     photos: Optional[List[np.ndarray]] = None
     frames: Optional[list] = None
+    layer_labels: Dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, key: Union[str, MapKey]) -> torch.Tensor:
         """``exp["gradcam"]`` when one layer was explained, else ``exp["gradcam", "layer4"]``."""

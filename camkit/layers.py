@@ -300,6 +300,34 @@ def is_stage_selection(layers) -> bool:
     return isinstance(layers, str) and (layers == ALL_STAGES or layers.startswith((LAST_STAGES, STAGE)))
 
 
+def _ordinal(rank: int, end: str) -> str:
+    """``(1, "deepest") -> "deepest"``, ``(2, "deepest") -> "2nd deepest"``, ``(3, ...) -> "3rd ..."``."""
+    if rank == 1:
+        return end
+    suffix = "th" if 10 <= rank % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(rank % 10, "th")
+    return f"{rank}{suffix} {end}"
+
+
+def selection_labels(layers, keys: Sequence[str]) -> Dict[str, str]:
+    """Figure labels that say why each layer of a selection was chosen, e.g. ``{"features.13": "2nd
+    deepest stage (features.13)"}`` for ``layers="stage:-2"``.
+
+    ``layers`` is the selection as given (``None``, ``"all-stages"``, ``"last-stages:N"``,
+    ``"stage:K"``), ``keys`` the layer keys it resolved to, in order. A layer named by the user gets
+    no label (its name is the label).
+    """
+    keys = list(keys)
+    if layers is None and len(keys) == 1:
+        return {keys[0]: f"last spatial layer ({keys[0]})"}
+    if not is_stage_selection(layers):
+        return {}
+    index = stage_index(layers)
+    if index is not None:
+        why = _ordinal(-index, "deepest") if index < 0 else _ordinal(index + 1, "shallowest")
+        return {key: f"{why} stage ({key})" for key in keys}
+    return {key: f"{_ordinal(len(keys) - i, 'deepest')} stage ({key})" for i, key in enumerate(keys)}
+
+
 def resolve_layers(model: nn.Module, layers: Optional[Union[LayerLike, Sequence[LayerLike]]],
                    example: torch.Tensor) -> List[LayerSpec]:
     """Resolve ``layers`` (a name, module, sequence of them, ``None`` = last spatial layer,

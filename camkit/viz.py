@@ -268,8 +268,8 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
 
     Panels keep the photo's aspect ratio; with camkit's preprocessing the maps are drawn back onto the
     whole photo (the dotted frame is the centre crop the model saw, :attr:`Explanation.frames`).
-    Columns are titled with the method, rows with the layer's label (``layer_labels[layer]``, default
-    the layer key). A method without a map at a layer (e.g. CAM where no linear head fits, see
+    Columns are titled with the method, rows with the layer's label (``layer_labels[layer]``, else
+    ``exp.layer_labels[layer]``, which says why the layer was chosen, else the layer key). A method without a map at a layer (e.g. CAM where no linear head fits, see
     ``exp.notes``) gets a greyed photo marked "n/a", aligned with the others.
 
     Args:
@@ -286,7 +286,7 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
     """
     layers = list(layers or exp.layers)
     methods = [m for m in (methods or exp.methods) if any((m, l) in exp.maps for l in layers)]
-    labels = dict(layer_labels or {})
+    labels = {**getattr(exp, "layer_labels", {}), **(layer_labels or {})}
     batch = _to_numpy(next(iter(exp.maps.values()))).shape[0]
     indices = list(range(batch) if indices is None else indices)
     photos, frames = getattr(exp, "photos", None), getattr(exp, "frames", None)

@@ -30,3 +30,15 @@ def test_camkit_explain_stays_the_function_after_its_module_is_imported():
     code = ("import camkit.explain, camkit\nfrom camkit.explain import Explainer\n"
             "assert callable(camkit.explain) and camkit.explain.__module__ == 'camkit.explain', camkit.explain")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize("module", ["camkit", "camkit.cli"])
+def test_python_dash_m_runs_the_camkit_command_without_torch(module):
+    """``python -m camkit --help`` is the ``camkit`` command's help, and imports no torch."""
+    code = (f"import runpy, sys; sys.argv = ['camkit', '--help']\n"
+            f"try:\n    runpy.run_module({module!r}, run_name='__main__')\nexcept SystemExit as done:\n"
+            f"    assert done.code in (0, None), done.code\n"
+            f"assert 'torch' not in sys.modules, 'torch imported for --help'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: camkit")

@@ -34,7 +34,7 @@ examples:
       --protocol center-crop --box-rule cicam
 
   # two processes, each on a shard; the counts are all-reduced exactly
-  torchrun --nproc_per_node=2 -m camkit.cli evaluate --model ... --data ...
+  torchrun --nproc_per_node=2 -m camkit evaluate --model ... --data ...
 """)
 
 
