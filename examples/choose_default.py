@@ -4,8 +4,8 @@ Runs offline on CPU, from the project root. The table of docs/methods.md is (229
 
     python examples/choose_default.py --perturbation-limit 0
 
-Score-CAM / Ablation-CAM add about 5 minutes at ``--perturbation-limit 10`` (one forward per channel),
-and ``--faithfulness 10`` more than 10 minutes, on 2 cores.
+Ablation-CAM (on every image) and Score-CAM (``--perturbation-limit N`` images, one full forward per
+channel) add a few minutes, ``--faithfulness N`` deletion / insertion of a few cells on N images.
 
 For the real MobileNetV2 (``../shared/assets/weights``, TensorFlow SAME padding restored) and the real
 EfficientNet-Lite0 (from the package index), on the 50 annotated ImageNet validation images of
@@ -18,8 +18,10 @@ maps of the ground-truth class), it measures with :func:`camkit.evaluate`:
   ``_swish``);
 * the fusion rules ``max``, ``mean`` and ``layercam`` (:func:`camkit.fuse`) over the three layers and
   over the last two;
-* the perturbation methods Score-CAM and Ablation-CAM (one extra forward per channel) at the first two
-  layers only (32-112 channels; the 7x7 layers have 1280);
+* Ablation-CAM at the three layers on every image (its extra forwards rerun only the part after the
+  layer, per chunk of channels), and Score-CAM (one full forward per channel) at the first two layers
+  only (32-112 channels; the 7x7 layers have 1280) on the first ``--perturbation-limit`` images: its rows
+  say on how many images, and it is left out of the ranking when that is not every image;
 * with ``--faithfulness N``, deletion / insertion AUC of a few cells (:data:`FAITHFULNESS_CELLS`) on the
   first ``N`` images.
 
@@ -70,12 +72,15 @@ def measure(loaded, dataset, layers, limit, perturbation_limit, batch_size, one_
     common = dict(batch_size=batch_size, progress=False, limit=limit, metric_workers=0)
     if one_pass:
         cells.update(_one_pass_cells(loaded, dataset, layers, layer_column, common))
-    # 3. the perturbation methods at the first two layers
+    # 3. Ablation-CAM at the three layers, Score-CAM (a full forward per channel) at the first two
     if perturbation_limit:
-        table = camkit.evaluate(loaded.model, dataset, methods=PERTURBATION, layers=layers[:2],
-                                **{**common, "limit": min(perturbation_limit, limit or len(dataset))})
-        for (method, layer), row in table.items():
-            cells[method, layer_column[layer]] = row
+        runs = [("ablationcam", layers, limit),
+                ("scorecam", layers[:2], min(perturbation_limit, limit or len(dataset)))]
+        for method, explained, images in runs:
+            table = camkit.evaluate(loaded.model, dataset, methods=[method], layers=explained,
+                                    **{**common, "limit": images})
+            for (name, layer), row in table.items():
+                cells[name, layer_column[layer]] = row
     return cells
 
 
@@ -116,7 +121,9 @@ def faithfulness_rows(loaded, dataset, layers, picks, images, batch_size):
     return out
 
 
-def grid_markdown(cells, metric, layers):
+def grid_markdown(cells, metric, layers, images):
+    """The methods x columns table of one model and metric; a method measured on other than ``images``
+    images says on how many."""
     cols = columns(layers)
     methods = [m for m in ONE_PASS + PERTURBATION if any((m, c) in cells for c in cols)]
     header = ["method"] + [c.replace("L1", layers[0]).replace("L2", layers[1]).replace("L3", layers[2])
@@ -124,14 +131,18 @@ def grid_markdown(cells, metric, layers):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in methods:
         values = [cells.get((method, c), {}).get(metric) for c in cols]
-        lines.append("| " + " | ".join([method] + ["-" if v is None else f"{v:.1f}" for v in values]) + " |")
+        counts = {cells[method, c]["num_images"] for c in cols if (method, c) in cells}
+        label = method if counts == {images} else f"{method} ({', '.join(map(str, sorted(counts)))} images)"
+        lines.append("| " + " | ".join([label] + ["-" if v is None else f"{v:.1f}" for v in values]) + " |")
     return "\n".join(lines)
 
 
-def ranking(per_model):
-    """Cells present for every model, by their mean MaxBoxAccV2 over the models (best first)."""
+def ranking(per_model, images):
+    """Cells present for every model on all ``images`` images, by their mean MaxBoxAccV2 over the models
+    (best first)."""
     models = list(per_model)
-    keys = set.intersection(*(set(cells) for cells in per_model.values()))
+    keys = {key for key in set.intersection(*(set(cells) for cells in per_model.values()))
+            if all(cells[key]["num_images"] == images for cells in per_model.values())}
     scored = []
     for key in keys:
         values = [per_model[m][key]["MaxBoxAccV2"] for m in models]
@@ -161,7 +172,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="models to measure")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--perturbation-limit", type=int, default=5,
-                        help="images for Score-CAM / Ablation-CAM (0: skip them)")
+                        help="images for Score-CAM (Ablation-CAM runs on every image; 0: skip both)")
     parser.add_argument("--perturbation-only", action="store_true",
                         help="measure only Score-CAM / Ablation-CAM (a second, smaller run)")
     parser.add_argument("--faithfulness", type=int, default=0, metavar="N",
@@ -186,14 +197,14 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         per_model[name] = cells = measure(loaded, dataset, layers, args.limit, args.perturbation_limit,
                                           args.batch_size, one_pass=not args.perturbation_only)
-        images = next(iter(cells.values()))["num_images"]
+        images = max(row["num_images"] for row in cells.values())
         print(f"{name}: {len(cells)} cells on {images} images in {time.perf_counter() - t0:.0f} s", flush=True)
         for metric in METRICS:
             sections.append(f"### {name}, {metric} ({images} images; L1-L3 = {', '.join(layers)})\n\n"
-                            + grid_markdown(cells, metric, layers))
+                            + grid_markdown(cells, metric, layers, images))
         per_model[name + " layers"] = layers
     layer_sets = {name: per_model.pop(name + " layers") for name in args.models}
-    ranked = ranking(per_model) if not args.perturbation_only else []
+    ranked = ranking(per_model, images) if not args.perturbation_only else []
     lines = ["## Ranking: mean MaxBoxAccV2 over " + ", ".join(args.models), "",
              "| rank | method | column | mean MaxBoxAccV2 | " + " | ".join(args.models) + " | mean GT-known |",
              "|---|---|---|---|" + "---|" * len(args.models) + "---|"]
