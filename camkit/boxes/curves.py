@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from camkit.boxes import _compiled
 from camkit.boxes._component_tree import ComponentTree, quad_events
 from camkit.boxes.iou import _pairwise_iou, validate_boxes
 from camkit.boxes.threshold import (_EIGHT, _FOUR, _check_multi_contour, _checked_thresholds, _contour_to_box,
@@ -113,13 +114,15 @@ def _add_hole_ious(u, gt, hole_levels, used, v2):
     return hole_budget
 
 
-def _filled_twice_area(mask, fg, component):
-    """Exact 2*area of tree node ``component``'s outer border at ``mask``: fill its crop's holes."""
-    w = mask.shape[1]
+def _filled_twice_area(u, level, fg, component):
+    """Exact 2*area of tree node ``component``'s outer border at ``u > level``: fill its crop's holes."""
+    w = u.shape[1]
     y0, x0 = fg.y0[component], fg.x0[component]
-    crop = mask[y0:fg.y1[component] + 1, x0:fg.x1[component] + 1]
-    labels, _ = ndi.label(crop, structure=_EIGHT)
     py, px = divmod(int(fg.own_pixel[component]), w)
+    if _compiled.enabled():
+        return _compiled.filled_twice_area(u, level, y0, fg.y1[component], x0, fg.x1[component], py, px)
+    crop = u[y0:fg.y1[component] + 1, x0:fg.x1[component] + 1] > level
+    labels, _ = ndi.label(crop, structure=_EIGHT)
     comp = labels == labels[py - y0, px - x0]
     # fill: everything but the 4-connected background components touching the crop's edge
     bg, _ = ndi.label(~comp, structure=_FOUR)
@@ -149,11 +152,10 @@ def _largest_contour_ious(u, fg, node, t, n_holes, hole_budget, fg_iou):
     single = n_candidates == 1
     v1[single] = fg_iou[winner[single]]
     for level in np.flatnonzero(n_candidates > 1):
-        mask = u > level
         nodes = node[candidate & (t == level)]
         exact = twice_area[nodes].copy()
         for k in np.flatnonzero(n_holes[nodes] > 0):
-            exact[k] = _filled_twice_area(mask, fg, nodes[k])
+            exact[k] = _filled_twice_area(u, level, fg, nodes[k])
         top = exact == exact.max()
         if top.sum() == 1:
             v1[level] = fg_iou[nodes[np.argmax(exact)]]

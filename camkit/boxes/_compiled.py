@@ -1,0 +1,306 @@
+"""Compiled kernels (numba) behind :mod:`camkit.boxes._component_tree` and :mod:`camkit.boxes.curves`.
+
+Optional: installed by ``pip install camkit[fast]``. When ``import numba`` fails, or the environment
+variable ``CAMKIT_NO_NUMBA`` is set to anything but ``""`` / ``"0"`` (read at every call, see
+:func:`enabled`), the callers use their numpy path instead. Both paths give the same numbers; only the
+speed differs (the tests compare them array for array).
+
+* :func:`component_tree`: the max-tree of a uint8 image by the classic union-find on a counting sort
+  (Berger et al. 2007, "Effective component tree computation with application to pattern recognition
+  in astronomical imaging"; Najman and Couprie 2006): pixels by decreasing value, each one made the
+  parent of the roots of its already processed neighbours (path halving), then every parent pointer
+  moved to its node's canonical pixel. The nodes are then numbered in a preorder (subtree sizes
+  bottom-up, then consecutive ranges top-down), and the per-node aggregates of
+  :class:`camkit.boxes._component_tree.ComponentTree` are reduced bottom-up over that tree. The
+  output contract is :func:`camkit.boxes._component_tree.max_tree`'s (the node ids may differ: any
+  preorder is one; the nodes, their levels, pixels and aggregates are the same).
+* :func:`quad_events`: the per-pixel quad weights of :func:`camkit.boxes._component_tree.quad_events`,
+  block by block, with the same ranking of the four corners.
+* :func:`filled_twice_area`: ``2 * area`` of one component's outer border, its holes filled, by two
+  flood fills in the component's bounding box (what ``curves._filled_twice_area`` does with labelling).
+
+Compiling costs a few seconds once; ``cache=True`` keeps the machine code in ``__pycache__`` for the
+next processes.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:
+    from numba import njit
+    AVAILABLE = True
+except ImportError:  # the optional "fast" extra is not installed: the numpy paths are used
+    AVAILABLE = False
+
+    def njit(*args, **kwargs):
+        """Stand-in for ``numba.njit``: leaves the function as plain Python (never called by camkit)."""
+        return lambda function: function
+
+__all__ = ["AVAILABLE", "enabled", "component_tree", "quad_events", "filled_twice_area"]
+
+
+def enabled():
+    """True when the compiled kernels are used: numba imports and ``CAMKIT_NO_NUMBA`` is unset, ``""`` or
+    ``"0"`` (read at each call, so a test can switch paths in one process)."""
+    return AVAILABLE and os.environ.get("CAMKIT_NO_NUMBA", "") in ("", "0")
+
+
+@njit(cache=True, nogil=True)
+def _find(zpar, x):
+    """Root of ``x`` in the union-find forest ``zpar``, halving the path on the way."""
+    while zpar[x] != x:
+        zpar[x] = zpar[zpar[x]]
+        x = zpar[x]
+    return x
+
+
+@njit(cache=True, nogil=True)
+def _tree_kernel(values, eight, weights):
+    h, w = values.shape
+    n = h * w
+    flat = values.ravel()
+    # counting sort by decreasing value (stable in raster order)
+    start = np.zeros(257, np.int64)
+    for p in range(n):
+        start[255 - flat[p] + 1] += 1
+    for v in range(256):
+        start[v + 1] += start[v]
+    order = np.empty(n, np.int32)
+    for p in range(n):
+        slot = 255 - flat[p]
+        order[start[slot]] = p
+        start[slot] += 1
+    # union-find from the highest pixel down (Berger et al.): each pixel becomes the tree parent of its
+    # processed neighbours' components; the union-find forest zpar is balanced by rank, and repr[r] is
+    # the tree root (last processed pixel) of the set whose union-find root is r
+    parent = np.empty(n, np.int32)
+    zpar = np.full(n, -1, np.int32)
+    rank = np.zeros(n, np.uint8)
+    repr_ = np.empty(n, np.int32)
+    dys = np.array([-1, 0, 0, 1, -1, -1, 1, 1])
+    dxs = np.array([0, -1, 1, 0, -1, 1, -1, 1])
+    n_offsets = 8 if eight else 4
+    for i in range(n):
+        p = order[i]
+        parent[p] = p
+        zpar[p] = p
+        repr_[p] = p
+        zp = p
+        y = p // w
+        x = p - y * w
+        for k in range(n_offsets):
+            yy, xx = y + dys[k], x + dxs[k]
+            if yy < 0 or yy >= h or xx < 0 or xx >= w:
+                continue
+            q = yy * w + xx
+            if zpar[q] < 0:
+                continue
+            zq = _find(zpar, q)
+            if zq != zp:
+                parent[repr_[zq]] = p
+                if rank[zp] < rank[zq]:
+                    zp, zq = zq, zp
+                zpar[zq] = zp
+                repr_[zp] = p
+                if rank[zp] == rank[zq]:
+                    rank[zp] += 1
+    # canonical parents (root first: a parent is always processed after its children)
+    for i in range(n - 1, -1, -1):
+        p = order[i]
+        q = parent[p]
+        if flat[parent[q]] == flat[q]:
+            parent[p] = parent[q]
+    # nodes = canonical pixels, first numbered root-first (parents before children)
+    temp = np.full(n, -1, np.int64)
+    canon = np.empty(n, np.int64)
+    node_parent = np.empty(n, np.int64)
+    m = 0
+    for i in range(n - 1, -1, -1):
+        p = order[i]
+        q = parent[p]
+        if q == p or flat[q] != flat[p]:
+            temp[p] = m
+            canon[m] = p
+            node_parent[m] = temp[q] if q != p else m
+            m += 1
+    size = np.ones(m, np.int64)
+    for k in range(m - 1, 0, -1):
+        size[node_parent[k]] += size[k]
+    # preorder: each child gets the next free range inside its parent's range
+    pre = np.empty(m, np.int64)
+    next_free = np.empty(m, np.int64)
+    pre[0] = 0
+    next_free[0] = 1
+    for k in range(1, m):
+        pk = node_parent[k]
+        pre[k] = next_free[pk]
+        next_free[pk] += size[k]
+        next_free[k] = pre[k] + 1
+    level = np.empty(m, np.int64)
+    parent_node = np.empty(m, np.int64)
+    subtree_end = np.empty(m, np.int64)
+    for k in range(m):
+        j = pre[k]
+        level[j] = flat[canon[k]]
+        parent_node[j] = pre[node_parent[k]]
+        subtree_end[j] = j + size[k]
+    pixel_node = np.empty(n, np.int64)
+    for p in range(n):
+        c = p if temp[p] >= 0 else parent[p]
+        pixel_node[p] = pre[temp[c]]
+    # aggregates: own pixels, then bottom-up (a child's id is larger than its parent's)
+    big = n + 1
+    x0 = np.full(m, big, np.int64)
+    x1 = np.full(m, -1, np.int64)
+    first = np.full(m, big, np.int64)
+    last = np.full(m, -1, np.int64)
+    own_pixel = np.empty(m, np.int64)
+    n_weights = weights.shape[1]
+    sums = np.zeros((m, n_weights), np.int64)
+    for p in range(n):
+        j = pixel_node[p]
+        x = p % w
+        x0[j] = min(x0[j], x)
+        x1[j] = max(x1[j], x)
+        first[j] = min(first[j], p)
+        last[j] = max(last[j], p)
+        own_pixel[j] = p   # the last own pixel in raster order, as the numpy path keeps
+        for c in range(n_weights):
+            sums[j, c] += weights[p, c]
+    for j in range(m - 1, 0, -1):
+        pj = parent_node[j]
+        x0[pj] = min(x0[pj], x0[j])
+        x1[pj] = max(x1[pj], x1[j])
+        first[pj] = min(first[pj], first[j])
+        last[pj] = max(last[pj], last[j])
+        for c in range(n_weights):
+            sums[pj, c] += sums[j, c]
+    parent_level = np.empty(m, np.int64)
+    for j in range(m):
+        parent_level[j] = -1 if parent_node[j] == j else level[parent_node[j]]
+    return (pixel_node, parent_node, level, subtree_end, parent_level, x0, x1, first, last // w,
+            first // w, own_pixel, sums)
+
+
+def component_tree(image, connectivity, weights=None):
+    """Compiled max-tree of an (H, W) uint8 ``image`` with its aggregates.
+
+    Returns a dict of (m,) int64 arrays: ``pixel_node`` ((H*W,)), ``parent_node``, ``level``,
+    ``subtree_end`` (the :func:`camkit.boxes._component_tree.max_tree` contract), ``parent_level``,
+    ``x0, x1, y0, y1, first_pixel, own_pixel`` and ``subtree_sums`` ((m, k) int64, ``None`` without
+    ``weights`` (H*W, k)), as :class:`camkit.boxes._component_tree.ComponentTree` defines them.
+    """
+    values = np.ascontiguousarray(image, dtype=np.uint8)
+    w = np.zeros((values.size, 0), np.int64) if weights is None else np.ascontiguousarray(weights, np.int64)
+    out = _tree_kernel(values, connectivity == 2, w)
+    names = ("pixel_node", "parent_node", "level", "subtree_end", "parent_level", "x0", "x1", "first_pixel",
+             "y1", "y0", "own_pixel", "subtree_sums")
+    tree = dict(zip(names, out))
+    if weights is None:
+        tree["subtree_sums"] = None
+    return tree
+
+
+@njit(cache=True, nogil=True)
+def _quad_kernel(u):
+    h, w = u.shape
+    pw = w + 2
+    area = np.zeros((h + 2) * pw, np.int64)
+    euler = np.zeros((h + 2) * pw, np.int64)
+    keys = np.empty(4, np.int64)
+    pixel = np.empty(4, np.int64)
+    for by in range(h + 1):
+        for bx in range(w + 1):
+            # corner keys (value + 1) * 4 + corner (TL 0, TR 1, BL 2, BR 3), padding value -1
+            for corner in range(4):
+                y, x = by - 1 + (corner >> 1), bx - 1 + (corner & 1)
+                value = np.int64(-1)
+                if 0 <= y < h and 0 <= x < w:
+                    value = np.int64(u[y, x])
+                keys[corner] = (value + 1) * 4 + corner
+            for i in range(1, 4):   # insertion sort, decreasing (the keys of a block are distinct)
+                key = keys[i]
+                j = i - 1
+                while j >= 0 and keys[j] < key:
+                    keys[j + 1] = keys[j]
+                    j -= 1
+                keys[j + 1] = key
+            origin = by * pw + bx
+            for r in range(4):
+                corner = keys[r] & 3
+                pixel[r] = origin + (corner >> 1) * pw + (corner & 1)
+            diagonal = 2 if (keys[0] & 3) + (keys[1] & 3) == 3 else 0
+            euler[pixel[0]] += 1
+            euler[pixel[1]] -= 1 + diagonal
+            area[pixel[2]] += 1
+            euler[pixel[2]] += diagonal - 1
+            area[pixel[3]] += 1
+            euler[pixel[3]] += 1
+    out = np.empty((h * w, 2), np.int64)
+    for y in range(h):
+        for x in range(w):
+            out[y * w + x, 0] = area[(y + 1) * pw + x + 1]
+            out[y * w + x, 1] = euler[(y + 1) * pw + x + 1]
+    return out
+
+
+def quad_events(u):
+    """Compiled :func:`camkit.boxes._component_tree.quad_events`: (H*W, 2) int64, the same weights."""
+    return _quad_kernel(np.ascontiguousarray(u, dtype=np.uint8))
+
+
+@njit(cache=True, nogil=True)
+def _filled_kernel(u, level, y0, y1, x0, x1, own_y, own_x):
+    ch, cw = y1 - y0 + 1, x1 - x0 + 1
+    state = np.zeros((ch, cw), np.int8)      # 1: the component, 2: background reaching the crop's edge
+    stack = np.empty(ch * cw, np.int64)
+    stack[0] = (own_y - y0) * cw + (own_x - x0)
+    state[own_y - y0, own_x - x0] = 1
+    top = 1
+    while top:               # 8-connected foreground flood from the own pixel
+        top -= 1
+        y, x = divmod(stack[top], cw)
+        for dy in range(-1, 2):
+            for dx in range(-1, 2):
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < ch and 0 <= xx < cw and state[yy, xx] == 0 and u[y0 + yy, x0 + xx] > level:
+                    state[yy, xx] = 1
+                    stack[top] = yy * cw + xx
+                    top += 1
+    dys = np.array([-1, 0, 0, 1])
+    dxs = np.array([0, -1, 1, 0])
+    for y in range(ch):      # 4-connected background floods from every edge pixel
+        for x in range(cw):
+            if (y != 0 and y != ch - 1 and x != 0 and x != cw - 1) or state[y, x] != 0:
+                continue
+            state[y, x] = 2
+            stack[0] = y * cw + x
+            top = 1
+            while top:
+                top -= 1
+                py, px = divmod(stack[top], cw)
+                for k in range(4):
+                    yy, xx = py + dys[k], px + dxs[k]
+                    if 0 <= yy < ch and 0 <= xx < cw and state[yy, xx] == 0:
+                        state[yy, xx] = 2
+                        stack[top] = yy * cw + xx
+                        top += 1
+    twice_area = 0
+    for y in range(ch - 1):  # 2 * #quads of 4 filled pixels + #quads of 3
+        for x in range(cw - 1):
+            count = ((state[y, x] != 2) + (state[y, x + 1] != 2) + (state[y + 1, x] != 2)
+                     + (state[y + 1, x + 1] != 2))
+            if count == 4:
+                twice_area += 2
+            elif count == 3:
+                twice_area += 1
+    return twice_area
+
+
+def filled_twice_area(u, level, y0, y1, x0, x1, own_y, own_x):
+    """``2 * contourArea`` of the outer border of the 8-connected component of ``u > level`` holding pixel
+    ``(own_y, own_x)``, whose bounding box is rows ``y0..y1``, columns ``x0..x1`` (inclusive): an int."""
+    return int(_filled_kernel(np.ascontiguousarray(u, dtype=np.uint8), int(level), int(y0), int(y1), int(x0),
+                              int(x1), int(own_y), int(own_x)))
