@@ -60,41 +60,44 @@ def _find(zpar, x):
 def _tree_kernel(values, eight, weights):
     h, w = values.shape
     n = h * w
-    flat = values.ravel()
+    # pixels are addressed in the image padded by one pixel (index (y + 1) * pw + x + 1), so that the
+    # neighbours need no bounds checks: padding pixels are never processed (zpar stays -1)
+    pw = w + 2
+    n_padded = (h + 2) * pw
+    value = np.zeros(n_padded, np.uint8)
+    for y in range(h):
+        for x in range(w):
+            value[(y + 1) * pw + x + 1] = values[y, x]
     # counting sort by decreasing value (stable in raster order)
     start = np.zeros(257, np.int64)
-    for p in range(n):
-        start[255 - flat[p] + 1] += 1
+    for y in range(h):
+        for x in range(w):
+            start[256 - values[y, x]] += 1
     for v in range(256):
         start[v + 1] += start[v]
     order = np.empty(n, np.int32)
-    for p in range(n):
-        slot = 255 - flat[p]
-        order[start[slot]] = p
-        start[slot] += 1
+    for y in range(h):
+        for x in range(w):
+            slot = 255 - values[y, x]
+            order[start[slot]] = (y + 1) * pw + x + 1
+            start[slot] += 1
     # union-find from the highest pixel down (Berger et al.): each pixel becomes the tree parent of its
-    # processed neighbours' components; the union-find forest zpar is balanced by rank, and repr[r] is
-    # the tree root (last processed pixel) of the set whose union-find root is r
-    parent = np.empty(n, np.int32)
-    zpar = np.full(n, -1, np.int32)
-    rank = np.zeros(n, np.uint8)
-    repr_ = np.empty(n, np.int32)
-    dys = np.array([-1, 0, 0, 1, -1, -1, 1, 1])
-    dxs = np.array([0, -1, 1, 0, -1, 1, -1, 1])
+    # processed neighbours' components; the union-find forest zpar is balanced by rank, and repr_[r] is
+    # the tree root (the last processed pixel) of the set whose union-find root is r
+    offsets = np.array([-pw, -1, 1, pw, -pw - 1, -pw + 1, pw - 1, pw + 1])
     n_offsets = 8 if eight else 4
+    parent = np.empty(n_padded, np.int32)
+    zpar = np.full(n_padded, -1, np.int32)
+    rank = np.zeros(n_padded, np.uint8)
+    repr_ = np.empty(n_padded, np.int32)
     for i in range(n):
         p = order[i]
         parent[p] = p
         zpar[p] = p
         repr_[p] = p
         zp = p
-        y = p // w
-        x = p - y * w
         for k in range(n_offsets):
-            yy, xx = y + dys[k], x + dxs[k]
-            if yy < 0 or yy >= h or xx < 0 or xx >= w:
-                continue
-            q = yy * w + xx
+            q = p + offsets[k]
             if zpar[q] < 0:
                 continue
             zq = _find(zpar, q)
@@ -106,31 +109,29 @@ def _tree_kernel(values, eight, weights):
                 repr_[zp] = p
                 if rank[zp] == rank[zq]:
                     rank[zp] += 1
-    # canonical parents (root first: a parent is always processed after its children)
-    for i in range(n - 1, -1, -1):
-        p = order[i]
-        q = parent[p]
-        if flat[parent[q]] == flat[q]:
-            parent[p] = parent[q]
-    # nodes = canonical pixels, first numbered root-first (parents before children)
-    temp = np.full(n, -1, np.int64)
-    canon = np.empty(n, np.int64)
-    node_parent = np.empty(n, np.int64)
+    # canonical parents, root first (a parent is processed after its children); nodes = canonical
+    # pixels, numbered root-first in temp (reusing zpar), so that parents come before children
+    temp = zpar
+    canon = np.empty(n, np.int32)
+    node_parent = np.empty(n, np.int32)
     m = 0
     for i in range(n - 1, -1, -1):
         p = order[i]
         q = parent[p]
-        if q == p or flat[q] != flat[p]:
+        if value[parent[q]] == value[q]:
+            q = parent[q]
+            parent[p] = q
+        if q == p or value[q] != value[p]:
             temp[p] = m
             canon[m] = p
             node_parent[m] = temp[q] if q != p else m
             m += 1
-    size = np.ones(m, np.int64)
+    size = np.ones(m, np.int32)
     for k in range(m - 1, 0, -1):
         size[node_parent[k]] += size[k]
     # preorder: each child gets the next free range inside its parent's range
-    pre = np.empty(m, np.int64)
-    next_free = np.empty(m, np.int64)
+    pre = np.empty(m, np.int32)
+    next_free = np.empty(m, np.int32)
     pre[0] = 0
     next_free[0] = 1
     for k in range(1, m):
@@ -143,14 +144,11 @@ def _tree_kernel(values, eight, weights):
     subtree_end = np.empty(m, np.int64)
     for k in range(m):
         j = pre[k]
-        level[j] = flat[canon[k]]
+        level[j] = value[canon[k]]
         parent_node[j] = pre[node_parent[k]]
         subtree_end[j] = j + size[k]
+    # each pixel's node, and the aggregates over own pixels, in raster order
     pixel_node = np.empty(n, np.int64)
-    for p in range(n):
-        c = p if temp[p] >= 0 else parent[p]
-        pixel_node[p] = pre[temp[c]]
-    # aggregates: own pixels, then bottom-up (a child's id is larger than its parent's)
     big = n + 1
     x0 = np.full(m, big, np.int64)
     x1 = np.full(m, -1, np.int64)
@@ -159,16 +157,23 @@ def _tree_kernel(values, eight, weights):
     own_pixel = np.empty(m, np.int64)
     n_weights = weights.shape[1]
     sums = np.zeros((m, n_weights), np.int64)
-    for p in range(n):
-        j = pixel_node[p]
-        x = p % w
-        x0[j] = min(x0[j], x)
-        x1[j] = max(x1[j], x)
-        first[j] = min(first[j], p)
-        last[j] = max(last[j], p)
-        own_pixel[j] = p   # the last own pixel in raster order, as the numpy path keeps
-        for c in range(n_weights):
-            sums[j, c] += weights[p, c]
+    for y in range(h):
+        for x in range(w):
+            p = (y + 1) * pw + x + 1
+            c = p
+            if value[parent[p]] == value[p]:
+                c = parent[p]
+            j = pre[temp[c]]
+            r = y * w + x
+            pixel_node[r] = j
+            x0[j] = min(x0[j], x)
+            x1[j] = max(x1[j], x)
+            first[j] = min(first[j], r)
+            last[j] = max(last[j], r)
+            own_pixel[j] = r   # the last own pixel in raster order, as the numpy path keeps
+            for c in range(n_weights):
+                sums[j, c] += weights[r, c]
+    # then bottom-up (a child's id is larger than its parent's)
     for j in range(m - 1, 0, -1):
         pj = parent_node[j]
         x0[pj] = min(x0[pj], x0[j])
@@ -207,42 +212,43 @@ def component_tree(image, connectivity, weights=None):
 def _quad_kernel(u):
     h, w = u.shape
     pw = w + 2
-    area = np.zeros((h + 2) * pw, np.int64)
-    euler = np.zeros((h + 2) * pw, np.int64)
-    keys = np.empty(4, np.int64)
-    pixel = np.empty(4, np.int64)
-    for by in range(h + 1):
-        for bx in range(w + 1):
-            # corner keys (value + 1) * 4 + corner (TL 0, TR 1, BL 2, BR 3), padding value -1
-            for corner in range(4):
-                y, x = by - 1 + (corner >> 1), bx - 1 + (corner & 1)
-                value = np.int64(-1)
-                if 0 <= y < h and 0 <= x < w:
-                    value = np.int64(u[y, x])
-                keys[corner] = (value + 1) * 4 + corner
-            for i in range(1, 4):   # insertion sort, decreasing (the keys of a block are distinct)
-                key = keys[i]
-                j = i - 1
-                while j >= 0 and keys[j] < key:
-                    keys[j + 1] = keys[j]
-                    j -= 1
-                keys[j + 1] = key
-            origin = by * pw + bx
-            for r in range(4):
-                corner = keys[r] & 3
-                pixel[r] = origin + (corner >> 1) * pw + (corner & 1)
-            diagonal = 2 if (keys[0] & 3) + (keys[1] & 3) == 3 else 0
-            euler[pixel[0]] += 1
-            euler[pixel[1]] -= 1 + diagonal
-            area[pixel[2]] += 1
-            euler[pixel[2]] += diagonal - 1
-            area[pixel[3]] += 1
-            euler[pixel[3]] += 1
+    # corner keys (value + 1) * 4 + corner (TL 0, TR 1, BL 2, BR 3) of the padded image, padding value -1:
+    # key[y, x] + corner is pixel (y, x)'s key as that corner of a block
+    key = np.zeros((h + 2, pw), np.int64)
+    for y in range(h):
+        for x in range(w):
+            key[y + 1, x + 1] = (np.int64(u[y, x]) + 1) * 4
     out = np.empty((h * w, 2), np.int64)
     for y in range(h):
         for x in range(w):
-            out[y * w + x, 0] = area[(y + 1) * pw + x + 1]
-            out[y * w + x, 1] = euler[(y + 1) * pw + x + 1]
+            area = 0
+            euler = 0
+            py, px = y + 1, x + 1
+            # the four blocks that hold the pixel, the pixel as corner c of the block with origin (oy, ox)
+            for c in range(4):
+                oy, ox = py - (c >> 1), px - (c & 1)
+                k0 = key[oy, ox]
+                k1 = key[oy, ox + 1] + 1
+                k2 = key[oy + 1, ox] + 2
+                k3 = key[oy + 1, ox + 1] + 3
+                mine = key[py, px] + c
+                # the pixel's rank in its block (0 = largest), and whether the two largest are diagonal
+                r = (k0 > mine) + (k1 > mine) + (k2 > mine) + (k3 > mine)
+                r_tl = (k1 > k0) + (k2 > k0) + (k3 > k0)
+                r_br = (k0 > k3) + (k1 > k3) + (k2 > k3)
+                d = 2 if r_tl + r_br == 1 or r_tl + r_br == 5 else 0   # TL-BR or TR-BL on top
+                if r == 0:
+                    euler += 1
+                elif r == 1:
+                    euler -= 1 + d
+                elif r == 2:
+                    area += 1
+                    euler += d - 1
+                else:
+                    area += 1
+                    euler += 1
+            out[y * w + x, 0] = area
+            out[y * w + x, 1] = euler
     return out
 
 
