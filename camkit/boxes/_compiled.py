@@ -84,7 +84,7 @@ def _tree_kernel(values, eight, weights):
     # union-find from the highest pixel down (Berger et al.): each pixel becomes the tree parent of its
     # processed neighbours' components; the union-find forest zpar is balanced by rank, and repr_[r] is
     # the tree root (the last processed pixel) of the set whose union-find root is r
-    offsets = np.array([-pw, -1, 1, pw, -pw - 1, -pw + 1, pw - 1, pw + 1])
+    offsets = np.array([-1, 1, -pw, pw, -pw - 1, -pw + 1, pw - 1, pw + 1])
     n_offsets = 8 if eight else 4
     parent = np.empty(n_padded, np.int32)
     zpar = np.full(n_padded, -1, np.int32)
@@ -98,9 +98,10 @@ def _tree_kernel(values, eight, weights):
         zp = p
         for k in range(n_offsets):
             q = p + offsets[k]
-            if zpar[q] < 0:
+            zq = zpar[q]
+            if zq < 0 or zq == zp:   # not processed yet, or already in p's set (zp is a root)
                 continue
-            zq = _find(zpar, q)
+            zq = _find(zpar, zq)
             if zq != zp:
                 parent[repr_[zq]] = p
                 if rank[zp] < rank[zq]:
@@ -126,6 +127,8 @@ def _tree_kernel(values, eight, weights):
             canon[m] = p
             node_parent[m] = temp[q] if q != p else m
             m += 1
+        else:
+            temp[p] = temp[q]   # from here on temp is the pixel's node
     size = np.ones(m, np.int32)
     for k in range(m - 1, 0, -1):
         size[node_parent[k]] += size[k]
@@ -160,10 +163,7 @@ def _tree_kernel(values, eight, weights):
     for y in range(h):
         for x in range(w):
             p = (y + 1) * pw + x + 1
-            c = p
-            if value[parent[p]] == value[p]:
-                c = parent[p]
-            j = pre[temp[c]]
+            j = pre[temp[p]]
             r = y * w + x
             pixel_node[r] = j
             x0[j] = min(x0[j], x)
