@@ -17,7 +17,10 @@ speed differs (the tests compare them array for array).
 * :func:`quad_events`: the per-pixel quad weights of :func:`camkit.boxes._component_tree.quad_events`,
   block by block, with the same ranking of the four corners.
 * :func:`filled_twice_area`: ``2 * area`` of one component's outer border, its holes filled, by two
-  flood fills in the component's bounding box (what ``curves._filled_twice_area`` does with labelling).
+  flood fills in the component's bounding box (what ``curves._filled_twice_area`` does with labelling);
+  :func:`largest_components` resolves V1's thresholds with several candidates in one call, filling
+  only the candidates whose upper bound can still reach the largest exact area.
+* :func:`scatter_max`, :func:`scatter_add`: ``np.maximum.at`` / ``np.add.at`` as plain loops.
 
 Compiling costs a few seconds once; ``cache=True`` keeps the machine code in ``__pycache__`` for the
 next processes.
@@ -38,7 +41,8 @@ except ImportError:  # the optional "fast" extra is not installed: the numpy pat
         """Stand-in for ``numba.njit``: leaves the function as plain Python (never called by camkit)."""
         return lambda function: function
 
-__all__ = ["AVAILABLE", "enabled", "component_tree", "quad_events", "filled_twice_area"]
+__all__ = ["AVAILABLE", "enabled", "component_tree", "quad_events", "filled_twice_area", "largest_components",
+           "scatter_max", "scatter_add"]
 
 
 def enabled():
@@ -259,9 +263,16 @@ def quad_events(u):
 
 @njit(cache=True, nogil=True)
 def _filled_kernel(u, level, y0, y1, x0, x1, own_y, own_x):
+    n = (y1 - y0 + 1) * (x1 - x0 + 1)
+    return _filled_into(u, level, y0, y1, x0, x1, own_y, own_x, np.empty(n, np.int8), np.empty(n, np.int64))
+
+
+@njit(cache=True, nogil=True)
+def _filled_into(u, level, y0, y1, x0, x1, own_y, own_x, buffer, stack):
+    """:func:`filled_twice_area` with work buffers (each at least the crop's size) given."""
     ch, cw = y1 - y0 + 1, x1 - x0 + 1
-    state = np.zeros((ch, cw), np.int8)      # 1: the component, 2: background reaching the crop's edge
-    stack = np.empty(ch * cw, np.int64)
+    state = buffer[:ch * cw].reshape((ch, cw))  # 1: the component, 2: background reaching the crop's edge
+    state[:] = 0
     stack[0] = (own_y - y0) * cw + (own_x - x0)
     state[own_y - y0, own_x - x0] = 1
     top = 1
@@ -310,3 +321,90 @@ def filled_twice_area(u, level, y0, y1, x0, x1, own_y, own_x):
     ``(own_y, own_x)``, whose bounding box is rows ``y0..y1``, columns ``x0..x1`` (inclusive): an int."""
     return int(_filled_kernel(np.ascontiguousarray(u, dtype=np.uint8), int(level), int(y0), int(y1), int(x0),
                               int(x1), int(own_y), int(own_x)))
+
+
+@njit(cache=True, nogil=True)
+def _largest_kernel(u, node, t, upper, has_holes, twice_area, x0, y0, x1, y1, own_pixel, first_pixel):
+    h, w = u.shape
+    winner = np.full(257, -1, np.int64)
+    by_level = np.argsort(t, kind="mergesort")
+    buffer = np.empty(h * w, np.int8)
+    stack = np.empty(h * w, np.int64)
+    start = 0
+    while start < by_level.size:
+        level = t[by_level[start]]
+        stop = start
+        while stop < by_level.size and t[by_level[stop]] == level:
+            stop += 1
+        group = by_level[start:stop]
+        exact = np.full(group.size, -1, np.int64)
+        best = -1
+        for i in range(group.size):   # without holes the tree's area is exact
+            nd = node[group[i]]
+            if not has_holes[nd]:
+                exact[i] = twice_area[nd]
+                best = max(best, exact[i])
+        # with holes, by decreasing upper bound: fill only while the bound can reach the best so far
+        # (a skipped candidate is strictly smaller than the maximum, so it is no tie either)
+        holed = np.empty(group.size, np.int64)
+        n_holed = 0
+        for i in range(group.size):
+            if has_holes[node[group[i]]]:
+                holed[n_holed] = i
+                n_holed += 1
+        holed = holed[:n_holed]
+        bounds = np.empty(n_holed, np.int64)
+        for k in range(n_holed):
+            bounds[k] = upper[group[holed[k]]]
+        for k in np.argsort(-bounds, kind="mergesort"):
+            if bounds[k] < best:
+                break
+            nd = node[group[holed[k]]]
+            oy = own_pixel[nd] // w
+            exact[holed[k]] = _filled_into(u, level, y0[nd], y1[nd], x0[nd], x1[nd], oy, own_pixel[nd] - oy * w,
+                                           buffer, stack)
+            best = max(best, exact[holed[k]])
+        # equal maxima: the last first pixel in raster order wins (see curves._largest_contour_ious)
+        chosen = -1
+        for i in range(group.size):
+            nd = node[group[i]]
+            if exact[i] == best and (chosen < 0 or first_pixel[nd] > first_pixel[chosen]):
+                chosen = nd
+        winner[level] = chosen
+        start = stop
+    return winner
+
+
+def largest_components(u, node, t, upper, has_holes, tree):
+    """V1's winners at the thresholds with several candidates: ``winner`` (257,) int64, for each level in
+    ``t`` the node of largest exact filled area among the candidate pairs ``(node, t)`` (k,) whose exact
+    ``2 * area`` is at most ``upper`` (k,) (equal maxima: the largest ``first_pixel`` wins); -1 elsewhere.
+    ``has_holes`` (m,) bool and the (m,) arrays of the :class:`ComponentTree` ``tree`` describe the nodes."""
+    return _largest_kernel(np.ascontiguousarray(u, dtype=np.uint8), np.ascontiguousarray(node, np.int64),
+                           np.ascontiguousarray(t, np.int64), np.ascontiguousarray(upper, np.int64),
+                           np.ascontiguousarray(has_holes, np.bool_), tree.subtree_sums[:, 0].copy(),
+                           tree.x0, tree.y0, tree.x1, tree.y1, tree.own_pixel, tree.first_pixel)
+
+
+@njit(cache=True, nogil=True)
+def _scatter_max_kernel(out, index, values):
+    for i in range(index.size):
+        if values[i] > out[index[i]]:
+            out[index[i]] = values[i]
+
+
+@njit(cache=True, nogil=True)
+def _scatter_add_kernel(out, index, values):
+    for i in range(index.size):
+        out[index[i]] += values[i]
+
+
+def scatter_max(out, index, values):
+    """``np.maximum.at(out, index, values)`` in place, for 1-D ``out`` and (k,) ``index``, ``values`` of
+    ``out``'s dtype (NaN-free)."""
+    _scatter_max_kernel(out, np.ascontiguousarray(index, np.int64), np.ascontiguousarray(values, out.dtype))
+
+
+def scatter_add(out, index, values):
+    """``np.add.at(out, index, values)`` in place, for 1-D ``out`` and (k,) ``index``, ``values``."""
+    _scatter_add_kernel(out, np.ascontiguousarray(index, np.int64), np.ascontiguousarray(values, out.dtype))

@@ -61,6 +61,22 @@ def _hole_boxes(mask):
     return _contour_to_box(b[:, 0], b[:, 1], b[:, 2], b[:, 3], h, w)
 
 
+def _scatter_max(out, index, values):
+    """``np.maximum.at(out, index, values)`` (compiled when numba is there)."""
+    if _compiled.enabled():
+        _compiled.scatter_max(out, index, values)
+    else:
+        np.maximum.at(out, index, values)
+
+
+def _scatter_add(out, index, values):
+    """``np.add.at(out, index, values)`` (compiled when numba is there)."""
+    if _compiled.enabled():
+        _compiled.scatter_add(out, index, values)
+    else:
+        np.add.at(out, index, values)
+
+
 def _alive_pairs(lo, hi, n_levels=256):
     """Expand node intervals [lo, hi] (clipped to 0..n_levels-1) into (node, t) pairs."""
     lo = np.clip(lo, 0, n_levels - 1)
@@ -105,12 +121,12 @@ def _add_hole_ious(u, gt, hole_levels, used, v2):
         # a background node (in u) is the component of u <= t for level <= t < parent level
         hole_node, hole_t = _alive_pairs(bg_level[hole], bg_parent[hole] - 1)
         keep = used[hole_t]
-        np.maximum.at(v2, hole_t[keep], hole_iou[hole_node[keep]])
+        _scatter_max(v2, hole_t[keep], hole_iou[hole_node[keep]])
         # a hole and what it encloses lie in its bbox, so filling it changes at most the quads
         # touching that bbox, each by at most 2 in 2*area
         touching_quads = (hx1 - hx0) * (hy1 - hy0)  # (bbox width + 1) * (bbox height + 1)
         hole_budget[:] = 0
-        np.add.at(hole_budget, hole_t, 2 * touching_quads[hole_node])
+        _scatter_add(hole_budget, hole_t, 2 * touching_quads[hole_node])
     return hole_budget
 
 
@@ -143,7 +159,7 @@ def _largest_contour_ious(u, fg, node, t, n_holes, hole_budget, fg_iou):
     upper = np.where(with_holes, np.minimum(np.maximum(2 * width * height, twice_area)[node],
                                             twice_area[node] + hole_budget[t]), twice_area[node])
     best_lower = np.full(_N_LEVELS, -1, np.int64)
-    np.maximum.at(best_lower, t, twice_area[node])
+    _scatter_max(best_lower, t, twice_area[node])
     candidate = upper >= best_lower[t]
     n_candidates = np.bincount(t[candidate], minlength=_N_LEVELS)
     winner = np.full(_N_LEVELS, -1, np.int64)
@@ -151,6 +167,12 @@ def _largest_contour_ious(u, fg, node, t, n_holes, hole_budget, fg_iou):
     v1 = np.full(_N_LEVELS, _UNSET)
     single = n_candidates == 1
     v1[single] = fg_iou[winner[single]]
+    if _compiled.enabled():
+        several = candidate & (n_candidates[t] > 1)
+        winner = _compiled.largest_components(u, node[several], t[several], upper[several], n_holes > 0, fg)
+        resolved = winner >= 0
+        v1[resolved] = fg_iou[winner[resolved]]
+        return v1
     for level in np.flatnonzero(n_candidates > 1):
         nodes = node[candidate & (t == level)]
         exact = twice_area[nodes].copy()
@@ -183,7 +205,7 @@ def _tree_curves(u, gt, levels, want_v1, want_v2, best1, best2):
     hole_budget = np.full(_N_LEVELS, np.iinfo(np.int64).max // 4)
     if want_v2:
         v2 = np.full(_N_LEVELS, _UNSET)
-        np.maximum.at(v2, t, fg_iou[node])
+        _scatter_max(v2, t, fg_iou[node])
         hole_budget = _add_hole_ious(u, gt, np.unique(t[n_holes[node] > 0]), used, v2)
         best2[:] = np.where(v2 >= 0, v2, best2)
     if want_v1:
