@@ -86,34 +86,38 @@ def _tree_kernel(values, eight, weights):
             order[start[slot]] = (y + 1) * pw + x + 1
             start[slot] += 1
     # union-find from the highest pixel down (Berger et al.): each pixel becomes the tree parent of its
-    # processed neighbours' components; the union-find forest zpar is balanced by rank, and repr_[r] is
-    # the tree root (the last processed pixel) of the set whose union-find root is r
+    # processed neighbours' components. The union-find forest is balanced by rank, and the tree root (the
+    # last processed pixel) of the set whose union-find root is r is repr(r). One row per pixel holds
+    # (zpar, repr, rank, parent), so that a pixel's entries share a cache line.
     offsets = np.array([-1, 1, -pw, pw, -pw - 1, -pw + 1, pw - 1, pw + 1])
     n_offsets = 8 if eight else 4
-    parent = np.empty(n_padded, np.int32)
-    zpar = np.full(n_padded, -1, np.int32)
-    rank = np.zeros(n_padded, np.uint8)
-    repr_ = np.empty(n_padded, np.int32)
+    uf = np.empty((n_padded, 4), np.int32)
+    uf[:, 0] = -1
     for i in range(n):
         p = order[i]
-        parent[p] = p
-        zpar[p] = p
-        repr_[p] = p
+        uf[p, 0] = p
+        uf[p, 1] = p
+        uf[p, 2] = 0
+        uf[p, 3] = p
         zp = p
         for k in range(n_offsets):
             q = p + offsets[k]
-            zq = zpar[q]
+            zq = uf[q, 0]
             if zq < 0 or zq == zp:   # not processed yet, or already in p's set (zp is a root)
                 continue
-            zq = _find(zpar, zq)
+            while uf[zq, 0] != zq:   # find, halving the path
+                uf[zq, 0] = uf[uf[zq, 0], 0]
+                zq = uf[zq, 0]
             if zq != zp:
-                parent[repr_[zq]] = p
-                if rank[zp] < rank[zq]:
+                uf[uf[zq, 1], 3] = p
+                if uf[zp, 2] < uf[zq, 2]:
                     zp, zq = zq, zp
-                zpar[zq] = zp
-                repr_[zp] = p
-                if rank[zp] == rank[zq]:
-                    rank[zp] += 1
+                uf[zq, 0] = zp
+                uf[zp, 1] = p
+                if uf[zp, 2] == uf[zq, 2]:
+                    uf[zp, 2] += 1
+    parent = uf[:, 3]
+    zpar = uf[:, 0]
     # canonical parents, root first (a parent is processed after its children); nodes = canonical
     # pixels, numbered root-first in temp (reusing zpar), so that parents come before children
     temp = zpar
