@@ -41,13 +41,19 @@ except ImportError:  # the optional "fast" extra is not installed: the numpy pat
         """Stand-in for ``numba.njit``: leaves the function as plain Python (never called by camkit)."""
         return lambda function: function
 
-__all__ = ["AVAILABLE", "enabled", "component_tree", "quad_events", "filled_twice_area", "largest_components",
+__all__ = ["AVAILABLE", "MAX_PADDED_PIXELS", "enabled", "component_tree", "quad_events", "filled_twice_area", "largest_components",
            "scatter_max", "scatter_add"]
 
 
-def enabled():
-    """True when the compiled kernels are used: numba imports and ``CAMKIT_NO_NUMBA`` is unset, ``""`` or
-    ``"0"`` (read at each call, so a test can switch paths in one process)."""
+MAX_PADDED_PIXELS = 2 ** 31 - 1  # the tree kernel's int32 pixel indices, image padded by one pixel
+
+
+def enabled(shape=None):
+    """True when the compiled kernels are used: numba imports, ``CAMKIT_NO_NUMBA`` is unset, ``""`` or
+    ``"0"`` (read at each call, so a test can switch paths in one process), and an image of ``shape``
+    (H, W), if given, padded by one pixel has at most :data:`MAX_PADDED_PIXELS` pixels."""
+    if shape is not None and (shape[0] + 2) * (shape[1] + 2) > MAX_PADDED_PIXELS:
+        return False
     return AVAILABLE and os.environ.get("CAMKIT_NO_NUMBA", "") in ("", "0")
 
 

@@ -215,7 +215,7 @@ def max_tree(image, connectivity):
     level), ``level`` (m,) int64. Nodes are numbered in a preorder: the subtree of node ``k`` is the
     nodes ``k .. subtree_end[k] - 1`` (``subtree_end`` (m,)). See the module docstring for the steps.
     """
-    if _compiled.enabled():
+    if _compiled.enabled(image.shape):
         tree = _compiled.component_tree(image, connectivity)
         return tree["pixel_node"], tree["parent_node"], tree["level"], tree["subtree_end"]
     return _numpy_max_tree(image, connectivity)
@@ -307,7 +307,7 @@ class ComponentTree:
     """
 
     def __init__(self, image, connectivity, weights=None):
-        if _compiled.enabled():
+        if _compiled.enabled(image.shape):
             tree = _compiled.component_tree(image, connectivity, weights)
             for name in ("level", "parent_level", "x0", "x1", "y0", "y1", "first_pixel", "own_pixel",
                          "subtree_sums"):
@@ -358,7 +358,7 @@ def quad_events(u):
     Each block's four weights go to the pixels of its corners (the corner of rank r gets the weight of
     ``[rank r > t]``), so a component's sum over its pixels counts its blocks exactly.
     """
-    if _compiled.enabled():
+    if _compiled.enabled(u.shape):
         return _compiled.quad_events(u)
     return _numpy_quad_events(u)
 

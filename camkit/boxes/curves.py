@@ -135,7 +135,7 @@ def _filled_twice_area(u, level, fg, component):
     w = u.shape[1]
     y0, x0 = fg.y0[component], fg.x0[component]
     py, px = divmod(int(fg.own_pixel[component]), w)
-    if _compiled.enabled():
+    if _compiled.enabled(u.shape):
         return _compiled.filled_twice_area(u, level, y0, fg.y1[component], x0, fg.x1[component], py, px)
     crop = u[y0:fg.y1[component] + 1, x0:fg.x1[component] + 1] > level
     labels, _ = ndi.label(crop, structure=_EIGHT)
@@ -167,7 +167,7 @@ def _largest_contour_ious(u, fg, node, t, n_holes, hole_budget, fg_iou):
     v1 = np.full(_N_LEVELS, _UNSET)
     single = n_candidates == 1
     v1[single] = fg_iou[winner[single]]
-    if _compiled.enabled():
+    if _compiled.enabled(u.shape):
         several = candidate & (n_candidates[t] > 1)
         winner = _compiled.largest_components(u, node[several], t[several], upper[several], n_holes > 0, fg)
         resolved = winner >= 0
