@@ -3,6 +3,7 @@
     python benchmarks/bench_eval.py [--n 200] [--per-tau-maps 3] [--seed 0]          # V1 + V2 vs reference
     python benchmarks/bench_eval.py --modes [--maps 4] [--rounds 3] [--sizes 224 448]  # each mode alone
         [--kernels compiled numpy]                        # numba kernels and the numpy fallback, side by side
+    python benchmarks/bench_eval.py --first-call          # numba's compile / cache-load cost, fresh processes
     python benchmarks/bench_eval.py --end-to-end [--workers 0 1 2] [--device cpu] [--json out.json]
 
 Default run: the same N CAM-like 224x224 maps (bilinear upsamplings of random 7x7 / 14x14 / 28x28 grids,
@@ -24,7 +25,8 @@ components, plateaus, the default generator's) at each size; the median over ``-
 per-map time, interleaved so that the load of a shared machine hits both alike; exit 1 if any curve
 differs from OpenCV's. ``--kernels compiled numpy`` times camkit's numba kernels (``pip install
 camkit[fast]``) and its numpy fallback in the same loop; the first calls (numba's compilation, or
-loading its cache) happen before the timing.
+loading its cache) happen before the timing; ``--first-call`` measures them in fresh processes (an
+empty ``NUMBA_CACHE_DIR``, then the cache it left).
 
 ``--end-to-end``: ``camkit.evaluate`` wall time against the engine alone (the same Explainer calls on the
 same batches, no metrics) on the real MobileNetV2 and the 50 dev images of ``../shared/assets``, five
@@ -266,6 +268,47 @@ def main_modes(args):
     return figures, ok
 
 
+# ----------------------------------------------------------------- --first-call: numba's compile and cache
+FIRST_CALL = """
+import time
+start = time.perf_counter()
+import numpy as np
+from camkit.boxes import best_iou_per_threshold, iou_curves
+imported = time.perf_counter()
+m = np.random.default_rng(0).random((40, 40))
+def calls():
+    iou_curves(m, [[2, 3, 20, 30]])
+    best_iou_per_threshold(m, [[2, 3, 20, 30]], multi_contour=False)
+calls()
+first = time.perf_counter()
+calls()
+print(imported - start, first - imported, time.perf_counter() - first)
+"""
+
+
+def main_first_call(args):
+    """Fresh processes: import camkit.boxes, then the first and second V1 + V2 calls on a 40x40 map, with an
+    empty numba cache (compiling), with the cache it left (loading), and with ``CAMKIT_NO_NUMBA=1``."""
+    import subprocess
+    import tempfile
+    root = str(Path(__file__).resolve().parents[1])
+    figures = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, PYTHONPATH=root, NUMBA_CACHE_DIR=cache)
+        env.pop("CAMKIT_NO_NUMBA", None)
+        runs = {"compiled, empty cache": env, "compiled, cached": env, "numpy (CAMKIT_NO_NUMBA=1)":
+                dict(env, CAMKIT_NO_NUMBA="1")}
+        print(f"fresh process, 40x40 map, V1 + V2 (numba {'available' if _compiled.AVAILABLE else 'not installed'})")
+        for name, run_env in runs.items():
+            out = subprocess.run([sys.executable, "-c", FIRST_CALL], env=run_env, capture_output=True, text=True,
+                                 check=True)
+            imported, first, second = (float(v) for v in out.stdout.split())
+            figures[name] = {"import_s": imported, "first_call_s": first, "second_call_s": second}
+            print(f"{name:28} import {imported:6.2f} s   first call {first:6.2f} s   second call "
+                  f"{1000 * second:7.1f} ms")
+    return figures, True
+
+
 # -------------------------------------------------------------------------- --end-to-end: the real model
 E2E_METHODS = ("cam", "gradcam", "gradcam++", "pcs", "bagcams")
 E2E_LAYERS = ("features.6", "features.13", "features.18")
@@ -363,6 +406,8 @@ def main():
     parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=["auto"],
                         help="--modes: camkit's box kernels to time side by side (compiled = numba, numpy = "
                              "the fallback, auto = compiled when numba imports)")
+    parser.add_argument("--first-call", action="store_true",
+                        help="numba's first-call cost in fresh processes: compiling, loading its cache, numpy")
     parser.add_argument("--end-to-end", action="store_true", help="camkit.evaluate vs the engine alone")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
                         help="metric worker counts compared by --end-to-end")
@@ -372,6 +417,8 @@ def main():
     args = parser.parse_args()
     if args.modes:
         figures, ok = main_modes(args)
+    elif args.first_call:
+        figures, ok = main_first_call(args)
     elif args.end_to_end:
         figures, ok = main_end_to_end(args)
     else:
