@@ -5,15 +5,18 @@ variable ``CAMKIT_NO_NUMBA`` is set to anything but ``""`` / ``"0"`` (read at ev
 :func:`enabled`), the callers use their numpy path instead. Both paths give the same numbers; only the
 speed differs (the tests compare them array for array).
 
-* :func:`component_tree`: the max-tree of a uint8 image by the classic union-find on a counting sort
-  (Berger et al. 2007, "Effective component tree computation with application to pattern recognition
-  in astronomical imaging"; Najman and Couprie 2006): pixels by decreasing value, each one made the
-  parent of the roots of its already processed neighbours (path halving), then every parent pointer
-  moved to its node's canonical pixel. The nodes are then numbered in a preorder (subtree sizes
-  bottom-up, then consecutive ranges top-down), and the per-node aggregates of
-  :class:`camkit.boxes._component_tree.ComponentTree` are reduced bottom-up over that tree. The
-  output contract is :func:`camkit.boxes._component_tree.max_tree`'s (the node ids may differ: any
-  preorder is one; the nodes, their levels, pixels and aggregates are the same).
+* :func:`component_tree`: the max-tree of a uint8 image by flooding (Salembier et al. 1998, in the
+  non-recursive form of Nister and Stewenius 2008, "Linear time maximally stable extremal regions"):
+  from one pixel, always enter the highest pixel on the boundary of the flooded region (one LIFO list
+  per value); climbing to a higher neighbour opens a component, going down to a lower boundary value
+  closes the open components above it (each becomes a node, its parent the next open one or a new
+  component at the lower value). The region grows through neighbours, so memory is read near where
+  it was last read (a union-find over the pixels sorted by value, Berger et al. 2007, measured slower:
+  it jumps across the image along each level). The nodes are then numbered in a preorder (a
+  depth-first walk), and the per-node aggregates of :class:`camkit.boxes._component_tree.ComponentTree`
+  are reduced bottom-up over it. The output contract is
+  :func:`camkit.boxes._component_tree.max_tree`'s (the node ids may differ: any preorder is one; the
+  nodes, their levels, pixels and aggregates are the same).
 * :func:`quad_events`: the per-pixel quad weights of :func:`camkit.boxes._component_tree.quad_events`,
   block by block, with the same ranking of the four corners.
 * :func:`filled_twice_area`: ``2 * area`` of one component's outer border, its holes filled, by two
@@ -58,113 +61,131 @@ def enabled(shape=None):
 
 
 @njit(cache=True, nogil=True)
-def _find(zpar, x):
-    """Root of ``x`` in the union-find forest ``zpar``, halving the path on the way."""
-    while zpar[x] != x:
-        zpar[x] = zpar[zpar[x]]
-        x = zpar[x]
-    return x
-
-
-@njit(cache=True, nogil=True)
-def _tree_kernel(values, eight, weights):
+def _flood_kernel(values, eight, weights):
     h, w = values.shape
     n = h * w
-    # pixels are addressed in the image padded by one pixel (index (y + 1) * pw + x + 1), so that the
-    # neighbours need no bounds checks: padding pixels are never processed (zpar stays -1)
     pw = w + 2
     n_padded = (h + 2) * pw
     value = np.zeros(n_padded, np.uint8)
+    reached = np.ones(n_padded, np.uint8)     # padding counts as reached: never entered
     for y in range(h):
         for x in range(w):
-            value[(y + 1) * pw + x + 1] = values[y, x]
-    # counting sort by decreasing value (stable in raster order)
-    start = np.zeros(257, np.int64)
-    for y in range(h):
-        for x in range(w):
-            start[256 - values[y, x]] += 1
-    for v in range(256):
-        start[v + 1] += start[v]
-    order = np.empty(n, np.int32)
-    for y in range(h):
-        for x in range(w):
-            slot = 255 - values[y, x]
-            order[start[slot]] = (y + 1) * pw + x + 1
-            start[slot] += 1
-    # union-find from the highest pixel down (Berger et al.): each pixel becomes the tree parent of its
-    # processed neighbours' components. The union-find forest is balanced by rank, and the tree root (the
-    # last processed pixel) of the set whose union-find root is r is repr(r). One row per pixel holds
-    # (zpar, repr, rank, parent), so that a pixel's entries share a cache line.
+            p = (y + 1) * pw + x + 1
+            value[p] = values[y, x]
+            reached[p] = 0
     offsets = np.array([-1, 1, -pw, pw, -pw - 1, -pw + 1, pw - 1, pw + 1])
     n_offsets = 8 if eight else 4
-    uf = np.empty((n_padded, 4), np.int32)
-    uf[:, 0] = -1
-    for i in range(n):
-        p = order[i]
-        uf[p, 0] = p
-        uf[p, 1] = p
-        uf[p, 2] = 0
-        uf[p, 3] = p
-        zp = p
-        for k in range(n_offsets):
-            q = p + offsets[k]
-            zq = uf[q, 0]
-            if zq < 0 or zq == zp:   # not processed yet, or already in p's set (zp is a root)
-                continue
-            while uf[zq, 0] != zq:   # find, halving the path
-                uf[zq, 0] = uf[uf[zq, 0], 0]
-                zq = uf[zq, 0]
-            if zq != zp:
-                uf[uf[zq, 1], 3] = p
-                if uf[zp, 2] < uf[zq, 2]:
-                    zp, zq = zq, zp
-                uf[zq, 0] = zp
-                uf[zp, 1] = p
-                if uf[zp, 2] == uf[zq, 2]:
-                    uf[zp, 2] += 1
-    parent = uf[:, 3]
-    zpar = uf[:, 0]
-    # canonical parents, root first (a parent is processed after its children); nodes = canonical
-    # pixels, numbered root-first in temp (reusing zpar), so that parents come before children
-    temp = zpar
-    canon = np.empty(n, np.int32)
-    node_parent = np.empty(n, np.int32)
+    # boundary: one LIFO list per value (head[v], next_in[p]); edge[p]: p's next neighbour to look at
+    head = np.full(256, -1, np.int32)
+    next_in = np.empty(n_padded, np.int32)
+    edge = np.zeros(n_padded, np.uint8)
+    node_of = np.empty(n_padded, np.int32)
+    node_level = np.empty(n, np.int64)
+    node_parent = np.empty(n, np.int64)
+    stack_node = np.empty(257, np.int64)      # open components, levels increasing to the top
+    sp = 0
     m = 0
-    for i in range(n - 1, -1, -1):
-        p = order[i]
-        q = parent[p]
-        if value[parent[q]] == value[q]:
-            q = parent[q]
-            parent[p] = q
-        if q == p or value[q] != value[p]:
-            temp[p] = m
-            canon[m] = p
-            node_parent[m] = temp[q] if q != p else m
-            m += 1
-        else:
-            temp[p] = temp[q]   # from here on temp is the pixel's node
-    size = np.ones(m, np.int32)
-    for k in range(m - 1, 0, -1):
+    cur = pw + 1
+    reached[cur] = 1
+    node_level[0] = value[cur]
+    stack_node[0] = 0
+    sp = 1
+    m = 1
+    while True:
+        k = edge[cur]
+        climbed = False
+        while k < n_offsets:
+            nb = cur + offsets[k]
+            k += 1
+            if reached[nb]:
+                continue
+            reached[nb] = 1
+            if value[nb] <= value[cur]:
+                next_in[nb] = head[value[nb]]
+                head[value[nb]] = nb
+            else:                              # climb: come back to cur later, open a component
+                edge[cur] = k
+                next_in[cur] = head[value[cur]]
+                head[value[cur]] = cur
+                cur = nb
+                node_level[m] = value[cur]
+                stack_node[sp] = m
+                sp += 1
+                m += 1
+                climbed = True
+                break
+        if climbed:
+            continue
+        edge[cur] = n_offsets
+        node_of[cur] = stack_node[sp - 1]
+        lvl = np.int64(value[cur])
+        while lvl >= 0 and head[lvl] < 0:
+            lvl -= 1
+        if lvl < 0:
+            break
+        nxt = head[lvl]
+        head[lvl] = next_in[nxt]
+        # the flood goes down to lvl: close the components above it
+        while lvl < node_level[stack_node[sp - 1]]:
+            top = stack_node[sp - 1]
+            sp -= 1
+            if sp == 0 or lvl > node_level[stack_node[sp - 1]]:
+                node_level[m] = lvl           # a new component at lvl holds the closed one
+                node_parent[top] = m
+                stack_node[sp] = m
+                sp += 1
+                m += 1
+            else:
+                node_parent[top] = stack_node[sp - 1]
+        cur = nxt
+    while sp > 1:
+        node_parent[stack_node[sp - 1]] = stack_node[sp - 2]
+        sp -= 1
+    root = stack_node[0]
+    node_parent[root] = root
+    return _numbered(values, weights, pw, m, root, node_parent, node_level, node_of)
+
+
+@njit(cache=True, nogil=True)
+def _numbered(values, weights, pw, m, root, node_parent, node_level, node_of):
+    """Preorder ids and aggregates of a tree given by (m,) parents (any order) and each padded pixel's node."""
+    h, w = values.shape
+    n = h * w
+    first_child = np.full(m, -1, np.int64)
+    sibling = np.full(m, -1, np.int64)
+    for k in range(m):
+        if k != root:
+            sibling[k] = first_child[node_parent[k]]
+            first_child[node_parent[k]] = k
+    pre = np.empty(m, np.int64)
+    size = np.ones(m, np.int64)
+    order = np.empty(m, np.int64)              # nodes in preorder
+    todo = np.empty(m, np.int64)
+    todo[0] = root
+    n_todo = 1
+    rank = 0
+    while n_todo:
+        k = todo[n_todo - 1]
+        n_todo -= 1
+        pre[k] = rank
+        order[rank] = k
+        rank += 1
+        c = first_child[k]
+        while c >= 0:
+            todo[n_todo] = c
+            n_todo += 1
+            c = sibling[c]
+    for r in range(m - 1, 0, -1):
+        k = order[r]
         size[node_parent[k]] += size[k]
-    # preorder: each child gets the next free range inside its parent's range
-    pre = np.empty(m, np.int32)
-    next_free = np.empty(m, np.int32)
-    pre[0] = 0
-    next_free[0] = 1
-    for k in range(1, m):
-        pk = node_parent[k]
-        pre[k] = next_free[pk]
-        next_free[pk] += size[k]
-        next_free[k] = pre[k] + 1
     level = np.empty(m, np.int64)
     parent_node = np.empty(m, np.int64)
     subtree_end = np.empty(m, np.int64)
     for k in range(m):
         j = pre[k]
-        level[j] = value[canon[k]]
+        level[j] = node_level[k]
         parent_node[j] = pre[node_parent[k]]
         subtree_end[j] = j + size[k]
-    # each pixel's node, and the aggregates over own pixels, in raster order
     pixel_node = np.empty(n, np.int64)
     big = n + 1
     x0 = np.full(m, big, np.int64)
@@ -176,18 +197,16 @@ def _tree_kernel(values, eight, weights):
     sums = np.zeros((m, n_weights), np.int64)
     for y in range(h):
         for x in range(w):
-            p = (y + 1) * pw + x + 1
-            j = pre[temp[p]]
+            j = pre[node_of[(y + 1) * pw + x + 1]]
             r = y * w + x
             pixel_node[r] = j
             x0[j] = min(x0[j], x)
             x1[j] = max(x1[j], x)
             first[j] = min(first[j], r)
             last[j] = max(last[j], r)
-            own_pixel[j] = r   # the last own pixel in raster order, as the numpy path keeps
+            own_pixel[j] = r
             for c in range(n_weights):
                 sums[j, c] += weights[r, c]
-    # then bottom-up (a child's id is larger than its parent's)
     for j in range(m - 1, 0, -1):
         pj = parent_node[j]
         x0[pj] = min(x0[pj], x0[j])
@@ -213,7 +232,7 @@ def component_tree(image, connectivity, weights=None):
     """
     values = np.ascontiguousarray(image, dtype=np.uint8)
     w = np.zeros((values.size, 0), np.int64) if weights is None else np.ascontiguousarray(weights, np.int64)
-    out = _tree_kernel(values, connectivity == 2, w)
+    out = _flood_kernel(values, connectivity == 2, w)
     names = ("pixel_node", "parent_node", "level", "subtree_end", "parent_level", "x0", "x1", "first_pixel",
              "y1", "y0", "own_pixel", "subtree_sums")
     tree = dict(zip(names, out))

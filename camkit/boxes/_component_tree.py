@@ -54,7 +54,7 @@ How the tree is built (:func:`max_tree`), without a pixel-wise union-find:
 The result is the same tree as skimage's ``max_tree`` (identical nodes and own pixels).
 
 With numba installed (``pip install camkit[fast]``), :func:`max_tree`, :class:`ComponentTree` and
-:func:`quad_events` run the compiled kernels of :mod:`camkit.boxes._compiled` instead (a union-find
+:func:`quad_events` run the compiled kernels of :mod:`camkit.boxes._compiled` instead (a flooding
 max-tree; the same nodes, aggregates and weights), unless ``CAMKIT_NO_NUMBA=1``.
 """
 from __future__ import annotations
