@@ -66,45 +66,44 @@ def _flood_kernel(values, eight, weights):
     n = h * w
     pw = w + 2
     n_padded = (h + 2) * pw
+    # state[p]: 255 not reached yet, else the index of p's next neighbour to look at (padding: reached)
     value = np.zeros(n_padded, np.uint8)
-    reached = np.ones(n_padded, np.uint8)     # padding counts as reached: never entered
+    state = np.zeros(n_padded, np.uint8)
     for y in range(h):
         for x in range(w):
             p = (y + 1) * pw + x + 1
             value[p] = values[y, x]
-            reached[p] = 0
+            state[p] = 255
     offsets = np.array([-1, 1, -pw, pw, -pw - 1, -pw + 1, pw - 1, pw + 1])
     n_offsets = 8 if eight else 4
-    # boundary: one LIFO list per value (head[v], next_in[p]); edge[p]: p's next neighbour to look at
+    # boundary: one LIFO list per value (head[v], next_in[p]); once p is done, next_in[p] is its node
     head = np.full(256, -1, np.int32)
     next_in = np.empty(n_padded, np.int32)
-    edge = np.zeros(n_padded, np.uint8)
-    node_of = np.empty(n_padded, np.int32)
     node_level = np.empty(n, np.int64)
     node_parent = np.empty(n, np.int64)
     stack_node = np.empty(257, np.int64)      # open components, levels increasing to the top
     sp = 0
     m = 0
     cur = pw + 1
-    reached[cur] = 1
+    state[cur] = 0
     node_level[0] = value[cur]
     stack_node[0] = 0
     sp = 1
     m = 1
     while True:
-        k = edge[cur]
+        k = np.int64(state[cur])
         climbed = False
         while k < n_offsets:
             nb = cur + offsets[k]
             k += 1
-            if reached[nb]:
+            if state[nb] != 255:
                 continue
-            reached[nb] = 1
+            state[nb] = 0
             if value[nb] <= value[cur]:
                 next_in[nb] = head[value[nb]]
                 head[value[nb]] = nb
             else:                              # climb: come back to cur later, open a component
-                edge[cur] = k
+                state[cur] = k
                 next_in[cur] = head[value[cur]]
                 head[value[cur]] = cur
                 cur = nb
@@ -116,8 +115,8 @@ def _flood_kernel(values, eight, weights):
                 break
         if climbed:
             continue
-        edge[cur] = n_offsets
-        node_of[cur] = stack_node[sp - 1]
+        state[cur] = n_offsets
+        next_in[cur] = stack_node[sp - 1]
         lvl = np.int64(value[cur])
         while lvl >= 0 and head[lvl] < 0:
             lvl -= 1
@@ -143,7 +142,7 @@ def _flood_kernel(values, eight, weights):
         sp -= 1
     root = stack_node[0]
     node_parent[root] = root
-    return _numbered(values, weights, pw, m, root, node_parent, node_level, node_of)
+    return _numbered(values, weights, pw, m, root, node_parent, node_level, next_in)
 
 
 @njit(cache=True, nogil=True)
@@ -196,17 +195,23 @@ def _numbered(values, weights, pw, m, root, node_parent, node_level, node_of):
     n_weights = weights.shape[1]
     sums = np.zeros((m, n_weights), np.int64)
     for y in range(h):
-        for x in range(w):
+        x = 0
+        while x < w:   # a run of pixels of one node in a row at a time
             j = pre[node_of[(y + 1) * pw + x + 1]]
-            r = y * w + x
-            pixel_node[r] = j
-            x0[j] = min(x0[j], x)
-            x1[j] = max(x1[j], x)
-            first[j] = min(first[j], r)
-            last[j] = max(last[j], r)
-            own_pixel[j] = r
+            start = x
+            while x < w and pre[node_of[(y + 1) * pw + x + 1]] == j:
+                pixel_node[y * w + x] = j
+                x += 1
+            x0[j] = min(x0[j], start)
+            x1[j] = max(x1[j], x - 1)
+            first[j] = min(first[j], y * w + start)
+            last[j] = max(last[j], y * w + x - 1)
+            own_pixel[j] = y * w + x - 1   # the last own pixel in raster order, as the numpy path keeps
             for c in range(n_weights):
-                sums[j, c] += weights[r, c]
+                total = 0
+                for r in range(y * w + start, y * w + x):
+                    total += weights[r, c]
+                sums[j, c] += total
     for j in range(m - 1, 0, -1):
         pj = parent_node[j]
         x0[pj] = min(x0[pj], x0[j])
