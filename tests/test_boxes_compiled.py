@@ -179,6 +179,16 @@ def test_max_tree_and_aggregates_equal_numpy(monkeypatch, connectivity):
         for name in ("level", "parent_level", "x0", "y0", "x1", "y1", "first_pixel", "own_pixel", "subtree_sums"):
             assert np.array_equal(getattr(tree, name), getattr(ref, name)[to_slow]), name
         assert ct.ComponentTree(img, connectivity).subtree_sums is None
+        # quad=True: the quad events computed on the way (compiled) or first (numpy), the same sums
+        assert np.array_equal(ct.ComponentTree(img, connectivity, quad=True).subtree_sums, tree.subtree_sums)
+        numpy_quad = _numpy_path(monkeypatch, ct.ComponentTree, img, connectivity, None, True)
+        assert np.array_equal(numpy_quad.subtree_sums, ref.subtree_sums)
+
+
+def test_component_tree_weights_or_quad_not_both():
+    img = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    with pytest.raises(ValueError, match="not both"):
+        ct.ComponentTree(img, 2, ct.quad_events(img), quad=True)
 
 
 def test_quad_events_equal_numpy():

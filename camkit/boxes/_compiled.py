@@ -61,7 +61,7 @@ def enabled(shape=None):
 
 
 @njit(cache=True, nogil=True)
-def _flood_kernel(values, eight, weights):
+def _flood_kernel(values, eight, weights, quad):
     h, w = values.shape
     n = h * w
     pw = w + 2
@@ -142,12 +142,14 @@ def _flood_kernel(values, eight, weights):
         sp -= 1
     root = stack_node[0]
     node_parent[root] = root
-    return _numbered(values, weights, pw, m, root, node_parent, node_level, next_in)
+    key = _quad_keys(values, pw) if quad else np.zeros(1, np.int32)
+    return _numbered(values, weights, quad, key, pw, m, root, node_parent, node_level, next_in)
 
 
 @njit(cache=True, nogil=True)
-def _numbered(values, weights, pw, m, root, node_parent, node_level, node_of):
-    """Preorder ids and aggregates of a tree given by (m,) parents (any order) and each padded pixel's node."""
+def _numbered(values, weights, quad, key, pw, m, root, node_parent, node_level, node_of):
+    """Preorder ids and aggregates of a tree given by (m,) parents (any order) and each padded pixel's node;
+    with ``quad`` the weights are the quad events of the corner keys ``key`` (:func:`_quad_keys`)."""
     h, w = values.shape
     n = h * w
     first_child = np.full(m, -1, np.int64)
@@ -192,7 +194,7 @@ def _numbered(values, weights, pw, m, root, node_parent, node_level, node_of):
     first = np.full(m, big, np.int64)
     last = np.full(m, -1, np.int64)
     own_pixel = np.empty(m, np.int64)
-    n_weights = weights.shape[1]
+    n_weights = 2 if quad else weights.shape[1]
     sums = np.zeros((m, n_weights), np.int64)
     for y in range(h):
         x = 0
@@ -207,6 +209,16 @@ def _numbered(values, weights, pw, m, root, node_parent, node_level, node_of):
             first[j] = min(first[j], y * w + start)
             last[j] = max(last[j], y * w + x - 1)
             own_pixel[j] = y * w + x - 1   # the last own pixel in raster order, as the numpy path keeps
+            if quad:
+                area = 0
+                euler = 0
+                for q in range((y + 1) * pw + start + 1, (y + 1) * pw + x + 1):
+                    a, e = _pixel_quad_events(key, q, pw)
+                    area += a
+                    euler += e
+                sums[j, 0] += area
+                sums[j, 1] += euler
+                continue
             for c in range(n_weights):
                 total = 0
                 for r in range(y * w + start, y * w + x):
@@ -227,64 +239,78 @@ def _numbered(values, weights, pw, m, root, node_parent, node_level, node_of):
             first // w, own_pixel, sums)
 
 
-def component_tree(image, connectivity, weights=None):
+def component_tree(image, connectivity, weights=None, quad=False):
     """Compiled max-tree of an (H, W) uint8 ``image`` with its aggregates.
 
     Returns a dict of (m,) int64 arrays: ``pixel_node`` ((H*W,)), ``parent_node``, ``level``,
     ``subtree_end`` (the :func:`camkit.boxes._component_tree.max_tree` contract), ``parent_level``,
     ``x0, x1, y0, y1, first_pixel, own_pixel`` and ``subtree_sums`` ((m, k) int64, ``None`` without
-    ``weights`` (H*W, k)), as :class:`camkit.boxes._component_tree.ComponentTree` defines them.
+    ``weights`` (H*W, k)), as :class:`camkit.boxes._component_tree.ComponentTree` defines them. ``quad``:
+    the weights are :func:`quad_events` of the image, computed on the way (never stored).
     """
     values = np.ascontiguousarray(image, dtype=np.uint8)
     w = np.zeros((values.size, 0), np.int64) if weights is None else np.ascontiguousarray(weights, np.int64)
-    out = _flood_kernel(values, connectivity == 2, w)
+    out = _flood_kernel(values, connectivity == 2, w, quad)
     names = ("pixel_node", "parent_node", "level", "subtree_end", "parent_level", "x0", "x1", "first_pixel",
              "y1", "y0", "own_pixel", "subtree_sums")
     tree = dict(zip(names, out))
-    if weights is None:
+    if weights is None and not quad:
         tree["subtree_sums"] = None
     return tree
+
+
+@njit(cache=True, nogil=True)
+def _quad_keys(values, pw):
+    """Corner keys of the padded image (flat): ``(value + 1) * 4`` inside, 0 on the padding (value -1);
+    ``key[p] + c`` is pixel p's key as corner c (TL 0, TR 1, BL 2, BR 3) of a block."""
+    h, w = values.shape
+    key = np.zeros((h + 2) * pw, np.int32)
+    for y in range(h):
+        for x in range(w):
+            key[(y + 1) * pw + x + 1] = (np.int32(values[y, x]) + 1) * 4
+    return key
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pixel_quad_events(key, p, pw):
+    """(area, euler) quad weights of padded pixel ``p`` (see :func:`quad_events`): over the four blocks
+    that hold it, the weight of its rank among the block's four corner keys (:func:`_quad_keys`)."""
+    area = 0
+    euler = 0
+    for c in range(4):          # the pixel is corner c of the block whose top-left pixel is o
+        o = p - (c >> 1) * pw - (c & 1)
+        k0 = key[o]
+        k1 = key[o + 1] + 1
+        k2 = key[o + pw] + 2
+        k3 = key[o + pw + 1] + 3
+        mine = key[p] + c
+        # the pixel's rank in its block (0 = largest), and whether the two largest are diagonal
+        r = (k0 > mine) + (k1 > mine) + (k2 > mine) + (k3 > mine)
+        r_tl = (k1 > k0) + (k2 > k0) + (k3 > k0)
+        r_br = (k0 > k3) + (k1 > k3) + (k2 > k3)
+        d = 2 if r_tl + r_br == 1 or r_tl + r_br == 5 else 0   # TL-BR or TR-BL on top
+        if r == 0:
+            euler += 1
+        elif r == 1:
+            euler -= 1 + d
+        elif r == 2:
+            area += 1
+            euler += d - 1
+        else:
+            area += 1
+            euler += 1
+    return area, euler
 
 
 @njit(cache=True, nogil=True)
 def _quad_kernel(u):
     h, w = u.shape
     pw = w + 2
-    # corner keys (value + 1) * 4 + corner (TL 0, TR 1, BL 2, BR 3) of the padded image, padding value -1:
-    # key[y, x] + corner is pixel (y, x)'s key as that corner of a block
-    key = np.zeros((h + 2, pw), np.int64)
-    for y in range(h):
-        for x in range(w):
-            key[y + 1, x + 1] = (np.int64(u[y, x]) + 1) * 4
+    key = _quad_keys(u, pw)
     out = np.empty((h * w, 2), np.int64)
     for y in range(h):
         for x in range(w):
-            area = 0
-            euler = 0
-            py, px = y + 1, x + 1
-            # the four blocks that hold the pixel, the pixel as corner c of the block with origin (oy, ox)
-            for c in range(4):
-                oy, ox = py - (c >> 1), px - (c & 1)
-                k0 = key[oy, ox]
-                k1 = key[oy, ox + 1] + 1
-                k2 = key[oy + 1, ox] + 2
-                k3 = key[oy + 1, ox + 1] + 3
-                mine = key[py, px] + c
-                # the pixel's rank in its block (0 = largest), and whether the two largest are diagonal
-                r = (k0 > mine) + (k1 > mine) + (k2 > mine) + (k3 > mine)
-                r_tl = (k1 > k0) + (k2 > k0) + (k3 > k0)
-                r_br = (k0 > k3) + (k1 > k3) + (k2 > k3)
-                d = 2 if r_tl + r_br == 1 or r_tl + r_br == 5 else 0   # TL-BR or TR-BL on top
-                if r == 0:
-                    euler += 1
-                elif r == 1:
-                    euler -= 1 + d
-                elif r == 2:
-                    area += 1
-                    euler += d - 1
-                else:
-                    area += 1
-                    euler += 1
+            area, euler = _pixel_quad_events(key, (y + 1) * pw + x + 1, pw)
             out[y * w + x, 0] = area
             out[y * w + x, 1] = euler
     return out

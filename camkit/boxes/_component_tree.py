@@ -303,16 +303,21 @@ class ComponentTree:
     (-1 for the root). Attributes are (n_nodes,) int64 arrays: ``level, parent_level``, the inclusive
     bounding box ``x0, y0, x1, y1``, ``first_pixel`` (the raster index of the component's first pixel),
     ``own_pixel`` (one own pixel's raster index), and ``subtree_sums`` (n_nodes, k): the sums of the
-    ``weights`` (H*W, k) columns over each component (``None`` without weights).
+    ``weights`` (H*W, k) columns over each component (``None`` without weights). ``quad=True`` stands
+    for ``weights=quad_events(image)`` (the compiled path computes them on the way, never stored).
     """
 
-    def __init__(self, image, connectivity, weights=None):
+    def __init__(self, image, connectivity, weights=None, quad=False):
+        if quad and weights is not None:
+            raise ValueError("give weights or quad=True (weights = quad_events(image)), not both")
         if _compiled.enabled(image.shape):
-            tree = _compiled.component_tree(image, connectivity, weights)
+            tree = _compiled.component_tree(image, connectivity, weights, quad)
             for name in ("level", "parent_level", "x0", "x1", "y0", "y1", "first_pixel", "own_pixel",
                          "subtree_sums"):
                 setattr(self, name, tree[name])
             return
+        if quad:
+            weights = quad_events(image)
         h, w = image.shape
         pixel_node, parent_node, level, subtree_end = max_tree(image, connectivity)
         n = h * w

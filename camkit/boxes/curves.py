@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from camkit.boxes import _compiled
-from camkit.boxes._component_tree import ComponentTree, quad_events
+from camkit.boxes._component_tree import ComponentTree
 from camkit.boxes.iou import _pairwise_iou, validate_boxes
 from camkit.boxes.threshold import (_EIGHT, _FOUR, _check_multi_contour, _checked_thresholds, _contour_to_box,
                                     _Contours, _twice_polygon_area, integer_thresholds, scoremap_to_uint8,
@@ -193,7 +193,7 @@ def _largest_contour_ious(u, fg, node, t, n_holes, hole_budget, fg_iou):
 def _tree_curves(u, gt, levels, want_v1, want_v2, best1, best2):
     """V1 and/or V2 best IoU (in place, per level) from the component trees."""
     h, w = u.shape
-    fg = ComponentTree(u, 2, quad_events(u))
+    fg = ComponentTree(u, 2, quad=True)
     fg_iou = _best_iou(_contour_to_box(fg.x0, fg.y0, fg.x1, fg.y1, h, w), gt)
     # a foreground node is the component of u > t for parent_level <= t < level
     node, t = _alive_pairs(np.maximum(fg.parent_level, 0), fg.level - 1)
