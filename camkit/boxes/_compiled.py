@@ -11,22 +11,24 @@ speed differs (the tests compare them array for array).
   per value); climbing to a higher neighbour opens a component, going down to a lower boundary value
   closes the open components above it (each becomes a node, its parent the next open one or a new
   component at the lower value). The region grows through neighbours, so memory is read near where
-  it was last read (a union-find over the pixels sorted by value, Berger et al. 2007, measured slower:
-  it jumps across the image along each level). The nodes are then numbered in a preorder (a
+  it was last read (a union-find over the pixels sorted by value, Berger et al. 2007, was slower
+  here: it jumps across the image along each level). The nodes are then numbered in a preorder (a
   depth-first walk), and the per-node aggregates of :class:`camkit.boxes._component_tree.ComponentTree`
   are reduced bottom-up over it. The output contract is
   :func:`camkit.boxes._component_tree.max_tree`'s (the node ids may differ: any preorder is one; the
   nodes, their levels, pixels and aggregates are the same).
 * :func:`quad_events`: the per-pixel quad weights of :func:`camkit.boxes._component_tree.quad_events`,
-  block by block, with the same ranking of the four corners.
+  pixel by pixel (its rank in each of its four blocks, the same ranking of the corners);
+  ``component_tree(..., quad=True)`` sums them on the way instead of storing them.
 * :func:`filled_twice_area`: ``2 * area`` of one component's outer border, its holes filled, by two
   flood fills in the component's bounding box (what ``curves._filled_twice_area`` does with labelling);
   :func:`largest_components` resolves V1's thresholds with several candidates in one call, filling
   only the candidates whose upper bound can still reach the largest exact area.
 * :func:`scatter_max`, :func:`scatter_add`: ``np.maximum.at`` / ``np.add.at`` as plain loops.
 
-Compiling costs a few seconds once; ``cache=True`` keeps the machine code in ``__pycache__`` for the
-next processes.
+The first call compiles the kernels (seconds, once); ``cache=True`` keeps the machine code in
+``__pycache__`` (or ``NUMBA_CACHE_DIR``) for the next processes (``benchmarks/bench_eval.py
+--first-call`` measures both).
 """
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ except ImportError:  # the optional "fast" extra is not installed: the numpy pat
         """Stand-in for ``numba.njit``: leaves the function as plain Python (never called by camkit)."""
         return lambda function: function
 
-__all__ = ["AVAILABLE", "MAX_PADDED_PIXELS", "enabled", "component_tree", "quad_events", "filled_twice_area", "largest_components",
-           "scatter_max", "scatter_add"]
+__all__ = ["AVAILABLE", "MAX_PADDED_PIXELS", "enabled", "component_tree", "quad_events", "filled_twice_area",
+           "largest_components", "scatter_max", "scatter_add"]
 
 
 MAX_PADDED_PIXELS = 2 ** 31 - 1  # the tree kernel's int32 pixel indices, image padded by one pixel

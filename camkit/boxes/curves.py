@@ -135,8 +135,6 @@ def _filled_twice_area(u, level, fg, component):
     w = u.shape[1]
     y0, x0 = fg.y0[component], fg.x0[component]
     py, px = divmod(int(fg.own_pixel[component]), w)
-    if _compiled.enabled(u.shape):
-        return _compiled.filled_twice_area(u, level, y0, fg.y1[component], x0, fg.x1[component], py, px)
     crop = u[y0:fg.y1[component] + 1, x0:fg.x1[component] + 1] > level
     labels, _ = ndi.label(crop, structure=_EIGHT)
     comp = labels == labels[py - y0, px - x0]
