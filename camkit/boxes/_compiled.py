@@ -416,9 +416,14 @@ def _largest_kernel(u, node, t, upper, has_holes, twice_area, x0, y0, x1, y1, ow
                 n_holed += 1
         holed = holed[:n_holed]
         bounds = np.empty(n_holed, np.int64)
+        lower = np.empty(n_holed, np.int64)
         for k in range(n_holed):
             bounds[k] = upper[group[holed[k]]]
-        for k in np.argsort(-bounds, kind="mergesort"):
+            lower[k] = twice_area[node[group[holed[k]]]]
+        # equal bounds: the largest unfilled area first (the likely winner raises best early)
+        by_lower = np.argsort(-lower, kind="mergesort")
+        by_bound = by_lower[np.argsort(-bounds[by_lower], kind="mergesort")]
+        for k in by_bound:
             if bounds[k] < best:
                 break
             nd = node[group[holed[k]]]
