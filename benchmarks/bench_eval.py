@@ -2,6 +2,8 @@
 
     python benchmarks/bench_eval.py [--n 200] [--per-tau-maps 3] [--seed 0]          # V1 + V2 vs reference
     python benchmarks/bench_eval.py --modes [--maps 4] [--rounds 3] [--sizes 224 448]  # each mode alone
+        [--kernels compiled numpy]                        # numba kernels and the numpy fallback, side by side
+    python benchmarks/bench_eval.py --first-call          # numba's compile / cache-load cost, fresh processes
     python benchmarks/bench_eval.py --end-to-end [--workers 0 1 2] [--device cpu] [--json out.json]
 
 Default run: the same N CAM-like 224x224 maps (bilinear upsamplings of random 7x7 / 14x14 / 28x28 grids,
@@ -21,7 +23,10 @@ Both MaxBoxAcc tables are printed; the script exits with status 1 if they differ
 (which runs V1 and V2 as two passes) on four kinds of maps (smooth CAM-like, noisy with many small
 components, plateaus, the default generator's) at each size; the median over ``--rounds`` rounds of the
 per-map time, interleaved so that the load of a shared machine hits both alike; exit 1 if any curve
-differs from OpenCV's.
+differs from OpenCV's. ``--kernels compiled numpy`` times camkit's numba kernels (``pip install
+camkit[fast]``) and its numpy fallback in the same loop; the first calls (numba's compilation, or
+loading its cache) happen before the timing; ``--first-call`` measures them in fresh processes (an
+empty ``NUMBA_CACHE_DIR``, then the cache it left).
 
 ``--end-to-end``: ``camkit.evaluate`` wall time against the engine alone (the same Explainer calls on the
 same batches, no metrics) on the real MobileNetV2 and the 50 dev images of ``../shared/assets``, five
@@ -30,6 +35,7 @@ count (exit 1 otherwise); peak RSS of the process and of its metric workers.
 """
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -44,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's camkit, not an installed one
 import wsol_reference as ref  # noqa: E402
 
-from camkit.boxes import best_iou_per_threshold, box_iou, iou_curves  # noqa: E402
+from camkit.boxes import _compiled, best_iou_per_threshold, box_iou, iou_curves  # noqa: E402
 
 TAUS = np.arange(0, 1, 0.001)
 DELTAS = (30, 50, 70)
@@ -184,6 +190,20 @@ def kind_maps(kind, n, size, seed):
     return maps, gts
 
 
+KERNELS = ("auto", "compiled", "numpy")
+
+
+def use_kernel(kernel):
+    """Select camkit's box kernels: ``compiled`` (numba, ``pip install camkit[fast]``), ``numpy`` (the
+    fallback, ``CAMKIT_NO_NUMBA=1``) or ``auto`` (compiled when numba imports)."""
+    if kernel == "compiled" and not _compiled.AVAILABLE:
+        raise SystemExit("--kernels compiled needs numba: pip install camkit[fast] (or numba>=0.60)")
+    if kernel == "numpy":
+        os.environ["CAMKIT_NO_NUMBA"] = "1"
+    else:
+        os.environ.pop("CAMKIT_NO_NUMBA", None)
+
+
 def camkit_mode(mode, m, gt):
     if mode == "both":
         return iou_curves(m, gt, TAUS)
@@ -200,34 +220,93 @@ def main_modes(args):
     import cv2
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    figures, ok = {"opencv": cv2.__version__, "rounds": args.rounds, "maps": args.maps, "rows": []}, True
-    print(f"per map, one core, 1000 taus; median of {args.rounds} rounds over {args.maps} maps per cell")
-    print(f"{'kind':9} {'size':>5} {'mode':>5} {'camkit ms':>10} {'OpenCV ms':>10} {'speedup':>8} {'same':>5}")
+    kernels = args.kernels
+    figures = {"opencv": cv2.__version__, "rounds": args.rounds, "maps": args.maps, "kernels": kernels, "rows": []}
+    ok = True
+    # first calls (numba compiles or loads its cache; shape-independent) are not timed
+    warm_maps, warm_gts = kind_maps("smooth", 1, 32, args.seed)
+    for kernel in kernels:
+        use_kernel(kernel)
+        for mode in MODES:
+            camkit_mode(mode, warm_maps[0], warm_gts[0])
+    print(f"per map, one core, 1000 taus; median of {args.rounds} rounds over {args.maps} maps per cell; "
+          f"numba {'available' if _compiled.AVAILABLE else 'not installed'}")
+    print(f"{'kind':9} {'size':>5} {'mode':>5}" + "".join(f" {k + ' ms':>12}" for k in kernels)
+          + f" {'OpenCV ms':>10}" + "".join(f" {'x ' + k:>11}" for k in kernels) + f" {'same':>5}")
     for size in args.sizes:
         for kind in ("smooth", "noisy", "plateaus", "default"):
             maps, gts = kind_maps(kind, args.maps, size, args.seed)
             for mode, multis in MODES.items():
-                ours, theirs = [], []
+                ours, theirs = {k: [] for k in kernels}, []
                 for _ in range(args.rounds):
-                    t_ours = t_cv = 0.0
+                    t_ours, t_cv = dict.fromkeys(kernels, 0.0), 0.0
                     for m, g in zip(maps, gts):   # interleaved map by map
-                        t, fast = _timed(camkit_mode, mode, m, g)
-                        t_ours += t
                         t, slow = _timed(opencv_loop, cv2, m, g, multis)
                         t_cv += t
                         slow = [slow[int(multi)] for multi in multis]
-                        fast = [fast[int(multi)] for multi in multis] if mode == "both" else fast
-                        ok &= all(np.array_equal(a, b) for a, b in zip(fast, slow))
-                    ours.append(t_ours / len(maps))
+                        for kernel in kernels:
+                            use_kernel(kernel)
+                            t, fast = _timed(camkit_mode, mode, m, g)
+                            t_ours[kernel] += t
+                            fast = [fast[int(multi)] for multi in multis] if mode == "both" else fast
+                            ok &= all(np.array_equal(a, b) for a, b in zip(fast, slow))
+                    for kernel in kernels:
+                        ours[kernel].append(t_ours[kernel] / len(maps))
                     theirs.append(t_cv / len(maps))
-                row = {"kind": kind, "size": size, "mode": mode, "camkit_ms": 1000 * float(np.median(ours)),
-                       "opencv_ms": 1000 * float(np.median(theirs))}
+                row = {"kind": kind, "size": size, "mode": mode,
+                       "opencv_ms": 1000 * float(np.median(theirs)),
+                       "kernels_ms": {k: 1000 * float(np.median(ours[k])) for k in kernels}}
+                row["camkit_ms"] = row["kernels_ms"][kernels[0]]
                 row["speedup"] = row["opencv_ms"] / row["camkit_ms"]
+                row["speedups"] = {k: row["opencv_ms"] / v for k, v in row["kernels_ms"].items()}
                 figures["rows"].append(row)
-                print(f"{kind:9} {size:>5} {mode:>5} {row['camkit_ms']:>10.2f} {row['opencv_ms']:>10.2f} "
-                      f"{row['speedup']:>7.1f}x {str(ok):>5}")
+                print(f"{kind:9} {size:>5} {mode:>5}" + "".join(f" {row['kernels_ms'][k]:>12.2f}" for k in kernels)
+                      + f" {row['opencv_ms']:>10.2f}" + "".join(f" {row['speedups'][k]:>10.1f}x" for k in kernels)
+                      + f" {str(ok):>5}", flush=True)
+    use_kernel("auto")
     figures["identical_to_opencv"] = bool(ok)
     return figures, ok
+
+
+# ----------------------------------------------------------------- --first-call: numba's compile and cache
+FIRST_CALL = """
+import time
+start = time.perf_counter()
+import numpy as np
+from camkit.boxes import best_iou_per_threshold, iou_curves
+imported = time.perf_counter()
+m = np.random.default_rng(0).random((40, 40))
+def calls():
+    iou_curves(m, [[2, 3, 20, 30]])
+    best_iou_per_threshold(m, [[2, 3, 20, 30]], multi_contour=False)
+calls()
+first = time.perf_counter()
+calls()
+print(imported - start, first - imported, time.perf_counter() - first)
+"""
+
+
+def main_first_call(args):
+    """Fresh processes: import camkit.boxes, then the first and second V1 + V2 calls on a 40x40 map, with an
+    empty numba cache (compiling), with the cache it left (loading), and with ``CAMKIT_NO_NUMBA=1``."""
+    import subprocess
+    import tempfile
+    root = str(Path(__file__).resolve().parents[1])
+    figures = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, PYTHONPATH=root, NUMBA_CACHE_DIR=cache)
+        env.pop("CAMKIT_NO_NUMBA", None)
+        runs = {"compiled, empty cache": env, "compiled, cached": env, "numpy (CAMKIT_NO_NUMBA=1)":
+                dict(env, CAMKIT_NO_NUMBA="1")}
+        print(f"fresh process, 40x40 map, V1 + V2 (numba {'available' if _compiled.AVAILABLE else 'not installed'})")
+        for name, run_env in runs.items():
+            out = subprocess.run([sys.executable, "-c", FIRST_CALL], env=run_env, capture_output=True, text=True,
+                                 check=True)
+            imported, first, second = (float(v) for v in out.stdout.split())
+            figures[name] = {"import_s": imported, "first_call_s": first, "second_call_s": second}
+            print(f"{name:28} import {imported:6.2f} s   first call {first:6.2f} s   second call "
+                  f"{1000 * second:7.1f} ms")
+    return figures, True
 
 
 # -------------------------------------------------------------------------- --end-to-end: the real model
@@ -324,6 +403,11 @@ def main():
     parser.add_argument("--maps", type=int, default=4, help="--modes: maps per kind and size")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (the median is reported)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448], help="map sides for --modes")
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=["auto"],
+                        help="--modes: camkit's box kernels to time side by side (compiled = numba, numpy = "
+                             "the fallback, auto = compiled when numba imports)")
+    parser.add_argument("--first-call", action="store_true",
+                        help="numba's first-call cost in fresh processes: compiling, loading its cache, numpy")
     parser.add_argument("--end-to-end", action="store_true", help="camkit.evaluate vs the engine alone")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
                         help="metric worker counts compared by --end-to-end")
@@ -333,6 +417,8 @@ def main():
     args = parser.parse_args()
     if args.modes:
         figures, ok = main_modes(args)
+    elif args.first_call:
+        figures, ok = main_first_call(args)
     elif args.end_to_end:
         figures, ok = main_end_to_end(args)
     else:

@@ -52,12 +52,18 @@ How the tree is built (:func:`max_tree`), without a pixel-wise union-find:
    node (D, v) holds D's nodes of value ``>= v`` (they follow it) and everything below D (right after).
 
 The result is the same tree as skimage's ``max_tree`` (identical nodes and own pixels).
+
+With numba installed (``pip install camkit[fast]``), :func:`max_tree`, :class:`ComponentTree` and
+:func:`quad_events` run the compiled kernels of :mod:`camkit.boxes._compiled` instead (a flooding
+max-tree; the same nodes, aggregates and weights), unless ``CAMKIT_NO_NUMBA=1``.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
+
+from camkit.boxes import _compiled
 
 __all__ = ["max_tree", "range_min", "ComponentTree", "quad_events", "INT32_MAX_PIXELS"]
 
@@ -209,6 +215,14 @@ def max_tree(image, connectivity):
     level), ``level`` (m,) int64. Nodes are numbered in a preorder: the subtree of node ``k`` is the
     nodes ``k .. subtree_end[k] - 1`` (``subtree_end`` (m,)). See the module docstring for the steps.
     """
+    if _compiled.enabled(image.shape):
+        tree = _compiled.component_tree(image, connectivity)
+        return tree["pixel_node"], tree["parent_node"], tree["level"], tree["subtree_end"]
+    return _numpy_max_tree(image, connectivity)
+
+
+def _numpy_max_tree(image, connectivity):
+    """:func:`max_tree` without numba (the steps of the module docstring)."""
     h, w = image.shape
     n = h * w
     key_dtype = np.int32 if n <= INT32_MAX_PIXELS else np.int64  # pixel-wise keys value * n + index
@@ -289,10 +303,21 @@ class ComponentTree:
     (-1 for the root). Attributes are (n_nodes,) int64 arrays: ``level, parent_level``, the inclusive
     bounding box ``x0, y0, x1, y1``, ``first_pixel`` (the raster index of the component's first pixel),
     ``own_pixel`` (one own pixel's raster index), and ``subtree_sums`` (n_nodes, k): the sums of the
-    ``weights`` (H*W, k) columns over each component (``None`` without weights).
+    ``weights`` (H*W, k) columns over each component (``None`` without weights). ``quad=True`` stands
+    for ``weights=quad_events(image)`` (the compiled path computes them on the way, never stored).
     """
 
-    def __init__(self, image, connectivity, weights=None):
+    def __init__(self, image, connectivity, weights=None, quad=False):
+        if quad and weights is not None:
+            raise ValueError("give weights or quad=True (weights = quad_events(image)), not both")
+        if _compiled.enabled(image.shape):
+            tree = _compiled.component_tree(image, connectivity, weights, quad)
+            for name in ("level", "parent_level", "x0", "x1", "y0", "y1", "first_pixel", "own_pixel",
+                         "subtree_sums"):
+                setattr(self, name, tree[name])
+            return
+        if quad:
+            weights = quad_events(image)
         h, w = image.shape
         pixel_node, parent_node, level, subtree_end = max_tree(image, connectivity)
         n = h * w
@@ -338,6 +363,13 @@ def quad_events(u):
     Each block's four weights go to the pixels of its corners (the corner of rank r gets the weight of
     ``[rank r > t]``), so a component's sum over its pixels counts its blocks exactly.
     """
+    if _compiled.enabled(u.shape):
+        return _compiled.quad_events(u)
+    return _numpy_quad_events(u)
+
+
+def _numpy_quad_events(u):
+    """:func:`quad_events` without numba."""
     h, w = u.shape
     padded_width = w + 2
     key = np.full((h + 2, padded_width), -1, np.int16)

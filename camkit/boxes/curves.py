@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from camkit.boxes._component_tree import ComponentTree, quad_events
+from camkit.boxes import _compiled
+from camkit.boxes._component_tree import ComponentTree
 from camkit.boxes.iou import _pairwise_iou, validate_boxes
 from camkit.boxes.threshold import (_EIGHT, _FOUR, _check_multi_contour, _checked_thresholds, _contour_to_box,
                                     _Contours, _twice_polygon_area, integer_thresholds, scoremap_to_uint8,
@@ -58,6 +59,22 @@ def _hole_boxes(mask):
         return np.zeros((0, 4), np.int64)
     b = np.asarray(out, np.int64)
     return _contour_to_box(b[:, 0], b[:, 1], b[:, 2], b[:, 3], h, w)
+
+
+def _scatter_max(out, index, values):
+    """``np.maximum.at(out, index, values)`` (compiled when numba is there)."""
+    if _compiled.enabled():
+        _compiled.scatter_max(out, index, values)
+    else:
+        np.maximum.at(out, index, values)
+
+
+def _scatter_add(out, index, values):
+    """``np.add.at(out, index, values)`` (compiled when numba is there)."""
+    if _compiled.enabled():
+        _compiled.scatter_add(out, index, values)
+    else:
+        np.add.at(out, index, values)
 
 
 def _alive_pairs(lo, hi, n_levels=256):
@@ -104,22 +121,22 @@ def _add_hole_ious(u, gt, hole_levels, used, v2):
         # a background node (in u) is the component of u <= t for level <= t < parent level
         hole_node, hole_t = _alive_pairs(bg_level[hole], bg_parent[hole] - 1)
         keep = used[hole_t]
-        np.maximum.at(v2, hole_t[keep], hole_iou[hole_node[keep]])
+        _scatter_max(v2, hole_t[keep], hole_iou[hole_node[keep]])
         # a hole and what it encloses lie in its bbox, so filling it changes at most the quads
         # touching that bbox, each by at most 2 in 2*area
         touching_quads = (hx1 - hx0) * (hy1 - hy0)  # (bbox width + 1) * (bbox height + 1)
         hole_budget[:] = 0
-        np.add.at(hole_budget, hole_t, 2 * touching_quads[hole_node])
+        _scatter_add(hole_budget, hole_t, 2 * touching_quads[hole_node])
     return hole_budget
 
 
-def _filled_twice_area(mask, fg, component):
-    """Exact 2*area of tree node ``component``'s outer border at ``mask``: fill its crop's holes."""
-    w = mask.shape[1]
+def _filled_twice_area(u, level, fg, component):
+    """Exact 2*area of tree node ``component``'s outer border at ``u > level``: fill its crop's holes."""
+    w = u.shape[1]
     y0, x0 = fg.y0[component], fg.x0[component]
-    crop = mask[y0:fg.y1[component] + 1, x0:fg.x1[component] + 1]
-    labels, _ = ndi.label(crop, structure=_EIGHT)
     py, px = divmod(int(fg.own_pixel[component]), w)
+    crop = u[y0:fg.y1[component] + 1, x0:fg.x1[component] + 1] > level
+    labels, _ = ndi.label(crop, structure=_EIGHT)
     comp = labels == labels[py - y0, px - x0]
     # fill: everything but the 4-connected background components touching the crop's edge
     bg, _ = ndi.label(~comp, structure=_FOUR)
@@ -140,7 +157,7 @@ def _largest_contour_ious(u, fg, node, t, n_holes, hole_budget, fg_iou):
     upper = np.where(with_holes, np.minimum(np.maximum(2 * width * height, twice_area)[node],
                                             twice_area[node] + hole_budget[t]), twice_area[node])
     best_lower = np.full(_N_LEVELS, -1, np.int64)
-    np.maximum.at(best_lower, t, twice_area[node])
+    _scatter_max(best_lower, t, twice_area[node])
     candidate = upper >= best_lower[t]
     n_candidates = np.bincount(t[candidate], minlength=_N_LEVELS)
     winner = np.full(_N_LEVELS, -1, np.int64)
@@ -148,12 +165,17 @@ def _largest_contour_ious(u, fg, node, t, n_holes, hole_budget, fg_iou):
     v1 = np.full(_N_LEVELS, _UNSET)
     single = n_candidates == 1
     v1[single] = fg_iou[winner[single]]
+    if _compiled.enabled(u.shape):
+        several = candidate & (n_candidates[t] > 1)
+        winner = _compiled.largest_components(u, node[several], t[several], upper[several], n_holes > 0, fg)
+        resolved = winner >= 0
+        v1[resolved] = fg_iou[winner[resolved]]
+        return v1
     for level in np.flatnonzero(n_candidates > 1):
-        mask = u > level
         nodes = node[candidate & (t == level)]
         exact = twice_area[nodes].copy()
         for k in np.flatnonzero(n_holes[nodes] > 0):
-            exact[k] = _filled_twice_area(mask, fg, nodes[k])
+            exact[k] = _filled_twice_area(u, level, fg, nodes[k])
         top = exact == exact.max()
         if top.sum() == 1:
             v1[level] = fg_iou[nodes[np.argmax(exact)]]
@@ -169,7 +191,7 @@ def _largest_contour_ious(u, fg, node, t, n_holes, hole_budget, fg_iou):
 def _tree_curves(u, gt, levels, want_v1, want_v2, best1, best2):
     """V1 and/or V2 best IoU (in place, per level) from the component trees."""
     h, w = u.shape
-    fg = ComponentTree(u, 2, quad_events(u))
+    fg = ComponentTree(u, 2, quad=True)
     fg_iou = _best_iou(_contour_to_box(fg.x0, fg.y0, fg.x1, fg.y1, h, w), gt)
     # a foreground node is the component of u > t for parent_level <= t < level
     node, t = _alive_pairs(np.maximum(fg.parent_level, 0), fg.level - 1)
@@ -181,7 +203,7 @@ def _tree_curves(u, gt, levels, want_v1, want_v2, best1, best2):
     hole_budget = np.full(_N_LEVELS, np.iinfo(np.int64).max // 4)
     if want_v2:
         v2 = np.full(_N_LEVELS, _UNSET)
-        np.maximum.at(v2, t, fg_iou[node])
+        _scatter_max(v2, t, fg_iou[node])
         hole_budget = _add_hole_ious(u, gt, np.unique(t[n_holes[node] > 0]), used, v2)
         best2[:] = np.where(v2 >= 0, v2, best2)
     if want_v1:
