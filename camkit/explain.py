@@ -184,8 +184,7 @@ class Explainer:
         _check_input(batch)
         target = names_to_classes(target, self.class_names)
         check_target(target, batch.shape[0])
-        selection = layers if layers is not None else self.layers
-        specs = self._resolve_layers(batch, selection)
+        specs = self._resolve_layers(batch, selection := layers if layers is not None else self.layers)
         _check_reshape_keys(self.reshape, specs)
         needs = set().union(*(m.needs for m in method_list))
         if "foreground" in needs:               # before any hook: the model and layer must have a map
@@ -231,7 +230,7 @@ class Explainer:
         explanation = self._explanation(maps, logits, targets, method_list, specs, batch, display)
         explanation.notes.extend(notes + tokens.zero_gradient_notes([spec.key for spec in specs], gradients))
         explanation.photos, explanation.frames = photos, frames
-        explanation.layer_labels = self._layer_labels(selection, specs)
+        explanation.layer_labels = selection_labels(self.model, selection, [spec.key for spec in specs])
         if unguided:
             explanation.notes.append(
                 "BagCAMs: no nn.ReLU/nn.ReLU6 module (guided_modules) ran after the captured layer(s), so "
@@ -358,13 +357,6 @@ class Explainer:
             if self._call_totals.get(key) is None:     # the probe's counts: capture only the last call
                 self._call_totals[key] = calls
         return specs
-
-    def _layer_labels(self, selection, specs) -> Dict[str, str]:
-        """Figure labels saying why each layer was chosen (:func:`camkit.layers.selection_labels`)."""
-        keys = [spec.key for spec in specs]
-        if selection is None and isinstance(getattr(self.model, "explain_layer", None), str):
-            return {keys[0]: f"the model's explain_layer ({keys[0]})"}
-        return selection_labels(selection, keys)
 
     def _explanation(self, maps, logits, targets: ResolvedTargets, method_list, specs, batch,
                      display) -> Explanation:

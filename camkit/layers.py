@@ -308,15 +308,17 @@ def _ordinal(rank: int, end: str) -> str:
     return f"{rank}{suffix} {end}"
 
 
-def selection_labels(layers, keys: Sequence[str]) -> Dict[str, str]:
+def selection_labels(model: nn.Module, layers, keys: Sequence[str]) -> Dict[str, str]:
     """Figure labels that say why each layer of a selection was chosen, e.g. ``{"features.13": "2nd
     deepest stage (features.13)"}`` for ``layers="stage:-2"``.
 
     ``layers`` is the selection as given (``None``, ``"all-stages"``, ``"last-stages:N"``,
     ``"stage:K"``), ``keys`` the layer keys it resolved to, in order. A layer named by the user gets
-    no label (its name is the label).
+    no label (its name is the label); ``layers=None`` on a model with an ``explain_layer`` (FAM) is that.
     """
     keys = list(keys)
+    if layers is None and isinstance(getattr(model, "explain_layer", None), str):
+        return {keys[0]: f"the model's explain_layer ({keys[0]})"}
     if layers is None and len(keys) == 1:
         return {keys[0]: f"last spatial layer ({keys[0]})"}
     if not is_stage_selection(layers):

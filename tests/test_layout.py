@@ -25,7 +25,7 @@ LAYERS = [
     ["camkit.model_spec"],
     ["camkit.bench"],
     ["camkit.cli"],
-    ["camkit"],
+    ["camkit", "camkit.__main__"],
 ]
 
 
