@@ -346,7 +346,7 @@ def main_end_to_end(args):
     import torchvision
 
     import camkit
-    warnings.filterwarnings("ignore", category=camkit.heads.CAMHeadWarning)   # CAM has no head at .6 / .13
+    warnings.filterwarnings("ignore", category=camkit.CAMHeadWarning)   # CAM has no head at .6 / .13
     from camkit.data.wsol import collate_wsol
 
     model = torchvision.models.mobilenet_v2()
