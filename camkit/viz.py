@@ -269,8 +269,9 @@ def explanation_grid(exp, indices: Optional[Iterable[int]] = None,
     Panels keep the photo's aspect ratio; with camkit's preprocessing the maps are drawn back onto the
     whole photo (the dotted frame is the centre crop the model saw, :attr:`Explanation.frames`).
     Columns are titled with the method, rows with the layer's label (``layer_labels[layer]``, else
-    ``exp.layer_labels[layer]``, which says why the layer was chosen, else the layer key). A method without a map at a layer (e.g. CAM where no linear head fits, see
-    ``exp.notes``) gets a greyed photo marked "n/a", aligned with the others.
+    ``exp.layer_labels[layer]``, which says why the layer was chosen, else the layer key). A method
+    without a map at a layer (e.g. CAM where no linear head fits, see ``exp.notes``) gets a greyed photo
+    marked "n/a", aligned with the others.
 
     Args:
         exp: a camkit ``Explanation``.
