@@ -357,7 +357,8 @@ def test_ablationcam_falls_back_to_copies_when_the_model_reshapes_by_its_input_b
     torch.manual_seed(4)
     model = FlattensByInputBatch().eval()
     x = torch.randn(2, 3, 6, 6)
-    got = _raw(model, x, "ablationcam", "relu", {"batch_size": 3})
+    with pytest.warns(RuntimeWarning, match="runs the whole model.*flatten"):
+        got = _raw(model, x, "ablationcam", "relu", {"batch_size": 3})
     with torch.no_grad():
         A = model.relu(model.conv(x)).double()
         logits = copy.deepcopy(model).double()(x.double())
@@ -384,7 +385,8 @@ def test_ablationcam_runs_the_model_before_the_layer_once_per_image_and_chunk(sm
         counter.remove()
     chunks = -(-channels // 100)
     assert input_batches == [3] + [1] * (3 * chunks)      # the engine's forward, then one per image and chunk
-    with mock.patch.object(perturbation, "_masked_after_layer", lambda *args: None):
+    with mock.patch.object(perturbation, "_masked_after_layer", lambda *args: None), \
+            pytest.warns(RuntimeWarning, match="runs the whole model"):
         copies = _raw(model, images, "ablationcam", layer, {"batch_size": 100})
     torch.testing.assert_close(fast, copies, rtol=1e-4, atol=1e-4 * copies.abs().max().item())
 

@@ -12,6 +12,7 @@ chunks the same ``(b, n)`` pairs and differentiates with ``torch.autograd.grad``
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -77,12 +78,17 @@ def perturbed_logits(forward: ModelForward, count: int, *, batch_size: int,
     With ``layer_masks_of``, unchanged inputs and ``reference`` (the ``(B, K)`` unperturbed logits),
     the part of the model before the layer runs once per image and chunk instead of once per pair
     (:func:`_masked_after_layer`); a model for which that is not the same computation falls back to
-    the copies.
+    the copies, with a ``RuntimeWarning`` that says why it is slow.
     """
     if inputs_of is None and layer_masks_of is not None and reference is not None:
         logits = _masked_after_layer(forward, count, batch_size, layer_masks_of, reference)
         if logits is not None:
             return logits
+        warnings.warn(f"the model does not take its layer {forward.layer.name!r}'s output of one image times "
+                      f"a batch of masks (its forward reshapes by the input's batch size, e.g. "
+                      f"x.view(inputs.size(0), -1), or fails on it), so each of the {count} masked outputs per "
+                      f"image runs the whole model, not just the part after the layer; a forward that flattens "
+                      f"with x.flatten(1) instead makes this much faster", RuntimeWarning, stacklevel=2)
     images = forward.images
     pairs_b, pairs_n = _pairs(images, count)
     chunks = []
