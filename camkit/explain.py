@@ -26,7 +26,7 @@ from camkit import postprocess, smoothing, tokens
 from camkit.dense_targets import is_output_target, output_scores
 from camkit.explanation import Explanation
 from camkit.fusion import checked_rule, fuse as fuse_layers
-from camkit.presets import preset_setting
+from camkit.presets import UNSET, preset_setting
 from camkit.shape_cache import ShapeCache
 from camkit.capture import DEFAULT_GUIDED_MODULES, ActivationCapture, CallCountChanged
 from camkit.heads import CAMHeadWarning, HeadNotFoundError, find_head, head_weight_matrix, resolve_head
@@ -50,8 +50,8 @@ class Explainer:
 
     Args:
         model: any ``nn.Module`` returning ``(B, K)`` logits (or see ``output``).
-        methods: a method name or a list of names (``camkit.list_methods()``); the default is
-            ``"gradcam"``. ``None`` means the standard set, :data:`camkit.methods.STANDARD_METHODS`
+        methods: a method name or a list of names (``camkit.list_methods()``); the default: see
+            ``preset``. ``None`` means the standard set, :data:`camkit.methods.STANDARD_METHODS`
             (CAM, Grad-CAM, Grad-CAM++, PCS, BagCAMs), with CAM optional: where the classifier is not
             one linear layer after global average pooling (e.g. torchvision's MobileNetV3, whose head
             is Linear-Hardswish-Dropout-Linear), or the target is a callable score, CAM is skipped
@@ -96,10 +96,10 @@ class Explainer:
             activations (see :mod:`camkit.smoothing`); refused for methods that are not channel sums.
         fuse: a fusion rule (``"max"``, ``"mean"``, ``"layercam"``): calls return
             ``camkit.fuse(exp, rule=fuse)``, the layers' maps and the fused ones (needs ``upsample=True``).
-        preset: instead of ``methods``, ``layers`` and ``fuse``, a named setting (:mod:`camkit.presets`):
-            ``"recommended"`` is BagCAMs at the last layer of the second deepest resolution
-            (``methods="bagcams", layers="stage:-2"``), the best of the table in ``docs/methods.md``;
-            ``"classic"`` the default, Grad-CAM at the last spatial layer.
+        preset: instead of ``methods``, ``layers`` and ``fuse``, a named setting (:mod:`camkit.presets`).
+            With none of the four given, ``"recommended"``: BagCAMs at the last layer of the second deepest
+            resolution (``methods="bagcams", layers="stage:-2|last"``), the best in ``docs/methods.md``;
+            ``"classic"`` is Grad-CAM at the last layer, ``methods``' default with ``layers`` or ``fuse``.
 
     Arguments are checked here, and images and targets at the start of a call, before any hook
     is attached: a wrong value raises an error that says what to give instead and leaves the model
@@ -108,7 +108,7 @@ class Explainer:
     :data:`SHAPE_CACHE_SIZE` most recently used shapes (leaving a ``with`` block forgets them all).
     """
 
-    def __init__(self, model: nn.Module, methods: Union[str, Sequence[str], None] = "gradcam",
+    def __init__(self, model: nn.Module, methods: Union[str, Sequence[str], None] = UNSET,
                  layers=None, head=None, output=None, preprocess: Optional[Callable] = None,
                  class_names: Optional[Sequence[str]] = None, eval_mode: bool = True,
                  guided_modules=DEFAULT_GUIDED_MODULES, method_options: Optional[dict] = None,
@@ -116,8 +116,7 @@ class Explainer:
                  fuse: Optional[str] = None, preset: Optional[str] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if preset is not None:
-            methods, layers, fuse = preset_setting(preset, methods, layers, fuse)
+        preset, methods, layers, fuse = preset_setting(preset, methods, layers, fuse)
         self.fuse = fuse if fuse is None else checked_rule(fuse, "fuse")
         self.model = model
         self.preset = preset
@@ -230,7 +229,8 @@ class Explainer:
         explanation = self._explanation(maps, logits, targets, method_list, specs, batch, display)
         explanation.notes.extend(notes + tokens.zero_gradient_notes([spec.key for spec in specs], gradients))
         explanation.photos, explanation.frames = photos, frames
-        explanation.layer_labels = selection_labels(self.model, selection, [spec.key for spec in specs])
+        explanation.layer_labels = {**selection_labels(self.model, selection, [spec.key for spec in specs]),
+                                    **{spec.key: spec.label for spec in specs if spec.label}}
         if unguided:
             explanation.notes.append(
                 "BagCAMs: no nn.ReLU/nn.ReLU6 module (guided_modules) ran after the captured layer(s), so "
@@ -377,7 +377,7 @@ class Explainer:
                            class_names=self.class_names, notes=notes)
 
 
-def explain(model: nn.Module, images, methods: Union[str, Sequence[str], None] = "gradcam", layers=None,
+def explain(model: nn.Module, images, methods: Union[str, Sequence[str], None] = UNSET, layers=None,
             target=None, upsample: bool = True, normalize: bool = True, **options) -> Explanation:
     """Explain ``images`` with ``model``: ``Explainer(model, methods, layers, **options)(images, target)``.
 
@@ -387,8 +387,8 @@ def explain(model: nn.Module, images, methods: Union[str, Sequence[str], None] =
                              layers=("layer3", "layer4"))
         exp.maps[("gradcam", "layer4")]   # (B, H, W) in [0, 1]
 
-    ``methods=None`` runs the standard set with CAM optional; ``preset="recommended"`` (instead of
-    ``methods`` and ``layers``) camkit's recommended map, ``exp["bagcams"]`` (:mod:`camkit.presets`).
+    With no ``methods``, ``layers``, ``fuse`` or ``preset``: camkit's recommended map, ``exp["bagcams"]``
+    (:mod:`camkit.presets`); ``methods=None`` runs the standard set with CAM optional.
     See :class:`Explainer` for ``options`` (``head``, ``output``, ``preprocess``, ``fuse``, ...).
     """
     return Explainer(model, methods=methods, layers=layers, **options)(

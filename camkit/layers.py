@@ -9,7 +9,7 @@ module is the one nearest the classifier. An ``nn.Module`` may be given instead 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -32,6 +32,8 @@ class LayerSpec:
     name: str
     module: nn.Module
     call: int = -1
+    #: why a selection chose it, for figure labels, where :func:`selection_labels` cannot tell (a fallback)
+    label: Optional[str] = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -232,6 +234,9 @@ ALL_STAGES = "all-stages"
 LAST_STAGES = "last-stages:"
 #: ``layers="stage:K"``: the last layer of the ``K``-th resolution (``K < 0`` counts from the deepest)
 STAGE = "stage:"
+#: ``layers="stage:K|last"``: the same, or the last spatial layer (``layers=None``) where the model has
+#: fewer resolutions than ``K`` asks for (a ViT has one); the recommended preset's selection
+OR_LAST = "|last"
 
 
 #: Module types whose output is a padded copy of their input, never a stage of its own (torch's
@@ -284,10 +289,11 @@ def last_stages_count(layers) -> Optional[int]:
 
 
 def stage_index(layers) -> Optional[int]:
-    """``K`` of ``layers="stage:K"`` (``None`` for any other value); a malformed ``K`` raises."""
+    """``K`` of ``layers="stage:K"`` or ``"stage:K|last"`` (``None`` for any other value); a malformed
+    ``K`` raises."""
     if not isinstance(layers, str) or not layers.startswith(STAGE):
         return None
-    index = layers[len(STAGE):]
+    index = layers[len(STAGE):].removesuffix(OR_LAST)
     if not index.lstrip("-").isdigit():
         raise LayerError(f"layers={layers!r}: give the stage as an integer index into the resolutions, shallow "
                          f"to deep, e.g. 'stage:-2' for the second deepest (or 'stage:0' for the shallowest)")
@@ -334,7 +340,8 @@ def resolve_layers(model: nn.Module, layers: Optional[Union[LayerLike, Sequence[
                    example: torch.Tensor) -> List[LayerSpec]:
     """Resolve ``layers`` (a name, module, sequence of them, ``None`` = last spatial layer,
     ``"all-stages"`` = :func:`stage_layers`, ``"last-stages:N"`` = its last ``N``, or ``"stage:K"`` = its
-    ``K``-th, negative from the deepest)."""
+    ``K``-th, negative from the deepest; ``"stage:K|last"`` falls back to ``None``'s layer where there is
+    no such stage)."""
     if layers is None:
         return [resolve_layer(model, last_spatial_layer(model, example)[0])]
     if isinstance(layers, str) and layers == ALL_STAGES:
@@ -345,6 +352,9 @@ def resolve_layers(model: nn.Module, layers: Optional[Union[LayerLike, Sequence[
     index = stage_index(layers)
     if index is not None:
         stages = stage_layers(model, example)
+        if not -len(stages) <= index < len(stages) and layers.endswith(OR_LAST):
+            last = resolve_layers(model, None, example)[0]
+            return [replace(last, label=f"last spatial layer ({last.key}; one resolution, no stage {index})")]
         if not -len(stages) <= index < len(stages):
             raise LayerError(f"layers={layers!r}: this model has {len(stages)} spatial resolution(s) for this "
                              f"input ({', '.join(stages)}), so the stage index must be in "

@@ -166,5 +166,5 @@ def test_a_layer_has_one_display_name_across_commands():
     """load_model's suggested layers (benchmark, evaluate) name EfficientNet-Lite0's head as explain does."""
     pytest.importorskip("efficientnet_lite_pytorch")
     loaded = camkit.load_model("efficientnet-lite0")
-    exp = camkit.explain(loaded.model, torch.zeros(1, 3, 64, 64), layers=None)
+    exp = camkit.explain(loaded.model, torch.zeros(1, 3, 64, 64), methods="gradcam", layers=None)
     assert exp.layers == ["_swish"] and loaded.layers[-1] == "_swish"

@@ -215,11 +215,22 @@ def test_explain_refuses_a_box_threshold_outside_0_1_before_writing(images, tmp_
     assert not out.exists()
 
 
-def test_default_explain_skips_cam_on_a_model_without_one_linear_head(images, tmp_path, capsys):
-    """torchvision's MobileNetV3 ends in Linear-Hardswish-Dropout-Linear: the other four methods still run."""
+def test_the_standard_methods_skip_cam_on_a_model_without_one_linear_head(images, tmp_path, capsys):
+    """torchvision's MobileNetV3 ends in Linear-Hardswish-Dropout-Linear: the other four methods still run
+    (--layers without --methods: the standard five, CAM optional)."""
     out = tmp_path / "v3"
     assert cli.main(["explain", images[0], "--model", "torchvision:mobilenet_v3_small", "--weights", "random",
-                     "--image-size", "64", "--out", str(out), "--no-figures"]) == 0
+                     "--image-size", "64", "--layers", "features", "--out", str(out), "--no-figures"]) == 0
     record = json.loads((out / "photo0.json").read_text())
     assert record["methods"] == ["gradcam", "gradcam++", "pcs", "bagcams"]
     assert "CAM" in capsys.readouterr().err
+
+
+def test_default_explain_is_the_recommended_map(images, tmp_path):
+    """No --methods, --layers or --preset: BagCAMs at the second deepest resolution (camkit.presets)."""
+    out = tmp_path / "default"
+    assert cli.main(["explain", images[0], "--model", "torchvision:mobilenet_v3_small", "--weights", "random",
+                     "--image-size", "64", "--out", str(out), "--no-figures"]) == 0
+    record = json.loads((out / "photo0.json").read_text())
+    # mobilenet_v3_small at 64x64: features.3 (8x8), features.8 (4x4), features (2x2): the second deepest is features.8
+    assert record["methods"] == ["bagcams"] and record["layers"] == ["features.8"]

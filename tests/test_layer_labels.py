@@ -38,7 +38,7 @@ def test_ordinals(rank, end, want):
 ])
 def test_an_explanation_says_why_each_layer_was_chosen(resnet, layers, want):
     model, x = resnet
-    assert camkit.explain(model, x, layers=layers).layer_labels == want
+    assert camkit.explain(model, x, methods="gradcam", layers=layers).layer_labels == want
 
 
 def test_the_shallowest_stage_is_counted_from_the_shallow_end(resnet):

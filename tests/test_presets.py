@@ -56,14 +56,28 @@ class Padded(nn.Module):
 
 def test_the_recommended_preset_is_the_documented_setting():
     preset = get_preset("recommended")
-    assert (preset.methods, preset.layers, preset.fuse) == (("bagcams",), "stage:-2", None)
+    assert (preset.methods, preset.layers, preset.fuse) == (("bagcams",), "stage:-2|last", None)
     classic = get_preset("classic")
     assert (classic.methods, classic.layers, classic.fuse) == (("gradcam",), None, None)
     assert set(PRESETS) == {"recommended", "classic"}
     text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     assert 'methods="bagcams", layers="stage:-2"' in text
     explainer = camkit.Explainer(resnet18(), preset="recommended")
-    assert (explainer.methods, explainer.layers, explainer.fuse) == (["bagcams"], "stage:-2", None)
+    assert (explainer.methods, explainer.layers, explainer.fuse) == (["bagcams"], "stage:-2|last", None)
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, ("recommended", ["bagcams"], "stage:-2|last", None)),              # nothing given: the default
+    ({"layers": None}, ("recommended", ["bagcams"], "stage:-2|last", None)),
+    ({"methods": "gradcam"}, (None, ["gradcam"], None, None)),              # an explicit gradcam is kept
+    ({"methods": None}, (None, ["cam", "gradcam", "gradcam++", "pcs", "bagcams"], None, None)),
+    ({"layers": "layer4"}, (None, ["gradcam"], "layer4", None)),            # methods' default with layers
+    ({"fuse": "max"}, (None, ["gradcam"], None, "max")),
+    ({"preset": "classic"}, ("classic", ["gradcam"], None, None)),
+])
+def test_the_default_is_the_recommended_preset_only_when_nothing_is_chosen(options, expected):
+    explainer = camkit.Explainer(resnet18(), **options)
+    assert (explainer.preset, explainer.methods, explainer.layers, explainer.fuse) == expected
 
 
 def test_the_recommended_maps_are_the_explicit_call():
@@ -91,12 +105,42 @@ def test_the_recommended_layer_of_the_two_models_of_the_table(spec, expected):
     assert [spec.key for spec in resolve_layers(model, "stage:-2", torch.zeros(1, 3, 224, 224))] == [expected]
 
 
-def test_the_classic_preset_is_the_default_call():
+def test_the_default_call_is_the_recommended_preset_and_classic_the_old_default():
     model, images = resnet18(), torch.randn(1, 3, 64, 64)
-    plain, classic = camkit.explain(model, images), camkit.explain(model, images, preset="classic")
-    assert classic.layers == plain.layers == ["layer4"] and list(classic.maps) == list(plain.maps)
-    torch.testing.assert_close(classic.maps[("gradcam", "layer4")], plain.maps[("gradcam", "layer4")],
-                               rtol=0, atol=0)
+    plain, recommended = camkit.explain(model, images), camkit.explain(model, images, preset="recommended")
+    assert plain.layers == recommended.layers == ["layer3"] and list(plain.maps) == [("bagcams", "layer3")]
+    torch.testing.assert_close(plain["bagcams"], recommended["bagcams"], rtol=0, atol=0)
+    assert plain.layer_labels == {"layer3": "2nd deepest stage (layer3)"}
+    classic = camkit.explain(model, images, preset="classic")
+    old_default = camkit.explain(model, images, methods="gradcam", layers=None)
+    assert classic.layers == old_default.layers == ["layer4"] and list(classic.maps) == [("gradcam", "layer4")]
+    torch.testing.assert_close(classic["gradcam"], old_default["gradcam"], rtol=0, atol=0)
+
+
+class OneResolution(nn.Module):
+    """Every layer at the input's resolution (as a ViT's tokens): no second deepest stage."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.relu1 = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(4, 5, 3, padding=1), nn.ReLU()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(self.relu2(self.conv2(self.relu1(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+def test_the_default_falls_back_to_the_last_spatial_layer_on_a_model_with_one_resolution():
+    model, images = OneResolution().eval(), torch.randn(2, 3, 8, 8)
+    assert stage_layers(model, images[:1]) == ["relu2"]
+    exp = camkit.explain(model, images, target=[0, 2])
+    assert exp.layers == ["relu2"] and exp.methods == ["bagcams"]
+    assert exp.layer_labels == {"relu2": "last spatial layer (relu2; one resolution, no stage -2)"}
+    explicit = camkit.explain(model, images, methods="bagcams", layers="relu2", target=[0, 2])
+    torch.testing.assert_close(exp["bagcams"], explicit["bagcams"], rtol=0, atol=0)
+    with pytest.raises(camkit.LayerError, match="1 spatial resolution"):   # the strict form still refuses
+        camkit.explain(model, images, methods="bagcams", layers="stage:-2")
 
 
 @pytest.mark.parametrize("rule", ["max", "mean", "layercam"])

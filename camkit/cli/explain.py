@@ -16,11 +16,11 @@ HELP = "write maps, overlays, a methods x layers grid and boxes for images"
 DESCRIPTION = "Explain images with one or more CAM methods at one or more layers."
 EPILOG = model_epilog("""\
 examples:
-  # every standard method at the last spatial layer, top-5 classes printed
+  # the recommended map (the default): BagCAMs at the second deepest resolution (docs/methods.md)
   camkit explain cat.jpg owl.jpg --model efficientnet-lite0 --out out/
 
-  # the recommended map: BagCAMs at the second deepest resolution (docs/methods.md)
-  camkit explain cat.jpg --model efficientnet-lite0 --preset recommended --out out/
+  # every standard method at the last spatial layer, top-5 classes printed
+  camkit explain cat.jpg --model efficientnet-lite0 --methods cam gradcam gradcam++ pcs bagcams --out out/
 
   # the real MobileNetV2 asset, two layers, Grad-CAM and BagCAMs, explaining class 281
   camkit explain cat.jpg --model mobilenet_v2:../shared/assets/weights/mobilenet_v2_imagenet.pth \\
@@ -57,16 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     add_model_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
-                        help="CAM methods, space or comma separated (default: the standard five, CAM "
-                             "skipped with a note where the model has no linear head); "
-                             "'camkit explain --list-methods' lists them")
+                        help="CAM methods, space or comma separated (default: --preset recommended; with "
+                             "--layers, the standard five, CAM skipped with a note where the model has no "
+                             "linear head); 'camkit explain --list-methods' lists them")
     parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
-                        help="module names, 'name@k' for the k-th call of a reused module "
-                             "(default: the last layer with spatial output)")
+                        help="module names, 'name@k' for the k-th call of a reused module (default: "
+                             "--preset recommended; with --methods, the last layer with spatial output)")
     parser.add_argument("--preset", default=None, metavar="NAME",
-                        help="a named setting instead of --methods/--layers: 'recommended' = BagCAMs at the "
-                             "last layer of the second deepest resolution (the best localisation in "
-                             "docs/methods.md), 'classic' = Grad-CAM at the last layer")
+                        help="a named setting instead of --methods/--layers: 'recommended' (the default) = "
+                             "BagCAMs at the last layer of the second deepest resolution (the best "
+                             "localisation in docs/methods.md), 'classic' = Grad-CAM at the last layer")
     parser.add_argument("--target", default="top1", metavar="T",
                         help="class to explain: 'top1' (default), a class index, or a class name")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to print (default 5)")
@@ -157,7 +157,8 @@ def run(args) -> int:
     loaded = load_model_from_args(args)
     methods = split_names(args.methods)  # None: the standard set, CAM only where a linear head fits
     target = parse_target(args.target, loaded.class_names)
-    choice = {"preset": args.preset} if args.preset else {"methods": methods, "layers": split_names(args.layers)}
+    choice = ({"methods": methods, "layers": split_names(args.layers)} if args.methods or args.layers
+              else {"preset": args.preset})    # None: camkit.presets.DEFAULT_PRESET
     explainer = Explainer(loaded.model, preprocess=loaded.preprocess, class_names=loaded.class_names, **choice)
     used_stems: set = set()
     with output_folder(args.out) as out:
