@@ -6,12 +6,16 @@
 * :class:`MetricPool`: ``submit(u8 (B, H, W), boxes, thresholds)`` returns a future of the batch's V1 and
   V2 curves (:func:`camkit.boxes.iou_curves_of_uint8` of every map). With ``workers=0`` the curves are
   computed at once, in this process; with ``workers=N >= 1`` by N worker processes (``forkserver`` start
-  method where the platform has it, else ``spawn``; never ``fork`` under torch), each task carrying only
-  the compact uint8 maps and the int64 boxes. Results do not depend on N: each task's curves are the
-  serial path's, and the caller merges them in submission order.
+  method where the platform has it, else ``spawn``; never ``fork`` under torch). The uint8 maps travel
+  through shared memory: the pool copies each batch into a block of ``multiprocessing.shared_memory``
+  that it owns (blocks are reused once their task is done, and a bigger one is made when a batch does
+  not fit), and the task carries only the block's name and the batch's shape, with the small int64
+  box arrays; the worker reads the maps in place. Results do not depend on N: each task's curves are
+  the serial path's, and the caller merges them in submission order.
 
 The pool is a context manager: leaving it, normally or on an exception (in a worker, in the caller, or
-``KeyboardInterrupt``), cancels the pending tasks and joins every worker, so no child process remains.
+``KeyboardInterrupt``), cancels the pending tasks, joins every worker and unlinks every block, so no
+child process and no shared-memory segment remains.
 Workers ignore SIGINT: Ctrl-C reaches the parent, which shuts the pool down.
 """
 from __future__ import annotations
@@ -19,7 +23,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import shared_memory
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -82,6 +88,55 @@ def default_metric_workers() -> int:
     return cores - 1 if cores >= 3 else 0
 
 
+#: a worker's blocks, attached once by name (the parent never reuses a name for another block)
+_ATTACHED = {}
+
+
+def _shared_batch_curves(name: str, shape: Tuple[int, ...], boxes, thresholds):
+    """:func:`batch_curves` of the (B, H, W) uint8 maps at the start of the shared block ``name``."""
+    if name not in _ATTACHED:
+        _ATTACHED[name] = shared_memory.SharedMemory(name=name)
+    u8 = np.ndarray(shape, dtype=np.uint8, buffer=_ATTACHED[name].buf)
+    return batch_curves(u8, boxes, thresholds)
+
+
+class _Blocks:
+    """The parent's shared-memory blocks: :meth:`take` one of at least ``nbytes`` (a free one, else a
+    new one), :meth:`give` it back when its task is done, :meth:`unlink_all` at the end."""
+
+    def __init__(self):
+        self._free: List[shared_memory.SharedMemory] = []
+        self._all: List[shared_memory.SharedMemory] = []
+        self._lock = threading.Lock()        # give() runs in the executor's callback thread
+
+    def take(self, nbytes: int) -> shared_memory.SharedMemory:
+        with self._lock:
+            fitting = [block for block in self._free if block.size >= nbytes]
+            if fitting:
+                block = min(fitting, key=lambda b: b.size)
+                self._free.remove(block)
+                return block
+        block = shared_memory.SharedMemory(create=True, size=nbytes)
+        with self._lock:
+            self._all.append(block)
+        return block
+
+    def give(self, block: shared_memory.SharedMemory) -> None:
+        with self._lock:
+            self._free.append(block)
+
+    def names(self) -> List[str]:
+        with self._lock:
+            return [block.name for block in self._all]
+
+    def unlink_all(self) -> None:
+        with self._lock:
+            blocks, self._all, self._free = self._all, [], []
+        for block in blocks:
+            block.close()
+            block.unlink()
+
+
 def _ignore_sigint() -> None:
     """Worker initializer: Ctrl-C is the parent's to handle (it shuts the pool down)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -116,6 +171,7 @@ class MetricPool:
     def __init__(self, workers: int = 0):
         self.workers = _checked_workers(workers)
         self._executor = None
+        self._blocks = _Blocks()
         if self.workers:
             self._executor = ProcessPoolExecutor(self.workers, mp_context=_start_context(),
                                                  initializer=_ignore_sigint)
@@ -129,13 +185,23 @@ class MetricPool:
             except Exception as err:  # the same as a worker's: raised by result()
                 future.set_exception(err)
             return future
-        return self._executor.submit(batch_curves, np.ascontiguousarray(u8, np.uint8), boxes, thresholds)
+        u8 = np.ascontiguousarray(u8, np.uint8)
+        if u8.size == 0:
+            return self._executor.submit(batch_curves, u8, boxes, thresholds)
+        block = self._blocks.take(u8.nbytes)
+        np.ndarray(u8.shape, dtype=np.uint8, buffer=block.buf)[...] = u8
+        future = self._executor.submit(_shared_batch_curves, block.name, u8.shape, boxes, thresholds)
+        future.add_done_callback(lambda _done: self._blocks.give(block))
+        return future
 
     def close(self) -> None:
-        """Cancel what has not started and join every worker (idempotent)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        """Cancel what has not started, join every worker and unlink every block (idempotent)."""
+        try:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+        finally:
+            self._blocks.unlink_all()
 
     def __enter__(self) -> "MetricPool":
         return self

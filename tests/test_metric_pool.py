@@ -1,6 +1,7 @@
 """The metric stage: uint8 maps made on the maps' device, box curves in worker processes, device-side
 histogram metrics. Results never depend on where or in how many processes they were computed."""
 import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -94,6 +95,7 @@ def _batches(seed, n_batches=4, batch=8, size=20):
 
 def test_pool_of_two_workers_equals_serial_and_leaves_no_child_after_a_worker_error():
     batches = _batches(11)
+    before_pool = _shared_blocks()
     serial = [batch_curves(u8, boxes, TAUS) for u8, boxes in batches]
     with pytest.raises(ValueError, match="invalid boxes"):
         with MetricPool(2) as pool:
@@ -104,6 +106,35 @@ def test_pool_of_two_workers_equals_serial_and_leaves_no_child_after_a_worker_er
             bad_boxes = [np.array([[5, 0, 2, 3]], np.int64)] * len(batches[0][1])   # x1 < x0: the worker raises
             pool.submit(batches[0][0], bad_boxes, TAUS).result()
     assert multiprocessing.active_children() == []
+    assert not _shared_blocks() - before_pool
+
+
+def _shared_blocks():
+    """The names of the shared-memory segments of this machine (POSIX: files of /dev/shm)."""
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory is listed in /dev/shm")
+def test_maps_travel_in_reused_shared_blocks_that_are_unlinked_at_the_end():
+    rng = np.random.default_rng(3)
+    sizes = [4, 4, 2, 9, 1]          # a batch bigger than any before it gets a new block
+    batches = [(rng.integers(0, 256, (b, 20, 24), dtype=np.uint8), [np.array([[2, 3, 15, 12]], np.int64)] * b)
+               for b in sizes]
+    before = _shared_blocks()
+    with MetricPool(2) as pool:
+        for u8, boxes in batches:                       # one at a time: each block is free again after
+            got = pool.submit(u8, boxes, TAUS).result()
+            for have, want in zip(got, batch_curves(u8, boxes, TAUS)):
+                np.testing.assert_array_equal(have, want)
+        names = pool._blocks.names()
+        assert len(names) == 2                          # 4 x 20 x 24 bytes, reused for 4 and 2, then 9 x ...
+        assert set(n.lstrip("/") for n in names) <= _shared_blocks()
+    assert not _shared_blocks() - before                # every block unlinked
+    with pytest.raises(RuntimeError, match="caller failure"):
+        with MetricPool(1) as pool:
+            pool.submit(*batches[0], TAUS)
+            raise RuntimeError("caller failure")
+    assert not _shared_blocks() - before and multiprocessing.active_children() == []
 
 
 def _evaluate(workers, model=None):
